@@ -1,0 +1,60 @@
+"""Reading a Hugging Face model folder: `config.json` plus `*.safetensors` (sharded or not), never pickle.
+
+Tensors are read straight from the safetensors layout (an 8-byte header length, a JSON header, raw bytes)
+through a memory map, so bfloat16 checkpoints load without torch and without copying the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_config(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path!r} does not exist or is not a folder")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path!r} has no config.json: is it a Hugging Face model folder?")
+    with open(config_path) as f:
+        return json.load(f)
+
+
+def safetensors_files(path: str) -> list[str]:
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path!r} holds no *.safetensors file (pickled .bin checkpoints are not read)")
+    return files
+
+
+def read_safetensors(file: str, keep=lambda name: True) -> dict[str, np.ndarray]:
+    with open(file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or not keep(name):
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        out[name] = data[start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def read_tensors(path: str, keep=lambda name: True) -> dict[str, np.ndarray]:
+    """All tensors of the folder whose name passes `keep` (memory-mapped numpy arrays)."""
+    tensors: dict[str, np.ndarray] = {}
+    for file in safetensors_files(path):
+        tensors.update(read_safetensors(file, keep))
+    return tensors

@@ -1,0 +1,124 @@
+"""Shared Flax NNX layers: every parameter carries its logical axis names.
+
+Parameters are created as `nnx.Param(value, axes=(...))`. The `axes` metadata is read by
+`liteframe_jax.train.sharding` and mapped to mesh axes through one rule table, so layers never name mesh
+axes themselves. Parameters live in float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    # Hugging Face names (transformers.activations.ACT2FN) -> jax.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def pure_dict(state) -> dict:
+    """An nnx.State as nested dicts of arrays (the form kept in train states and checkpoints)."""
+    return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+    if len(shape) != len(axes):
+        raise ValueError(f"parameter of shape {shape} given {len(axes)} axis names {axes}")
+    return nnx.Param(init(rngs.params(), shape, jnp.float32), axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias, kernel of shape (in, out) with logical axes `axes`."""
+
+    def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
+                 rngs: nnx.Rngs, use_bias: bool = True, dtype=jnp.float32,
+                 kernel_init: Initializer = nnx.initializers.xavier_uniform()):
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), axes)
+        self.bias = param(rngs, nnx.initializers.zeros, (out_features,), (axes[1],)) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 (as torch does for float32 inputs), returned in the input dtype."""
+
+    def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-6, axis_name: str = "norm"):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32), axes=(axis_name,))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32), axes=(axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm as in T5 / Qwen2 / InternViT: the variance in float32, scale applied after the cast back."""
+
+    def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-6, axis_name: str = "norm"):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32), axes=(axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+def make_norm(kind: str, features: int, *, rngs: nnx.Rngs, eps: float) -> nnx.Module:
+    if kind == "layer_norm":
+        return LayerNorm(features, rngs=rngs, eps=eps)
+    if kind == "rms_norm":
+        return RMSNorm(features, rngs=rngs, eps=eps)
+    raise ValueError(f"unsupported norm_type {kind!r}; supported: 'layer_norm', 'rms_norm'")
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None,
+              is_causal: bool = False, implementation: str | None = None) -> jax.Array:
+    """Multi-head attention on (batch, length, heads, head_dim) through `jax.nn.dot_product_attention`.
+
+    `implementation='cudnn'` selects the cuDNN flash kernel on GPU (bfloat16/float16 only); None lets XLA
+    decide, which is what the CPU tests use.
+    """
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, implementation=implementation)
+
+
+class Mlp(nnx.Module):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, features: int, hidden: int, *, act: str, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.fc1 = Dense(features, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.fc2 = Dense(hidden, features, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(activation(self.act)(self.fc1(x)))
