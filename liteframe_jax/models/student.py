@@ -1,0 +1,186 @@
+"""The LiteFrame student: a compact video encoder that predicts compressed teacher tokens directly.
+
+Frames (B, T, H, W, 3) -> tubelet embedding -> stages of [spatial self-attention, depth-wise temporal
+convolution, MLP] blocks, each stage followed by a strided depth-wise spatio-temporal downsampling ->
+LayerNorm -> projection to the target width. The output token grid (T', H', W') must equal the compressed
+teacher grid; tokens come out flattened in (t, h, w) order, like `compression.compress`.
+
+The downsampling is a depth-wise convolution whose kernel equals its stride and starts as a uniform
+average: at initialisation it is exactly the teacher-side average pooling, and it learns its own weighting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from liteframe_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    image_size: int = 448
+    num_frames: int = 8
+    patch_size: tuple[int, int, int] = (1, 14, 14)  # (t, h, w) tubelet
+    width: int = 768
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    # (number of blocks, downsampling stride (t, h, w) applied after the stage)
+    stages: tuple = ((4, (2, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1)))
+    temporal_kernel: int = 3
+    out_dim: int = 3584
+    act: str = "gelu"
+    norm_eps: float = 1e-6
+
+    @classmethod
+    def from_dict(cls, d) -> "StudentConfig":
+        d = dict(d)
+        d["patch_size"] = tuple(d["patch_size"])
+        d["stages"] = tuple((int(n), tuple(int(s) for s in stride)) for n, stride in d["stages"])
+        return cls(**d)
+
+    @property
+    def input_grid(self) -> tuple[int, int, int]:
+        (pt, ph, pw), s, t = self.patch_size, self.image_size, self.num_frames
+        if t % pt or s % ph or s % pw:
+            raise ValueError(f"student input {t}x{s}x{s} (T, H, W) is not divisible by patch_size {self.patch_size}")
+        return t // pt, s // ph, s // pw
+
+    @property
+    def output_grid(self) -> tuple[int, int, int]:
+        grid = self.input_grid
+        for i, (_, stride) in enumerate(self.stages):
+            if any(g % st for g, st in zip(grid, stride)):
+                raise ValueError(f"student stage {i}: token grid {grid} is not divisible by its stride {stride}")
+            grid = tuple(g // st for g, st in zip(grid, stride))
+        return grid
+
+
+class SpatialAttention(nnx.Module):
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+        d = cfg.width
+        self.q = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.k = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.v = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.out = layers.Dense(d, d, axes=("heads", "embed"), rngs=rngs, dtype=dtype)
+        self.num_heads, self.attn_impl = cfg.num_heads, attn_impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, d = x.shape
+        tokens = x.reshape(b * t, h * w, d)  # attention within each frame
+        split = lambda y: y.reshape(b * t, h * w, self.num_heads, d // self.num_heads)
+        y = layers.attention(split(self.q(tokens)), split(self.k(tokens)), split(self.v(tokens)),
+                             implementation=self.attn_impl)
+        return self.out(y.reshape(b * t, h * w, d)).reshape(b, t, h, w, d)
+
+
+class TemporalConv(nnx.Module):
+    """Depth-wise 1D convolution over time, 'same' zero padding; written as shifted sums so XLA fuses it."""
+
+    def __init__(self, features: int, kernel: int, *, rngs: nnx.Rngs):
+        if kernel % 2 == 0:
+            raise ValueError(f"temporal_kernel must be odd, got {kernel}")
+        init = nnx.initializers.normal(1.0 / math.sqrt(kernel))
+        self.kernel = layers.param(rngs, init, (kernel, features), (None, "embed"))
+        self.bias = layers.param(rngs, nnx.initializers.zeros, (features,), ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, t = self.kernel.shape[0], x.shape[1]
+        pad = k // 2
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
+        w = self.kernel[...].astype(x.dtype)
+        y = sum(xp[:, j:j + t] * w[j] for j in range(k))
+        return y + self.bias[...].astype(x.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+        d = cfg.width
+        self.norm1 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
+        self.attn = SpatialAttention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
+        self.norm_t = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
+        self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
+        self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
+        self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.tconv(self.norm_t(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Downsample(nnx.Module):
+    """Depth-wise conv3d with kernel == stride (non-overlapping), initialised to average pooling."""
+
+    def __init__(self, features: int, stride: tuple[int, int, int], *, rngs: nnx.Rngs):
+        del rngs
+        self.stride = tuple(stride)
+        n = math.prod(stride)
+        self.kernel = nnx.Param(jnp.full((*stride, features), 1.0 / n, jnp.float32), axes=(None, None, None, "embed"))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32), axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, d = x.shape
+        st, sh, sw = self.stride
+        x = x.reshape(b, t // st, st, h // sh, sh, w // sw, sw, d)
+        y = jnp.einsum("btihjwkd,ijkd->bthwd", x, self.kernel[...].astype(x.dtype))
+        return y + self.bias[...].astype(x.dtype)
+
+
+class Stage(nnx.Module):
+    def __init__(self, cfg: StudentConfig, num_blocks: int, stride, *, rngs: nnx.Rngs, dtype, attn_impl):
+        self.num_blocks = num_blocks
+        for j in range(num_blocks):
+            setattr(self, f"block_{j}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl))
+        self.down = None if tuple(stride) == (1, 1, 1) else Downsample(cfg.width, stride, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for j in range(self.num_blocks):
+            x = getattr(self, f"block_{j}")(x)
+        return x if self.down is None else self.down(x)
+
+
+class LiteFrameStudent(nnx.Module):
+    """Call on (B, T, H, W, 3) normalised frames -> (B, T'*H'*W', out_dim) tokens in (t, h, w) order."""
+
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None):
+        self.cfg, self.dtype = cfg, dtype
+        t, h, w = cfg.input_grid
+        cfg.output_grid  # validates the stage strides against the grid
+        pt, ph, pw = cfg.patch_size
+        d = cfg.width
+        self.patch_kernel = layers.param(rngs, nnx.initializers.lecun_normal(), (pt, ph, pw, 3, d),
+                                         (None, None, None, None, "embed"))
+        self.patch_bias = layers.param(rngs, nnx.initializers.zeros, (d,), ("embed",))
+        self.pos_spatial = layers.param(rngs, nnx.initializers.normal(0.02), (h, w, d), (None, None, "embed"))
+        self.pos_temporal = layers.param(rngs, nnx.initializers.normal(0.02), (t, d), (None, "embed"))
+        self.num_stages = len(cfg.stages)
+        for i, (num_blocks, stride) in enumerate(cfg.stages):
+            setattr(self, f"stage_{i}", Stage(cfg, num_blocks, stride, rngs=rngs, dtype=dtype, attn_impl=attn_impl))
+        self.final_norm = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
+        self.head = layers.Dense(d, cfg.out_dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+
+    def embed(self, frames: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        b, t, h, w, c = frames.shape
+        if (t, h, w, c) != (cfg.num_frames, cfg.image_size, cfg.image_size, 3):
+            raise ValueError(f"student expects frames of shape (B, {cfg.num_frames}, {cfg.image_size}, "
+                             f"{cfg.image_size}, 3), got {frames.shape}")
+        (pt, ph, pw), (gt, gh, gw) = cfg.patch_size, cfg.input_grid
+        x = frames.reshape(b, gt, pt, gh, ph, gw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        x = x.reshape(b, gt, gh, gw, pt * ph * pw * c).astype(self.dtype)
+        kernel = self.patch_kernel[...].reshape(-1, cfg.width).astype(self.dtype)
+        x = jnp.dot(x, kernel) + self.patch_bias[...].astype(self.dtype)
+        x = x + self.pos_spatial[...].astype(self.dtype)[None, None]
+        return x + self.pos_temporal[...].astype(self.dtype)[None, :, None, None]
+
+    def __call__(self, frames: jax.Array) -> jax.Array:
+        x = self.embed(frames)
+        for i in range(self.num_stages):
+            x = getattr(self, f"stage_{i}")(x)
+        b, t, h, w, d = x.shape
+        return self.head(self.final_norm(x)).reshape(b, t * h * w, -1)

@@ -1,0 +1,85 @@
+"""WAP compression (a pure function) and the student's output grid."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from liteframe_jax.models.compression import compress, gaussian_window, output_grid
+from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+
+
+def _tokens(shape=(2, 4, 6, 8, 3), seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+
+
+def test_uniform_is_window_mean():
+    x = _tokens()
+    y = compress(x, (2, 3, 4), "uniform")
+    assert y.shape == (2, 2, 2, 2, 3)
+    want = np.asarray(x)[:, 0:2, 3:6, 4:8].mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(y[:, 0, 1, 1]), want, rtol=1e-6, atol=1e-6)
+
+
+def test_gaussian_weights_favour_centre_and_sum_to_one():
+    w = np.asarray(gaussian_window((3, 3, 3), sigma=1.0))
+    assert w.shape == (3, 3, 3)
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+    assert w[1, 1, 1] == w.max() and w[0, 0, 0] == w.min()
+    x = _tokens((1, 3, 3, 3, 2))
+    got = np.asarray(compress(x, (3, 3, 3), "gaussian", sigma=1.0))[0, 0, 0, 0]
+    np.testing.assert_allclose(got, (np.asarray(x)[0] * w[..., None]).sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    # A constant field is preserved by any convex weighting.
+    const = jnp.full((1, 2, 2, 2, 4), 3.5)
+    for weighting in ("uniform", "gaussian", "norm"):
+        np.testing.assert_allclose(np.asarray(compress(const, (2, 2, 2), weighting)), 3.5, rtol=1e-6)
+
+
+def test_norm_weighting_follows_salient_token():
+    x = np.zeros((1, 1, 2, 2, 2), np.float32)
+    x[0, 0, 0, 0] = [10.0, 0.0]
+    x[0, 0, 1, 1] = [0.0, 1.0]
+    y = np.asarray(compress(jnp.asarray(x), (1, 2, 2), "norm"))[0, 0, 0, 0]
+    np.testing.assert_allclose(y, [100 / 11, 1 / 11], rtol=1e-6)
+    assert not np.allclose(y, np.asarray(compress(jnp.asarray(x), (1, 2, 2), "uniform"))[0, 0, 0, 0])
+
+
+def test_indivisible_window_names_the_axis():
+    with pytest.raises(ValueError, match="H=6 % 4"):
+        output_grid((4, 6, 8), (2, 4, 4))
+    with pytest.raises(ValueError, match="unknown WAP weighting"):
+        compress(_tokens(), (1, 1, 1), "median")
+
+
+def test_student_output_grid_and_shape():
+    cfg = StudentConfig(image_size=32, num_frames=8, patch_size=(1, 8, 8), width=32, num_heads=4, mlp_dim=64,
+                        stages=((1, (2, 2, 2)), (1, (2, 1, 1)), (1, (1, 1, 1))), out_dim=24)
+    assert cfg.input_grid == (8, 4, 4) and cfg.output_grid == (2, 2, 2)
+    model = LiteFrameStudent(cfg, rngs=nnx.Rngs(0))
+    y = model(jnp.zeros((3, 8, 32, 32, 3)))
+    assert y.shape == (3, 8, 24)
+    with pytest.raises(ValueError, match=r"expects frames of shape \(B, 8, 32, 32, 3\)"):
+        model(jnp.zeros((3, 4, 32, 32, 3)))
+
+
+def test_student_downsample_starts_as_average_pooling():
+    cfg = StudentConfig(image_size=16, num_frames=2, patch_size=(1, 8, 8), width=8, num_heads=2, mlp_dim=8,
+                        stages=((0, (2, 2, 2)),), out_dim=8)
+    model = LiteFrameStudent(cfg, rngs=nnx.Rngs(0))
+    x = _tokens((1, 2, 2, 2, 8))
+    np.testing.assert_allclose(np.asarray(model.stage_0.down(x)), np.asarray(compress(x, (2, 2, 2))), atol=1e-6)
+
+
+def test_student_stride_mismatch_is_reported():
+    cfg = StudentConfig(image_size=32, num_frames=4, patch_size=(1, 8, 8), stages=((1, (2, 3, 2)),))
+    with pytest.raises(ValueError, match=r"stage 0: token grid \(4, 4, 4\) is not divisible by its stride"):
+        cfg.output_grid
+
+
+def test_temporal_conv_mixes_neighbouring_frames_only():
+    cfg = StudentConfig(image_size=8, num_frames=5, patch_size=(1, 8, 8), width=4, num_heads=1, mlp_dim=4,
+                        stages=((1, (1, 1, 1)),), out_dim=4)
+    conv = LiteFrameStudent(cfg, rngs=nnx.Rngs(0)).stage_0.block_0.tconv
+    x = jnp.zeros((1, 5, 1, 1, 4)).at[:, 2].set(1.0)
+    y = np.asarray(conv(x) - conv(jnp.zeros_like(x)))
+    assert np.all(y[:, [0, 4]] == 0) and np.all(np.abs(y[:, 1:4]).sum(-1) > 0)
