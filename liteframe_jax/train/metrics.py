@@ -1,0 +1,107 @@
+"""Metrics: `workdir/metrics.jsonl` (one JSON object per logged step), TensorBoard events, a console progress
+line with steps/s and ETA, and a loss-curve PNG at the end. Only process 0 writes."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, total_steps: int):
+        self.workdir, self.total_steps = workdir, total_steps
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._last_time, self._last_step = None, None
+
+    def start(self, step: int) -> None:
+        self._last_time, self._last_step = time.perf_counter(), step
+
+    def steps_per_sec(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        return rate
+
+    def write(self, step: int, metrics: dict, console: bool = True) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step":
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+        if console:
+            print(self.progress_line(row), flush=True)
+
+    def progress_line(self, row: dict) -> str:
+        step = row["step"]
+        parts = [f"step {step}/{self.total_steps}"]
+        for k in ("loss", "cosine", "eval_cosine", "lr"):
+            if k in row:
+                parts.append(f"{k} {row[k]:.4g}")
+        if row.get("steps_per_sec"):
+            eta = (self.total_steps - step) / row["steps_per_sec"]
+            parts.append(f"{row['steps_per_sec']:.2f} steps/s")
+            parts.append(f"ETA {datetime.timedelta(seconds=int(eta))}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(workdir: str, title: str) -> str | None:
+    """Loss (and held-out cosine, where logged) against step -> workdir/loss_curve.png."""
+    rows = read_metrics(workdir)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_cosine"]) for r in rows if "eval_cosine" in r]
+    if not train or jax.process_index() != 0:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), "o-", color="tab:orange", label="held-out cosine")
+        ax2.set_ylabel("held-out cosine similarity")
+        ax2.set_ylim(min(0.0, min(v for _, v in evals)), 1.0)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = os.path.join(workdir, "loss_curve.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stdout, flush=True)

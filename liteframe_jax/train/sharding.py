@@ -1,0 +1,114 @@
+"""The device mesh ('data', 'fsdp', 'tensor') and the one rule table from logical axis names to mesh axes.
+
+Parameters carry logical names in their `axes` metadata (see models/layers.py). A rule table, kept in the
+config as data, maps each logical name to mesh axes, e.g. `('embed', 'fsdp')`, `('mlp', 'tensor')`. A
+dimension whose size the mapped mesh axes do not divide stays replicated; those dimensions are listed once
+at start-up so a poor layout is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_cfg) -> Mesh:
+    """Sizes from config (-1: all remaining devices); `num_devices` > 0 uses only the first N devices."""
+    devices = jax.devices()
+    n = mesh_cfg.get("num_devices", -1)
+    if n and n > 0:
+        if n > len(devices):
+            raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
+        devices = devices[:n]
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                         f"{len(devices)} are in use")
+    grid = np.asarray(devices).reshape(sizes)
+    try:  # Auto axes: jax >= 0.7 would otherwise default jax.make_mesh to Explicit
+        from jax.sharding import AxisType
+        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    except (ImportError, TypeError):
+        return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(axes, shape, rules: dict, mesh: Mesh, name: str = "", notes: list | None = None) -> P:
+    spec, used = [], set()
+    for dim, logical in zip(shape, axes or (None,) * len(shape)):
+        mesh_axes = rules.get(logical) if logical is not None else None
+        if mesh_axes is None:
+            spec.append(None)
+            continue
+        mesh_axes = tuple(a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes)
+                          if a not in used and mesh.shape[a] > 1)
+        size = math.prod(mesh.shape[a] for a in mesh_axes)
+        if not mesh_axes or dim % size:
+            if mesh_axes and notes is not None:
+                notes.append(f"{name}: dim {dim} ({logical}) not divisible by {mesh_axes}={size}")
+            spec.append(None)
+            continue
+        used.update(mesh_axes)
+        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return P(*spec)
+
+
+def rules_dict(rules) -> dict:
+    out = {}
+    for logical, mesh_axes in rules:
+        if isinstance(mesh_axes, (list, tuple)):
+            bad = [a for a in mesh_axes if a not in MESH_AXES]
+        else:
+            bad = [mesh_axes] if mesh_axes not in (None, *MESH_AXES) else []
+        if bad:
+            raise ValueError(f"sharding rule ({logical!r}, {mesh_axes!r}) names unknown mesh axes {bad}")
+        out[logical] = tuple(mesh_axes) if isinstance(mesh_axes, (list, tuple)) else mesh_axes
+    return out
+
+
+def param_shardings(abstract_state: nnx.State, rules, mesh: Mesh) -> dict:
+    """Pure-dict tree of NamedShardings for an (abstract) nnx.State whose Params carry `axes` metadata."""
+    rules = rules_dict(rules)
+    notes: list[str] = []
+    flat = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        axes = var.get_metadata().get("axes")
+        name = "/".join(str(p) for p in path)
+        flat[path] = NamedSharding(mesh, logical_to_spec(axes, var.shape, rules, mesh, name, notes))
+    if notes:
+        logging.info("replicated dims (%d): %s", len(notes), "; ".join(notes[:10]))
+    tree: dict = {}
+    for path, sharding in flat.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = sharding
+    return tree
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble the global batch from every process's local slice."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
