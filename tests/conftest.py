@@ -10,3 +10,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+from absl import flags  # noqa: E402
+
+# Grain's worker processes read absl flags; under pytest nobody parses them.
+flags.FLAGS.mark_as_parsed()

@@ -49,10 +49,13 @@ def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: in
     ds = ds[process_index::process_count]
     ds = ds.map(DecodeClip(size))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-    it = it.filter(_is_valid).batch(batch_size, drop_remainder=True)
+    it = it.filter(_is_valid)
     if num_workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
-    return it
+        # Workers decode interleaved slices and Grain merges them back in order, so batching after the merge
+        # gives the same batches for any number of workers (a run may resume on a machine with fewer cores).
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch * batch_size))
+    return it.batch(batch_size, drop_remainder=True)
 
 
 def eval_batches(clips: list[ClipSpec], *, size: int, batch_size: int, process_index: int = 0,

@@ -246,6 +246,8 @@ def train(config, workdir: str, task: Task) -> Result:
             writer.write(total_steps, {f"eval_{k}": v for k, v in eval_metrics.items()})
     ckpt.close()
     writer.close()
+    if hasattr(data_iter, "close"):  # stops Grain's worker processes and frees their shared memory
+        data_iter.close()
     curve = metrics_lib.plot_loss_curve(workdir, f"{task.name}: {config.get('preset', '')}".strip(": "))
     return Result(workdir=workdir, step=int(jax.device_get(state["step"])), origin=origin,
                   checkpoint_dir=ckpt.directory, metrics_path=writer.path, curve_path=curve, eval=eval_metrics,

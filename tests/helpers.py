@@ -1,0 +1,51 @@
+"""Shared test helpers: tiny CTD configs on a few generated videos."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+from liteframe_jax.data import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, preset: str | None = None):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def make_videos(folder, count: int = 4, num_frames: int = 24, seed: int = 0) -> list[str]:
+    """Small moving-shape videos (fast to decode)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = os.path.join(str(folder), f"v{i}.mp4")
+        demo.write_video(path, demo.render(demo.random_shapes(rng, 2), num_frames, width=96, height=72))
+        paths.append(path)
+    return paths
+
+
+def tiny_ctd_config(videos: str, **overrides):
+    c = load_config("ctd", "demo")
+    c.data.videos = videos
+    c.data.num_workers = 0
+    c.data.eval_every_nth_video = 0
+    c.eval_at_start = False
+    c.eval_every = 0
+    c.log_every = 1
+    c.total_steps = 4
+    c.checkpoint_every = 2
+    c.async_checkpointing = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

