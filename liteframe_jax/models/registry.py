@@ -13,10 +13,14 @@ def load_pretrained(path: str, *, dtype=jnp.float32, attn_impl: str | None = Non
     - `internvl_vision`: an InternVisionTower without head; call(pixels NHWC) -> last_hidden_state.
     - `internvl`: the vision tower and InternVL3 projector of a whole InternVL model; call(pixels) ->
       last_hidden_state, `.features(pixels, 'projector')` -> the visual tokens.
+    - `qwen2`: Qwen2ForCausalLM; call(token ids) -> logits, `.hidden` / `.logits` / `.init_cache` for generation.
     """
     model_type = hf_folder.read_config(path).get("model_type")
     if model_type in ("internvl_vision", "internvl"):
         from liteframe_jax.convert.internvl import load_internvl
         return load_internvl(path, dtype=dtype, attn_impl=attn_impl)
+    if model_type == "qwen2":
+        from liteframe_jax.convert.qwen2 import load_qwen2
+        return load_qwen2(path, dtype=dtype, attn_impl=attn_impl)
     raise ValueError(f"{path}: model_type {model_type!r} is not supported by load_pretrained "
-                     "(supported: internvl_vision, internvl)")
+                     "(supported: internvl_vision, internvl, qwen2)")

@@ -1,0 +1,221 @@
+"""The Qwen2 / Qwen2.5 decoder in Flax NNX: grouped-query attention with q/k/v biases, RoPE, RMSNorm,
+SwiGLU, tied or untied embeddings, per-layer sliding-window attention, and a KV cache for generation.
+
+Masks are built from token positions, so left-padded batches, packed prompts and the KV cache all use one
+rule: a query at position p sees valid keys at positions <= p (and > p - window on sliding layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from liteframe_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    vocab_size: int = 151_936
+    hidden_size: int = 3584
+    intermediate_size: int = 18_944
+    num_layers: int = 28
+    num_heads: int = 28
+    num_kv_heads: int = 4
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32_768
+    hidden_act: str = "silu"
+    sliding_window: int = 0  # 0: no sliding window anywhere
+    sliding_layers: tuple[bool, ...] = ()  # per layer: use the sliding window
+    initializer_range: float = 0.02
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the LLM's Dense layers whose names match `targets` (e.g. 'q|k|v|o')."""
+    rank: int = 0
+    alpha: float = 16.0
+    targets: str = "q|k|v|o|gate|up|down"
+
+
+class LoraDense(nnx.Module):
+    """Dense plus an optional low-rank update x @ A @ B * alpha / rank (B starts at zero)."""
+
+    def __init__(self, in_features, out_features, *, axes, rngs, use_bias, dtype, init, lora: LoraConfig | None):
+        self.dense = layers.Dense(in_features, out_features, axes=axes, rngs=rngs, use_bias=use_bias, dtype=dtype,
+                                  kernel_init=init)
+        on = lora is not None and lora.rank > 0
+        self.lora_a = (layers.param(rngs, nnx.initializers.normal(1 / lora.rank), (in_features, lora.rank),
+                                    (axes[0], None)) if on else None)
+        self.lora_b = layers.param(rngs, nnx.initializers.zeros, (lora.rank, out_features), (None, axes[1])) if on else None
+        self.lora_scale = lora.alpha / lora.rank if on else 0.0
+
+    def __call__(self, x):
+        y = self.dense(x)
+        if self.lora_a is not None:
+            dt = self.dense.dtype
+            y = y + (x.astype(dt) @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt) * self.lora_scale
+        return y
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, HF 'rotate_half' layout. x: (B, T, heads, head_dim); positions: (B, T)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, d/2)
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., d // 2:], x32[..., :d // 2]], -1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(q_pos, k_pos, k_valid, window: int) -> jax.Array:
+    """(B, 1, T, S) boolean: causal by position, valid keys only, optional sliding window."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    mask = (k <= q) & k_valid[:, None, :]
+    if window:
+        mask &= (q - k) < window
+    return mask[:, None]
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl):
+        d, hd = cfg.hidden_size, cfg.dim_per_head
+        init = nnx.initializers.normal(cfg.initializer_range)
+        pick = lambda name: lora if lora is not None and _targets(lora, name) else None
+        self.q = LoraDense(d, cfg.num_heads * hd, axes=("embed", "heads"), rngs=rngs, use_bias=True, dtype=dtype,
+                           init=init, lora=pick("q"))
+        self.k = LoraDense(d, cfg.num_kv_heads * hd, axes=("embed", "kv_heads"), rngs=rngs, use_bias=True,
+                           dtype=dtype, init=init, lora=pick("k"))
+        self.v = LoraDense(d, cfg.num_kv_heads * hd, axes=("embed", "kv_heads"), rngs=rngs, use_bias=True,
+                           dtype=dtype, init=init, lora=pick("v"))
+        self.o = LoraDense(cfg.num_heads * hd, d, axes=("heads", "embed"), rngs=rngs, use_bias=False, dtype=dtype,
+                           init=init, lora=pick("o"))
+        self.cfg, self.attn_impl = cfg, attn_impl
+
+    def __call__(self, x, positions, valid, window, cache=None):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        hd = cfg.dim_per_head
+        q = rope(self.q(x).reshape(b, t, cfg.num_heads, hd), positions, cfg.rope_theta)
+        k = rope(self.k(x).reshape(b, t, cfg.num_kv_heads, hd), positions, cfg.rope_theta)
+        v = self.v(x).reshape(b, t, cfg.num_kv_heads, hd)
+        if cache is None:
+            k_all, v_all, k_pos, k_valid = k, v, positions, valid
+        else:  # write this chunk at cache['index'], attend over the whole cache
+            idx = cache["index"]
+            k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), idx, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
+            k_pos, k_valid = cache["positions"], cache["valid"]
+            cache = {**cache, "k": k_all, "v": v_all}
+        mask = attention_mask(positions, k_pos, k_valid, window)
+        y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
+                                         scale=hd ** -0.5, implementation=self.attn_impl)
+        return self.o(y.reshape(b, t, -1)), cache
+
+
+def _targets(lora: LoraConfig, name: str) -> bool:
+    return re.fullmatch(lora.targets, name) is not None
+
+
+class Mlp(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora):
+        d, m = cfg.hidden_size, cfg.intermediate_size
+        init = nnx.initializers.normal(cfg.initializer_range)
+        pick = lambda name: lora if lora is not None and _targets(lora, name) else None
+        self.gate = LoraDense(d, m, axes=("embed", "mlp"), rngs=rngs, use_bias=False, dtype=dtype, init=init,
+                              lora=pick("gate"))
+        self.up = LoraDense(d, m, axes=("embed", "mlp"), rngs=rngs, use_bias=False, dtype=dtype, init=init,
+                            lora=pick("up"))
+        self.down = LoraDense(m, d, axes=("mlp", "embed"), rngs=rngs, use_bias=False, dtype=dtype, init=init,
+                              lora=pick("down"))
+        self.act = cfg.hidden_act
+
+    def __call__(self, x):
+        return self.down(layers.activation(self.act)(self.gate(x)) * self.up(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl):
+        self.input_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl)
+        self.post_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
+        self.mlp = Mlp(cfg, rngs=rngs, dtype=dtype, lora=lora)
+
+    def __call__(self, x, positions, valid, window, cache=None):
+        y, cache = self.attn(self.input_norm(x), positions, valid, window, cache)
+        x = x + y
+        return x + self.mlp(self.post_norm(x)), cache
+
+
+class Qwen2(nnx.Module):
+    """Qwen2ForCausalLM. `hidden(...)` gives final normed hidden states, `logits(h)` the vocabulary scores."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, lora: LoraConfig | None = None,
+                 attn_impl: str | None = None):
+        self.cfg, self.dtype = cfg, dtype
+        init = nnx.initializers.normal(cfg.initializer_range)
+        self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.num_layers = cfg.num_layers
+        for i in range(cfg.num_layers):
+            setattr(self, f"layer_{i}", DecoderLayer(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl))
+        self.final_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
+        self.lm_head = (None if cfg.tie_word_embeddings else
+                        layers.param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+
+    def window(self, i: int) -> int:
+        sliding = self.cfg.sliding_layers[i] if self.cfg.sliding_layers else False
+        return self.cfg.sliding_window if sliding else 0
+
+    def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None):
+        """embeds (B, T, D), positions (B, T) int, valid (B, T) bool -> (hidden (B, T, D), updated cache)."""
+        x = embeds.astype(self.dtype)
+        if cache is not None:
+            idx = cache["index"]
+            cache = {**cache,
+                     "positions": jax.lax.dynamic_update_slice_in_dim(cache["positions"], positions, idx, axis=1),
+                     "valid": jax.lax.dynamic_update_slice_in_dim(cache["valid"], valid, idx, axis=1)}
+        new_layers = []
+        for i in range(self.num_layers):
+            layer_cache = None if cache is None else {**cache["layers"][i], "index": cache["index"],
+                                                      "positions": cache["positions"], "valid": cache["valid"]}
+            x, layer_cache = getattr(self, f"layer_{i}")(x, positions, valid, self.window(i), layer_cache)
+            if cache is not None:
+                new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
+        if cache is not None:
+            cache = {**cache, "layers": new_layers, "index": cache["index"] + embeds.shape[1]}
+        return self.final_norm(x), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return jnp.dot(hidden.astype(self.dtype), w.astype(self.dtype)).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, valid: jax.Array | None = None):
+        """Logits for a batch of token ids (no cache); defaults: positions 0..T-1, all valid."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
+        valid = jnp.ones((b, t), bool) if valid is None else valid
+        h, _ = self.hidden(self.embed_tokens(tokens), positions, valid)
+        return self.logits(h)
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+        cfg = self.cfg
+        shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+        dtype = dtype or self.dtype
+        return {"index": jnp.zeros((), jnp.int32), "positions": jnp.zeros((batch, length), jnp.int32),
+                "valid": jnp.zeros((batch, length), bool),
+                "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]}
