@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from liteframe_jax.jobs import print_summary, run
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/ctd.py:demo.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, plots. Default: runs/<trainer>.")
@@ -19,8 +21,6 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs (or set by the cluster).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-
-TRAINERS = ("ctd",)
 
 
 def maybe_initialize_distributed() -> None:
@@ -33,34 +33,6 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def run(config, workdir: str):
-    """Run the trainer named by `config.trainer`; returns its Result."""
-    from liteframe_jax.train import sharding
-    from liteframe_jax.train.loop import train
-    if config.trainer not in TRAINERS:
-        raise ValueError(f"config.trainer={config.trainer!r}; known trainers: {TRAINERS}")
-    mesh = sharding.make_mesh(config.mesh)
-    if config.trainer == "ctd":
-        from liteframe_jax.train.ctd import CTDTask
-        task = CTDTask(config, mesh, workdir)
-    result = train(config, workdir, task)
-    return result, task
-
-
-def print_summary(result, task) -> None:
-    from liteframe_jax.train.metrics import log
-    lines = [
-        "",
-        f"done: step {result.step} ({result.origin}); compile {result.compile_seconds:.1f}s, "
-        f"train {result.train_seconds:.1f}s",
-        f"checkpoint: {result.checkpoint_dir}",
-        f"metrics:    {result.metrics_path} (TensorBoard: {os.path.join(result.workdir, 'tensorboard')})",
-        f"loss curve: {result.curve_path}",
-        *task.summary(result),
-    ]
-    log("\n".join(lines))
-
-
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -69,7 +41,7 @@ def main(argv):
     maybe_initialize_distributed()
     workdir = _WORKDIR.value or os.path.join("runs", config.trainer)
     os.makedirs(workdir, exist_ok=True)
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
     result, task = run(config, workdir)
     print_summary(result, task)
 

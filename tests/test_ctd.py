@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, make_videos, tiny_ctd_config
-from liteframe_jax.main import run
+from liteframe_jax.jobs import run
 from liteframe_jax.train import checkpoint, sharding
 from liteframe_jax.train.ctd import CTDTask
 

@@ -80,3 +80,70 @@ def eval_batches(clips: list[ClipSpec], *, size: int, batch_size: int, process_i
         if len(frames) == batch_size:
             yield {"frames": np.stack(frames)}, np.asarray(mask)
             frames, mask = [], []
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+    """QARow -> {'frames', 'tokens', 'loss_mask'} (frames sampled uniformly over the whole video)."""
+
+    builder: object  # conversations.PromptBuilder
+    size: int
+    num_frames: int
+    num_video_frames: dict  # path -> frame count (probed once at index time)
+    fps: dict  # path -> frames per second
+
+    def frame_plan(self, row) -> tuple[tuple[int, ...], list[float]]:
+        from liteframe_jax.data.conversations import uniform_indices
+        idx = uniform_indices(self.num_video_frames[row.video], self.num_frames)
+        per_group = self.num_frames // self.builder.visual_groups
+        fps = self.fps[row.video] or 1.0
+        return idx, [idx[g * per_group] / fps for g in range(self.builder.visual_groups)]
+
+    def __call__(self, row):
+        idx, times = self.frame_plan(row)
+        try:
+            frames = video.decode_frames(row.video, idx, self.size)
+        except video.VideoError as e:
+            logging.warning("dropping row %d: %s", row.row, e)
+            return None
+        tokens, mask = self.builder.training_example(row.turns, times)
+        return {"frames": frames, "tokens": tokens, "loss_mask": mask}
+
+
+def bucket_length(length: int, buckets) -> int:
+    for b in sorted(buckets):
+        if length <= b:
+            return int(b)
+    raise ValueError(f"sequence of {length} tokens is longer than the largest length bucket {max(buckets)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PadToBucket:
+    """Batch examples, right-padding token rows to the smallest length bucket that holds the longest."""
+
+    buckets: tuple[int, ...]
+    pad_id: int
+
+    def __call__(self, examples):
+        length = bucket_length(max(len(e["tokens"]) for e in examples), self.buckets)
+        n = len(examples)
+        tokens = np.full((n, length), self.pad_id, np.int32)
+        mask = np.zeros((n, length), bool)
+        valid = np.zeros((n, length), bool)
+        for i, e in enumerate(examples):
+            k = len(e["tokens"])
+            tokens[i, :k], mask[i, :k], valid[i, :k] = e["tokens"], e["loss_mask"], True
+        return {"frames": np.stack([e["frames"] for e in examples]), "tokens": tokens, "loss_mask": mask,
+                "valid": valid}
+
+
+def qa_train_dataset(rows, example: QAExample, *, batch_size: int, buckets, pad_id: int, seed: int,
+                     process_index: int = 0, process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
+                     prefetch: int = 2) -> grain.IterDataset:
+    ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat()[process_index::process_count].map(example)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+    it = it.filter(_is_valid)
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch * batch_size))
+    return it.batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(tuple(buckets), pad_id))

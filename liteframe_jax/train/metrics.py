@@ -49,7 +49,7 @@ class MetricWriter:
     def progress_line(self, row: dict) -> str:
         step = row["step"]
         parts = [f"step {step}/{self.total_steps}"]
-        for k in ("loss", "cosine", "eval_cosine", "lr"):
+        for k in ("loss", "cosine", "answer_token_accuracy", "eval_cosine", "eval_accuracy", "eval_chance", "lr"):
             if k in row:
                 parts.append(f"{k} {row[k]:.4g}")
         if row.get("steps_per_sec"):

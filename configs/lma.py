@@ -1,0 +1,114 @@
+"""Language Model Adaptation (LMA): adapt an LLM to the student's compressed visual tokens.
+
+Presets (`--config=configs/lma.py:NAME`):
+  demo   (default) the demo's own CTD student (trained first into WORKDIR/ctd, or --config.student.init=RUN),
+         a tiny random Qwen2 with a byte-level tokenizer, and a generated video QA set (colour, direction,
+         count, order); the LLM is random, so the whole model trains. CPU, a few minutes.
+  paper  a CTD `paper` student (--config.student.init=RUN), Qwen2.5-7B-Instruct
+         (--config.llm.init=FOLDER, its tokenizer too), LLaVA-Video style data (--config.data.train=FILE),
+         512 frames = 64 student clips x 128 tokens; the projector and the student train.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config(arg=None):
+    preset = arg or "demo"
+    c = ml_collections.ConfigDict()
+    c.trainer = "lma"
+    c.preset = preset
+    c.seed = 0
+    c.dtype = "float32"
+    c.attention_impl = config_dict.placeholder(str)
+
+    c.total_steps = 400
+    c.batch_size = 16
+    c.grad_accum_steps = 1
+    c.log_every = 20
+    c.eval_every = 200
+    c.eval_at_start = True
+    c.eval_batch_size = 16
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 2
+    c.async_checkpointing = True
+    c.nan_patience = 20
+    c.resume_from = config_dict.placeholder(str)
+    c.init_from = config_dict.placeholder(str)
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
+    c.sharding_rules = [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
+                        ("vocab", "tensor"), ("norm", None)]
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=2e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.98,
+        eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+
+    # What trains: a preset name (projector | projector+student | projector+lora | projector+student+lora |
+    # full) or a list of regexes over parameter paths such as 'llm/layer_3/attn/q/dense/kernel'.
+    c.train = ml_collections.ConfigDict(dict(trainable="full"))
+
+    c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str)))
+    c.student = ml_collections.ConfigDict()
+    c.student.init = "demo_ctd"  # a CTD run folder | 'demo_ctd' | 'random'
+    c.student.demo_ctd_steps = 200
+    c.student.num_frames = 8  # only for init='random'
+    c.student.arch = ml_collections.ConfigDict(dict(
+        image_size=64, patch_size=(1, 8, 8), width=64, num_heads=4, mlp_dim=256,
+        stages=[(2, (2, 2, 2)), (2, (1, 1, 1))], temporal_kernel=3, out_dim=128, act="gelu", norm_eps=1e-6))
+    c.projector = ml_collections.ConfigDict(dict(kind="mlp", hidden=0, act="gelu", norm=True))
+
+    c.llm = ml_collections.ConfigDict()
+    c.llm.init = "random"  # 'random' (demo) or a Hugging Face Qwen2 folder
+    c.llm.arch = ml_collections.ConfigDict(dict(  # for init='random'; vocab_size comes from the tokenizer
+        hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10_000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True))
+    c.llm.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down"))
+    c.tokenizer = "bytes"  # 'bytes' or a folder with tokenizer.json; empty: llm.init's folder
+    c.video_token = "<|video_pad|>"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = "demo"  # LLaVA-Video style JSON/JSONL, or 'demo'
+    c.data.eval = config_dict.placeholder(str)
+    c.data.video_root = config_dict.placeholder(str)  # default: the annotation file's folder
+    c.data.num_frames = 8  # per video, uniform over its whole length; a multiple of the student's clip
+    c.data.separators = "none"  # 'none' | 'frame' | 'timestamp' between temporal groups of visual tokens
+    c.data.system_prompt = config_dict.placeholder(str)
+    c.data.max_length = 192  # longer rows are refused (skipped and counted)
+    c.data.buckets = (160, 192)  # batches are right-padded to the smallest bucket that fits
+    c.data.num_workers = 0
+    c.data.read_threads = 4
+    c.data.pixel_mean = IMAGENET_MEAN  # for a 'random' student; a CTD student brings its own
+    c.data.pixel_std = IMAGENET_STD
+
+    c.generation = ml_collections.ConfigDict(dict(max_new_tokens=8))
+
+    if preset == "demo":
+        pass
+    elif preset == "paper":
+        c.student.init = config_dict.placeholder(str)
+        c.llm.init = config_dict.placeholder(str)
+        c.tokenizer = ""
+        c.train.trainable = "projector+student"
+        c.data.train = config_dict.placeholder(str)
+        c.data.num_frames = 512
+        c.data.separators = "timestamp"
+        c.data.max_length = 12_288
+        c.data.buckets = (10_240, 12_288)
+        c.data.num_workers = 12
+        c.dtype = "bfloat16"
+        c.batch_size = 32
+        c.eval_batch_size = 8
+        c.total_steps = 10_000
+        c.log_every = 50
+        c.eval_every = 1_000
+        c.eval_at_start = False
+        c.checkpoint_every = 500
+        c.optimizer.lr = 2e-5
+        c.optimizer.weight_decay = 0.0
+        c.generation.max_new_tokens = 64
+    else:
+        raise ValueError(f"unknown lma preset {preset!r}; choose 'demo' or 'paper'")
+    return c

@@ -1,0 +1,213 @@
+"""Instruction data in the LLaVA-Video style and its tokenization for LMA.
+
+A row is a JSON object with a video path and a `conversations` list of alternating human/gpt turns; the
+`<video>` marker in a human turn says where the frames go:
+    {"id": "q1", "video": "clips/a.mp4",
+     "conversations": [{"from": "human", "value": "<video>\\nWhat colour is the ball?"},
+                       {"from": "gpt", "value": "red"}]}
+Files are JSON lists or JSONL. Bad rows are reported with their row number and skipped; rows whose video
+is missing or unreadable are skipped and counted.
+
+Prompts are rendered with the tokenizer's chat template; `<video>` becomes one placeholder token per visual
+token, grouped per temporal slice with optional separators ('frame': "Frame 3: ", 'timestamp': "1.5s: ").
+Only the gpt turns (answer text plus the template's end-of-turn tokens) carry loss.
+
+Context-length rule: a row that does not fit in `max_length` tokens is refused (skipped and counted),
+never truncated, since the visual tokens are a fixed-size block and the answer must stay whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+
+from liteframe_jax.data import video
+
+VIDEO_MARKER = "<video>"
+ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QARow:
+    row: int
+    id: str
+    video: str
+    turns: tuple[tuple[str, str], ...]  # (role 'user' | 'assistant', text)
+    extra: tuple = ()  # (key, value) pairs kept from the row (task_type, num_options, ...)
+
+    def get(self, key, default=None):
+        return dict(self.extra).get(key, default)
+
+
+def read_rows(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file {path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from None
+        return rows
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of rows (or a .jsonl file)")
+    return rows
+
+
+def parse_row(i: int, row, video_root: str) -> QARow:
+    """A QARow, or ValueError naming the row number and what is wrong."""
+    where = f"row {i}" + (f" (id {row.get('id')})" if isinstance(row, dict) and "id" in row else "")
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    if not isinstance(row.get("video"), str) or not row["video"]:
+        raise ValueError(f"{where}: no 'video' path")
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2:
+        raise ValueError(f"{where}: 'conversations' must be a list of at least one human and one gpt turn")
+    turns = []
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLES:
+            raise ValueError(f"{where}: turn {j} needs 'from' (human/gpt) and a string 'value'")
+        role = ROLES[turn["from"]]
+        want = "user" if j % 2 == 0 else "assistant"
+        if role != want:
+            raise ValueError(f"{where}: the conversation does not alternate human/gpt (turn {j} is {turn['from']})")
+        turns.append((role, turn["value"]))
+    if turns[-1][0] != "assistant":
+        raise ValueError(f"{where}: the conversation ends with a human turn (nothing to learn)")
+    markers = sum(text.count(VIDEO_MARKER) for _, text in turns)
+    if markers != 1 or any(VIDEO_MARKER in text for role, text in turns if role == "assistant"):
+        raise ValueError(f"{where}: expected exactly one {VIDEO_MARKER} marker in a human turn, found {markers}")
+    path = row["video"] if os.path.isabs(row["video"]) else os.path.join(video_root, row["video"])
+    extra = tuple((k, v) for k, v in row.items() if k not in ("video", "conversations", "id")
+                  and isinstance(v, (str, int, float)))
+    return QARow(i, str(row.get("id", i)), path, tuple(turns), extra)
+
+
+@dataclasses.dataclass
+class QAIndex:
+    rows: list[QARow]
+    infos: dict[str, video.VideoInfo]
+    bad_rows: list[str]
+    missing_videos: dict[str, str]
+    too_long: int = 0
+
+    def report(self) -> str:
+        lines = [f"{len(self.rows)} rows; {len(self.bad_rows)} malformed, "
+                 f"{len(self.missing_videos)} missing/unreadable videos, {self.too_long} too long: skipped"]
+        lines += [f"  {problem}" for problem in self.bad_rows[:10]]
+        lines += [f"  video {p}: {why}" for p, why in list(self.missing_videos.items())[:10]]
+        return "\n".join(lines)
+
+
+def build_index(annotation: str, video_root: str | None = None) -> QAIndex:
+    root = video_root if video_root is not None else os.path.dirname(os.path.abspath(annotation))
+    rows, bad = [], []
+    for i, raw in enumerate(read_rows(annotation)):
+        try:
+            rows.append(parse_row(i, raw, root))
+        except ValueError as e:
+            bad.append(str(e))
+            logging.warning("%s: %s", annotation, e)
+    infos, missing = {}, {}
+    for path in sorted({r.video for r in rows}):
+        try:
+            infos[path] = video.probe(path)
+        except video.VideoError as e:
+            missing[path] = str(e) if os.path.exists(path) else "missing"
+    kept = [r for r in rows if r.video in infos]
+    if not kept:
+        raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(missing)} videos missing or "
+                         "unreadable)" + ("\n  " + "\n  ".join(bad[:5]) if bad else ""))
+    return QAIndex(kept, infos, bad, missing)
+
+
+def uniform_indices(num_video_frames: int, num_frames: int) -> tuple[int, ...]:
+    """Frames sampled uniformly over the whole video: the middle of `num_frames` equal segments."""
+    return tuple(int(x) for x in ((np.arange(num_frames) + 0.5) * num_video_frames / num_frames))
+
+
+class TooLong(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class PromptBuilder:
+    """Rows -> token ids with a loss mask, through the tokenizer's chat template."""
+
+    tokenizer: object
+    visual_groups: int  # temporal slices of the visual tokens (T')
+    tokens_per_group: int  # visual tokens per slice (H' * W')
+    separators: str = "none"  # 'none' | 'frame' | 'timestamp'
+    max_length: int = 4096
+    system_prompt: str | None = None
+
+    def video_block(self, group_times: list[float] | None = None) -> str:
+        pad = self.tokenizer.video_token * self.tokens_per_group
+        if self.separators == "none":
+            return pad * self.visual_groups
+        if self.separators == "frame":
+            return "".join(f"Frame {g + 1}: {pad}\n" for g in range(self.visual_groups))
+        if self.separators == "timestamp":
+            times = group_times or [0.0] * self.visual_groups
+            return "".join(f"{t:.1f}s: {pad}\n" for t in times)
+        raise ValueError(f"unknown video separators {self.separators!r}; choose 'none', 'frame' or 'timestamp'")
+
+    def messages(self, turns, group_times=None) -> list[dict]:
+        block = self.video_block(group_times)
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": role, "content": text.replace(VIDEO_MARKER, block)} for role, text in turns]
+
+    def training_example(self, turns, group_times=None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32, loss_mask bool): the mask is True on assistant tokens (answers and end-of-turn)."""
+        msgs = self.messages(turns, group_times)
+        full = self.tokenizer.apply_chat_template(msgs)
+        cuts, spans = [0], []
+        first = 1 if self.system_prompt else 0
+        for k in range(first, len(msgs)):
+            if msgs[k]["role"] != "assistant":
+                continue
+            start = self.tokenizer.apply_chat_template(msgs[:k], add_generation_prompt=True)
+            end = self.tokenizer.apply_chat_template(msgs[:k + 1])
+            if not (full.startswith(start) and full.startswith(end)):
+                raise ValueError("the chat template does not render conversations as growing prefixes; "
+                                 "answer tokens cannot be located")
+            spans.append((len(start), len(end)))
+        ids, mask, pos = [], [], 0
+        for start, end in spans:
+            head = self.tokenizer.encode(full[pos:start])
+            answer = self.tokenizer.encode(full[start:end])
+            ids += head + answer
+            mask += [False] * len(head) + [True] * len(answer)
+            pos = end
+        tail = self.tokenizer.encode(full[pos:])
+        ids += tail
+        mask += [False] * len(tail)
+        self._check(ids)
+        return np.asarray(ids, np.int32), np.asarray(mask, bool)
+
+    def generation_prompt(self, turns, group_times=None) -> np.ndarray:
+        """Token ids of the conversation up to (not including) the final assistant turn."""
+        if turns and turns[-1][0] == "assistant":
+            turns = turns[:-1]
+        text = self.tokenizer.apply_chat_template(self.messages(turns, group_times), add_generation_prompt=True)
+        ids = self.tokenizer.encode(text)
+        self._check(ids)
+        return np.asarray(ids, np.int32)
+
+    def _check(self, ids):
+        n_video = sum(1 for i in ids if i == self.tokenizer.video_token_id)
+        if n_video != self.visual_groups * self.tokens_per_group:
+            raise ValueError(f"prompt holds {n_video} video placeholders, the encoder gives "
+                             f"{self.visual_groups * self.tokens_per_group} visual tokens")
+        if len(ids) > self.max_length:
+            raise TooLong(f"{len(ids)} tokens > max_length {self.max_length}")
