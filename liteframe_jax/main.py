@@ -33,11 +33,24 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def answer(config) -> None:
+    from liteframe_jax.eval.answer import VideoQA
+    for key in ("run", "video", "question"):
+        if not config[key]:
+            raise app.UsageError(f"--config.{key} is required")
+    qa = VideoQA(config.run)
+    text = qa(config.video, config.question, max_new_tokens=config.max_new_tokens,
+              temperature=config.temperature, top_k=config.top_k, seed=config.seed)
+    print(f"Q: {config.question}\nA: {text}")
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/ctd.py")
+    if config.trainer == "generate":
+        return answer(config)
     maybe_initialize_distributed()
     workdir = _WORKDIR.value or os.path.join("runs", config.trainer)
     os.makedirs(workdir, exist_ok=True)

@@ -49,3 +49,26 @@ def tiny_ctd_config(videos: str, **overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def tiny_lma_config(train: str, eval_: str | None = None, **overrides):
+    """The LMA demo with a random student (no CTD run first), one device, no worker processes."""
+    c = load_config("lma", "demo")
+    c.student.init = "random"
+    c.data.train, c.data.eval = train, eval_
+    c.mesh.num_devices = 1
+    c.eval_at_start = False
+    c.eval_every = 0
+    c.log_every = 1
+    c.total_steps = 3
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.checkpoint_every = 100
+    c.async_checkpointing = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

@@ -76,5 +76,5 @@ def restore_params(workdir: str, subtree: str = "params") -> tuple[dict, int]:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
-    logging.info("init_from: read %s of %s step %d", subtree, d, step)
+    logging.info("read %s of %s step %d", subtree, d, step)
     return restored["state"][subtree], step

@@ -66,7 +66,7 @@ def normalise_answer(text: str) -> str:
 class LMATask(Task):
     name = "lma"
 
-    def __init__(self, config, mesh, workdir: str):
+    def __init__(self, config, mesh, workdir: str, with_data: bool = True):
         super().__init__(config, mesh)
         self.workdir = workdir
         self.dtype = compute_dtype(config.dtype)
@@ -84,7 +84,7 @@ class LMATask(Task):
             system_prompt=config.data.system_prompt)
         metrics_lib.log(f"[lma] {self.frames_per_video} frames -> {self.builder.visual_groups * self.tokens_per_group}"
                         f" visual tokens ({self.encoder_description})")
-        self.train_index, self.eval_index = self._data(config.data)
+        self.train_index, self.eval_index = self._data(config.data) if with_data else (None, None)
         if config.batch_size % jax.process_count():
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
         self.local_batch = config.batch_size // jax.process_count()

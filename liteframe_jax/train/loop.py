@@ -113,6 +113,7 @@ class Result:
     last_metrics: dict
     compile_seconds: float
     train_seconds: float
+    params: dict | None = None  # the whole model's final parameters (trained and frozen parts)
 
 
 def match_params(source: dict, target: dict) -> dict:
@@ -351,7 +352,7 @@ def train(config, workdir: str, task: Task) -> Result:
     return Result(workdir=workdir, step=int(jax.device_get(state["step"])), origin=origin,
                   checkpoint_dir=ckpt.directory, metrics_path=writer.path, curve_path=curve, eval=eval_metrics,
                   eval_at_start=eval_at_start, last_metrics=last_metrics, compile_seconds=compile_seconds,
-                  train_seconds=train_seconds)
+                  train_seconds=train_seconds, params=_merge(state["params"], frozen_model))
 
 
 def _memory_report(compiled) -> str:

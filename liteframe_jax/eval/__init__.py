@@ -1,0 +1,1 @@
+"""Evaluation and inference: answering questions about videos with a trained Video LLM."""

@@ -1,0 +1,68 @@
+"""LLaVA-Video rows: validation with row numbers, loss masks on answers only, the context-length rule."""
+
+import json
+
+import numpy as np
+import pytest
+
+from liteframe_jax.data import conversations
+from liteframe_jax.data.tokenizer import ByteTokenizer
+from helpers import make_videos
+
+
+def _rows(video):
+    good = {"id": "a", "video": video, "conversations": [
+        {"from": "human", "value": "<video>\nWhat colour?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "And the shape?"}, {"from": "gpt", "value": "a disc"}]}
+    return [
+        good,
+        {"id": "b", "video": video, "conversations": [{"from": "human", "value": "no marker"},
+                                                      {"from": "gpt", "value": "x"}]},
+        {"id": "c", "video": video, "conversations": [{"from": "human", "value": "<video> q"},
+                                                      {"from": "human", "value": "again"}]},
+        {"id": "d", "video": "missing.mp4", "conversations": good["conversations"]},
+        {"id": "e", "conversations": good["conversations"]},
+    ]
+
+
+def test_rows_are_validated_with_row_numbers_and_missing_videos_counted(tmp_path):
+    video = make_videos(tmp_path, count=1)[0]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(video)))
+    index = conversations.build_index(str(path))
+    assert [r.id for r in index.rows] == ["a"]
+    problems = "\n".join(index.bad_rows)
+    assert "row 1 (id b): expected exactly one <video> marker" in problems
+    assert "row 2 (id c): the conversation does not alternate" in problems
+    assert "row 4 (id e): no 'video' path" in problems
+    assert list(index.missing_videos.values()) == ["missing"]
+    assert "3 malformed, 1 missing/unreadable videos" in index.report()
+
+
+def test_loss_mask_covers_exactly_the_answers():
+    tok = ByteTokenizer()
+    builder = conversations.PromptBuilder(tok, visual_groups=2, tokens_per_group=3, separators="frame")
+    turns = (("user", "<video>\nWhat colour?"), ("assistant", "red"), ("user", "Shape?"), ("assistant", "a disc"))
+    ids, mask = builder.training_example(turns)
+    assert len(ids) == len(mask)
+    answers = tok.decode(ids[mask], skip_special=False)
+    assert answers == "red<|im_end|>\na disc<|im_end|>\n"
+    assert int((ids == tok.video_token_id).sum()) == 6
+    assert "Frame 2: " in tok.decode(ids)
+    prompt = builder.generation_prompt(turns[:1])
+    assert tok.decode(prompt, skip_special=False).endswith("<|im_start|>assistant\n")
+
+
+def test_too_long_rows_are_refused():
+    tok = ByteTokenizer()
+    builder = conversations.PromptBuilder(tok, visual_groups=1, tokens_per_group=4, max_length=30)
+    with pytest.raises(conversations.TooLong):
+        builder.training_example((("user", "<video>" + "x" * 40), ("assistant", "y")))
+
+
+def test_timestamps_and_uniform_sampling():
+    assert conversations.uniform_indices(100, 4) == (12, 37, 62, 87)
+    builder = conversations.PromptBuilder(ByteTokenizer(), visual_groups=2, tokens_per_group=1,
+                                          separators="timestamp")
+    assert builder.video_block([0.0, 2.5]) == "0.0s: <|video_pad|>\n2.5s: <|video_pad|>\n"
+    np.testing.assert_array_equal(ByteTokenizer().encode("hé<|im_end|>"), [104, 195, 169, 258])
