@@ -119,9 +119,17 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
             k_pos, k_valid = cache["positions"], cache["valid"]
             cache = {**cache, "k": k_all, "v": v_all}
-        mask = attention_mask(positions, k_pos, k_valid, window)
-        y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
-                                         scale=hd ** -0.5, implementation=self.attn_impl)
+        if cache is None and self.attn_impl == "cudnn":
+            # Training batches are right-padded with positions 0..T-1: causal attention over each row's valid
+            # prefix is exactly the position mask, in the form cuDNN's fused kernel takes.
+            y = jax.nn.dot_product_attention(
+                q, k, v, scale=hd ** -0.5, is_causal=True, key_value_seq_lengths=valid.sum(-1).astype(jnp.int32),
+                local_window_size=(window - 1, 0) if window else None, implementation="cudnn")
+        else:
+            mask = attention_mask(positions, k_pos, k_valid, window)
+            y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
+                                             scale=hd ** -0.5,
+                                             implementation=None if cache is not None else self.attn_impl)
         return self.o(y.reshape(b, t, -1)), cache
 
 

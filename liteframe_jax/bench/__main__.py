@@ -1,0 +1,366 @@
+"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|all] [--small] [--out results.json]`
+
+Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
+timed runs after warm-up (`jax.block_until_ready` around each), beside the bfloat16 matmul ceiling measured
+in the same process, so MFU = model FLOP/s / measured ceiling. `--small` shrinks everything to run on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from liteframe_jax.bench import flops as flops_lib
+from liteframe_jax.jobs import load_config_file
+from liteframe_jax.models import compression
+from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
+from liteframe_jax.models.layers import pure_dict
+from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
+from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+from liteframe_jax.models.video_llm import Projector, ProjectorConfig, VideoLLM, splice
+from liteframe_jax.train import losses
+
+BF16 = jnp.bfloat16
+
+
+def timed(fn, *args, warmup: int = 2, iters: int = 10, carry: bool = False) -> float:
+    """Median seconds per call. With `carry`, the call's first output replaces the first argument
+    (a donated train state)."""
+    args = list(args)
+    for _ in range(warmup):
+        out = fn(*args)
+        jax.block_until_ready(out)
+        if carry:
+            args[0] = out[0]
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+        if carry:
+            args[0] = out[0]
+    return statistics.median(times)
+
+
+def peak_memory_gib() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 30
+
+
+def matmul_ceiling(small: bool) -> float:
+    n = 1024 if small else 8192
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(k1, (n, n), BF16)
+    b = jax.random.normal(k2, (n, n), BF16)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=BF16))
+    return 2 * n ** 3 / timed(f, a, b, iters=20)
+
+
+def random_frames(batch, t, size, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, t, size, size, 3), 0, 256, jnp.int32).astype(jnp.uint8)
+
+
+def _normalise(frames):
+    return ((frames.astype(jnp.float32) / 255.0 - 0.45) / 0.225).astype(BF16)
+
+
+def paper_models(small: bool):
+    ctd = load_config_file("ctd", "paper")
+    vit = InternVitConfig(**ctd.teacher.vit.to_dict())
+    head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
+    student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
+    siglip = InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=384,
+                             patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh")
+    window = tuple(ctd.compression.window)
+    if small:
+        vit = InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
+                              patch_size=14)
+        siglip = vit
+        head = InternVLHeadConfig(out_features=64)
+        student = StudentConfig(image_size=56, num_frames=8, patch_size=(1, 14, 14), width=64, num_heads=4,
+                                mlp_dim=128, stages=((1, (2, 2, 2)), (1, (2, 1, 1))), out_dim=64)
+        window = (4, 1, 1)
+    return vit, head, student, siglip, window
+
+
+def bench_encoders(ceiling, small, attn_impls):
+    vit, head, student, siglip, _ = paper_models(small)
+    rows = []
+    batches = [2] if small else [32, 64]
+    for impl in attn_impls:
+        for name, build, per_item, frames_per_item, size in (
+            ("InternViT-300M 448px (teacher)", lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16,
+                                                                          attn_impl=impl),
+             flops_lib.internvit_per_frame(vit), 1, vit.image_size),
+            ("SigLIP-So400m-shaped 384px", lambda: InternVisionTower(siglip, None, rngs=nnx.Rngs(0), dtype=BF16,
+                                                                      attn_impl=impl),
+             flops_lib.internvit_per_frame(siglip), 1, siglip.image_size),
+            ("LiteFrame student (paper), 8-frame clips", lambda: LiteFrameStudent(student, rngs=nnx.Rngs(0),
+                                                                                  dtype=BF16, attn_impl=impl),
+             flops_lib.student_per_clip(student), student.num_frames, student.image_size),
+        ):
+            model = build()
+            graphdef, params = nnx.split(model)
+            is_student = isinstance(model, LiteFrameStudent)
+            for batch in batches:
+                items = batch if not is_student else max(1, batch // frames_per_item)
+                if is_student:
+                    x = _normalise(random_frames(items, frames_per_item, size))
+                else:
+                    x = _normalise(random_frames(1, items, size)[0])
+                f = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+                try:
+                    sec = timed(f, params, x)
+                except Exception as e:  # e.g. cuDNN refusing a head size: reported, not hidden
+                    rows.append({"bench": "encoder", "model": name, "attention": impl or "xla", "batch_frames":
+                                 items * frames_per_item, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                    continue
+                fl = per_item * items
+                rows.append({"bench": "encoder", "model": name, "attention": impl or "xla",
+                             "batch_frames": items * frames_per_item, "ms": sec * 1e3,
+                             "frames_per_s": items * frames_per_item / sec, "tflops": fl / sec / 1e12,
+                             "mfu": fl / sec / ceiling})
+            del model, params
+    return rows
+
+
+def _adamw_step(loss_fn):
+    tx = optax.adamw(1e-4)
+
+    def step(state, *args):
+        params, opt = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, *args)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), loss
+
+    return tx, jax.jit(step, donate_argnums=0)
+
+
+def bench_ctd(ceiling, small, impl):
+    vit, head, student_cfg, _, window = paper_models(small)
+    teacher = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
+    t_graph, t_params = nnx.split(teacher)
+    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
+    s_graph, s_params = nnx.split(student)
+    s_params = pure_dict(s_params)
+    t = student_cfg.num_frames
+    size = vit.image_size
+
+    def targets(tp, frames):
+        b = frames.shape[0]
+        grid = nnx.merge(t_graph, tp).features(_normalise(frames).reshape(b * t, size, size, 3), "projector")
+        grid = grid.astype(jnp.float32).reshape(b, t, *grid.shape[1:])
+        pooled = compression.compress(grid, window)
+        return pooled.reshape(b, -1, pooled.shape[-1])
+
+    def loss_online(sp, tp, frames):
+        target = jax.lax.stop_gradient(targets(tp, frames))
+        pred = nnx.merge(s_graph, sp)(_normalise(frames))
+        return losses.ctd_loss(pred, target, mse_weight=1.0, cosine_weight=1.0, clip_sigma=3.0)[0]
+
+    def loss_cached(sp, target, frames):
+        pred = nnx.merge(s_graph, sp)(_normalise(frames))
+        return losses.ctd_loss(pred, target.astype(jnp.float32), mse_weight=1.0, cosine_weight=1.0,
+                               clip_sigma=3.0)[0]
+
+    teacher_fl = flops_lib.internvit_per_frame(vit, head.out_features) * t
+    student_fl = 3 * flops_lib.student_per_clip(student_cfg)
+    rows = []
+    for mode, loss_fn, per_sample in (("online teacher", loss_online, teacher_fl + student_fl),
+                                      ("cached targets", loss_cached, student_fl)):
+        for batch in ([2] if small else [16, 32]):
+            tx, step = _adamw_step(loss_fn)
+            state = (jax.tree.map(jnp.copy, s_params), tx.init(s_params))
+            frames = random_frames(batch, t, size)
+            extra = t_params if mode == "online teacher" else jax.jit(targets)(t_params, frames).astype(BF16)
+            try:
+                t0 = time.perf_counter()
+                jax.block_until_ready(step(state, extra, frames))  # compile (+ one step)
+                compile_s = time.perf_counter() - t0
+                state = (jax.tree.map(jnp.copy, s_params), tx.init(s_params))
+                sec = timed(step, state, extra, frames, carry=True)
+            except Exception as e:
+                rows.append({"bench": "ctd_step", "mode": mode, "batch": batch,
+                             "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                continue
+            rows.append({"bench": "ctd_step", "mode": mode, "attention": impl or "xla", "batch": batch,
+                         "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
+                         "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
+                         "compile_s": compile_s, "peak_gib": peak_memory_gib()})
+    return rows
+
+
+def bench_lma(ceiling, small, impl):
+    _, _, student_cfg, _, _ = paper_models(small)
+    llm_cfg = Qwen2Config(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                          num_kv_heads=2, tie_word_embeddings=True)
+    frames_total, text_tokens, answer_tokens = 512, 128, 64
+    if small:
+        llm_cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                              num_kv_heads=2, tie_word_embeddings=True)
+        frames_total, text_tokens, answer_tokens = 16, 32, 8
+    clips = frames_total // student_cfg.num_frames
+    per_clip = int(np.prod(student_cfg.output_grid))
+    seq = clips * per_clip + text_tokens
+    video_id = llm_cfg.vocab_size - 1
+    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
+    proj = Projector(student_cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
+    llm = Qwen2(llm_cfg, rngs=nnx.Rngs(3), dtype=BF16, attn_impl=impl)
+    model = VideoLLM(student, llm, video_token_id=video_id, projector=proj)
+    graphdef, params = nnx.split(model)
+    params = pure_dict(params)
+    frozen, trained = {"encoder": params["encoder"]}, {k: v for k, v in params.items() if k != "encoder"}
+    size = student_cfg.image_size
+
+    def loss_fn(tp, fp, tokens, frames, answer_pos):
+        m = nnx.merge(graphdef, {**tp, **fp})
+        b = tokens.shape[0]
+        vis = m.visual_tokens(_normalise(frames).reshape(b * clips, student_cfg.num_frames, size, size, 3))
+        embeds = splice(m.llm.embed_tokens(tokens), tokens, vis.reshape(b, -1, vis.shape[-1]), video_id)
+        h, _ = m.llm.hidden(embeds, jnp.broadcast_to(jnp.arange(seq), (b, seq)), jnp.ones((b, seq), bool))
+        h = jnp.take_along_axis(h, answer_pos[..., None], axis=1)  # logits only where the loss is
+        targets = jnp.take_along_axis(tokens, answer_pos + 1, axis=1)
+        logp = jax.nn.log_softmax(m.llm.logits(h), -1)
+        return -jnp.take_along_axis(logp, targets[..., None], -1).mean()
+
+    rows = []
+    for batch in ([1] if small else [1, 2]):
+        tx, step = _adamw_step(loss_fn)
+        tokens = jnp.concatenate([jnp.full((batch, clips * per_clip), video_id, jnp.int32),
+                                  jax.random.randint(jax.random.key(1), (batch, text_tokens), 0, 1000)], 1)
+        answer_pos = jnp.broadcast_to(jnp.arange(seq - answer_tokens - 1, seq - 1), (batch, answer_tokens))
+        frames = random_frames(batch, frames_total, size)
+        llm_fl = 3 * flops_lib.qwen2_per_sequence(llm_cfg, seq, answer_tokens)
+        proj_fl = 3 * 2 * clips * per_clip * (student_cfg.out_dim + llm_cfg.hidden_size) * llm_cfg.hidden_size
+        student_fl = clips * flops_lib.student_per_clip(student_cfg)  # frozen: forward only
+        per_sample = llm_fl + proj_fl + student_fl
+        try:
+            state = (jax.tree.map(jnp.copy, trained), tx.init(trained))
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(state, frozen, tokens, frames, answer_pos))
+            compile_s = time.perf_counter() - t0
+            state = (jax.tree.map(jnp.copy, trained), tx.init(trained))
+            sec = timed(step, state, frozen, tokens, frames, answer_pos, iters=5, carry=True)
+        except Exception as e:
+            rows.append({"bench": "lma_step", "batch": batch, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
+        rows.append({"bench": "lma_step", "model": f"Qwen2-{llm_cfg.hidden_size}x{llm_cfg.num_layers} + student, "
+                     f"{frames_total} frames", "attention": impl or "xla", "batch": batch, "seq": seq, "ms": sec * 1e3,
+                     "tokens_per_s": batch * seq / sec, "tflops": per_sample * batch / sec / 1e12,
+                     "mfu": per_sample * batch / sec / ceiling, "compile_s": compile_s,
+                     "peak_gib": peak_memory_gib(), "trained": "projector + full LLM; student frozen"})
+    return rows
+
+
+def bench_pipeline(small, workers_list):
+    """720p H.264 decode + resize to 448 (per core), and the Grain pipeline with worker processes."""
+    import tempfile
+
+    import av
+
+    from liteframe_jax.data import clips as clips_lib, demo, pipeline, video
+    folder = tempfile.mkdtemp()
+    w, h, n = (320, 180, 48) if small else (1280, 720, 240)
+    rng = np.random.default_rng(0)
+    frames = demo.render(demo.random_shapes(rng, 3), n, w, h, speed=0.01)
+    noise = rng.integers(0, 40, frames.shape, np.uint8)  # texture, so the codec has real work
+    path = demo.write_video(os.path.join(folder, "clip.mp4"), frames + noise, fps=30)
+    size = 112 if small else 448
+    rows = []
+    t0 = time.perf_counter()
+    count = 0
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        for f in c.decode(s):
+            f.reformat(width=size, height=size, format="rgb24").to_ndarray()
+            count += 1
+    sec = time.perf_counter() - t0
+    rows.append({"bench": "decode", "source": f"{w}x{h} H.264", "to": size, "threads": 1,
+                 "frames_per_s": count / sec})
+    copies = [os.path.join(folder, f"c{i}.mp4") for i in range(16)]
+    for c in copies:
+        os.link(path, c)
+    index = clips_lib.build_index(copies, num_frames=8, stride=4)
+    for workers in workers_list:
+        ds = iter(pipeline.train_dataset(index.clips, size=size, batch_size=8, seed=0, num_workers=workers,
+                                         read_threads=2))
+        next(ds)
+        t0 = time.perf_counter()
+        batches = 6 if small else 40
+        for _ in range(batches):
+            next(ds)
+        sec = time.perf_counter() - t0
+        rows.append({"bench": "pipeline", "workers": workers, "clips_per_s": batches * 8 / sec,
+                     "frames_per_s": batches * 64 / sec})
+        if hasattr(ds, "close"):
+            ds.close()
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
+    parser.add_argument("what", nargs="*", default=["all"],
+                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline"])
+    parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument("--attention", default="cudnn", help="'cudnn' or 'xla' (encoders also try 'xla')")
+    parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")
+    parser.add_argument("--out", default=None, help="write all rows as JSON here")
+    args = parser.parse_args(argv)
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags; argparse owns this command line
+    what = {"matmul", "encoders", "ctd", "lma", "pipeline"} if "all" in args.what else set(args.what)
+    impl = None if args.attention == "xla" else args.attention
+    import flax
+    header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
+              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(sys.argv)}
+    ceiling = matmul_ceiling(args.small)
+    header["bf16_matmul_tflops"] = ceiling / 1e12
+    print(json.dumps(header), flush=True)
+    rows = []
+    sections = [("encoders", lambda: bench_encoders(ceiling, args.small, [impl] + ([None] if impl else []))),
+                ("ctd", lambda: bench_ctd(ceiling, args.small, impl)),
+                ("lma", lambda: bench_lma(ceiling, args.small, impl)),
+                ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")]))]
+    for name, fn in sections:
+        if name in what:
+            for row in fn():
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"header": header, "rows": rows}, f, indent=1)
+    print("\n" + table(rows, ceiling))
+
+
+def table(rows, ceiling) -> str:
+    lines = [f"bf16 matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['bench']:9s} {r.get('model', r.get('mode', ''))} batch {r.get('batch', r.get('batch_frames'))}"
+                         f": ERROR {r['error'][:120]}")
+            continue
+        what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
+        figs = [f"{k}={r[k]:.3g}" for k in ("batch", "batch_frames", "ms", "frames_per_s", "samples_per_s",
+                                            "tokens_per_s", "clips_per_s", "tflops", "mfu", "peak_gib", "compile_s")
+                if isinstance(r.get(k), (int, float))]
+        lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
