@@ -82,7 +82,7 @@ def paper_models(small: bool):
     vit = InternVitConfig(**ctd.teacher.vit.to_dict())
     head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
     student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
-    siglip = InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=384,
+    siglip = InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=378,
                              patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh")
     window = tuple(ctd.compression.window)
     if small:
@@ -105,7 +105,7 @@ def bench_encoders(ceiling, small, attn_impls):
             ("InternViT-300M 448px (teacher)", lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16,
                                                                           attn_impl=impl),
              flops_lib.internvit_per_frame(vit), 1, vit.image_size),
-            ("SigLIP-So400m-shaped 384px", lambda: InternVisionTower(siglip, None, rngs=nnx.Rngs(0), dtype=BF16,
+            ("SigLIP-So400m-shaped 384px (27x27 patches)", lambda: InternVisionTower(siglip, None, rngs=nnx.Rngs(0), dtype=BF16,
                                                                       attn_impl=impl),
              flops_lib.internvit_per_frame(siglip), 1, siglip.image_size),
             ("LiteFrame student (paper), 8-frame clips", lambda: LiteFrameStudent(student, rngs=nnx.Rngs(0),
