@@ -26,6 +26,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 def maybe_initialize_distributed() -> None:
     """jax.distributed for multi-process runs: explicit flags, or the cluster's environment (TPU/SLURM)."""
     import jax
+    if _COORDINATOR.value or _NUM_PROCESSES.value or os.environ.get("LITEFRAME_DISTRIBUTED") == "auto":
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # cross-process collectives on CPU need gloo
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if _COORDINATOR.value or _NUM_PROCESSES.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
