@@ -41,10 +41,24 @@ def answer(config) -> None:
     for key in ("run", "video", "question"):
         if not config[key]:
             raise app.UsageError(f"--config.{key} is required")
-    qa = VideoQA(config.run)
+    qa = VideoQA.from_run(config.run)
     text = qa(config.video, config.question, max_new_tokens=config.max_new_tokens,
               temperature=config.temperature, top_k=config.top_k, seed=config.seed)
     print(f"Q: {config.question}\nA: {text}")
+
+
+def evaluate(config, workdir: str) -> None:
+    from liteframe_jax.eval import harness
+    from liteframe_jax.eval.answer import VideoQA, internvl_baseline
+    m = config.model
+    if bool(m.run) == bool(m.internvl):
+        raise app.UsageError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
+    model = VideoQA.from_run(m.run) if m.run else internvl_baseline(m.internvl, num_frames=m.internvl_frames)
+    if config.benchmark == "demo" and not config.data.root:
+        config.data.root = os.path.join(m.run, "demo_qa")
+    if not config.data.root:
+        raise app.UsageError("--config.data.root is required (the benchmark's folder)")
+    harness.evaluate(config, workdir, model)
 
 
 def main(argv):
@@ -54,6 +68,8 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=configs/ctd.py")
     if config.trainer == "generate":
         return answer(config)
+    if config.trainer == "eval":
+        return evaluate(config, _WORKDIR.value or os.path.join("runs", f"eval_{config.benchmark}"))
     maybe_initialize_distributed()
     workdir = _WORKDIR.value or os.path.join("runs", config.trainer)
     os.makedirs(workdir, exist_ok=True)

@@ -98,7 +98,7 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     assert acc > chance + 0.2, result.eval
     assert len(task.samples) == 32 and {"answer", "gold", "correct"} <= set(task.samples[0])
     from liteframe_jax.eval.answer import VideoQA
-    qa_model = VideoQA(str(tmp_path))
+    qa_model = VideoQA.from_run(str(tmp_path))
     row = task.eval_index.rows[0]
     answer = qa_model(row.video, row.turns[0][1], max_new_tokens=8)
     assert answer == task.samples[0]["answer"]

@@ -6,6 +6,8 @@ Four question types, each with its chance rate (1 / number of plausible answers)
   count      1-3 shapes; "How many shapes are there?"          one / two / three
   order      two shapes, the second appears mid-clip; "Which colour appears first?"   2 visible colours
 Rows are written in the LLaVA-Video format (see data/conversations.py) with `task_type` and `num_options`.
+Every training clip is asked twice: open-ended, and as a lettered multiple-choice question (the format of
+`eval_mc.json`, which the benchmark harness's `:demo` preset scores).
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ from liteframe_jax.data.demo import COLOURS, DIRECTIONS, Shape, render, write_vi
 
 NUMBERS = ("one", "two", "three")
 TASKS = {"colour": 6, "direction": 4, "count": 3, "order": 2}
+LETTERS = "ABCD"
+MC_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+def answer_space(task: str, shapes: list[Shape]) -> list[str]:
+    if task == "colour":
+        return list(COLOURS)
+    if task == "direction":
+        return list(DIRECTIONS)
+    if task == "count":
+        return list(NUMBERS)
+    return [s.colour for s in shapes]  # order: the two colours on screen
+
+
+def multiple_choice(task: str, shapes: list[Shape], question: str, answer: str, rng) -> tuple[str, list[str], str]:
+    """(prompt text, options, correct letter): up to 4 options from the task's answers, the right one among them."""
+    space = answer_space(task, shapes)
+    others = [a for a in space if a != answer]
+    options = [answer] + list(rng.choice(others, min(3, len(others)), replace=False))
+    options = [str(o) for o in rng.permutation(options)]
+    block = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return f"{question}\n{block}\n{MC_SUFFIX}", options, LETTERS[options.index(answer)]
 
 
 def _start_for(direction: str, rng) -> tuple[float, float]:
@@ -54,13 +78,15 @@ def make_example(task: str, rng, num_frames: int) -> tuple[list[Shape], str, str
 
 def make_qa_set(folder: str, num_train: int = 320, num_eval: int = 64, num_frames: int = 16, size: int = 64,
                 seed: int = 0) -> tuple[str, str]:
-    """Write videos and train.jsonl / eval.jsonl into `folder` (kept across runs); returns the two paths."""
+    """Write videos, train.jsonl / eval.jsonl and eval_mc.json into `folder` (kept across runs)."""
     os.makedirs(os.path.join(folder, "videos"), exist_ok=True)
     paths = (os.path.join(folder, "train.jsonl"), os.path.join(folder, "eval.jsonl"))
-    if all(os.path.exists(p) for p in paths):
+    mc_path = os.path.join(folder, "eval_mc.json")
+    if all(os.path.exists(p) for p in (*paths, mc_path)):
         return paths
     rng = np.random.default_rng(seed)
     tasks = list(TASKS)
+    mc_rows = []
     for path, count, prefix in ((paths[0], num_train, "train"), (paths[1], num_eval, "eval")):
         rows = []
         for i in range(count):
@@ -69,11 +95,25 @@ def make_qa_set(folder: str, num_train: int = 320, num_eval: int = 64, num_frame
             name = f"videos/{prefix}_{i:04d}.mp4"
             speed = 0.025 if task == "direction" or task == "colour" else 0.0
             write_video(os.path.join(folder, name), render(shapes, num_frames, size, size, speed=speed), fps=8)
-            rows.append({"id": f"{prefix}_{i:04d}", "video": name, "task_type": task, "num_options": TASKS[task],
+            mc_text, options, letter = multiple_choice(task, shapes, question, answer, rng)
+            base = {"video": name, "task_type": task}
+            rows.append({"id": f"{prefix}_{i:04d}", **base, "num_options": TASKS[task],
                          "conversations": [{"from": "human", "value": f"<video>\n{question}"},
                                            {"from": "gpt", "value": answer}]})
-        tmp = path + ".partial"
-        with open(tmp, "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+            if prefix == "train":
+                rows.append({"id": f"{prefix}_{i:04d}_mc", **base, "num_options": len(options),
+                             "conversations": [{"from": "human", "value": f"<video>\n{mc_text}"},
+                                               {"from": "gpt", "value": letter}]})
+            else:
+                mc_rows.append({"id": f"{prefix}_{i:04d}", **base, "question": question, "options": options,
+                                "answer": letter})
+        _write(path, "".join(json.dumps(r) + "\n" for r in rows))
+    _write(mc_path, json.dumps(mc_rows, indent=1))
     return paths
+
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)  # a killed first run never leaves a half-written file behind

@@ -1,0 +1,36 @@
+"""Benchmark evaluation of a Video LLM: `--config=configs/eval.py:NAME` with NAME one of
+videomme, mlvu, longvideobench, demo.
+
+    python -m liteframe_jax.main --config=configs/eval.py:videomme --workdir=runs/eval_vmme \\
+        --config.model.run=runs/lma1 --config.data.root=/data/Video-MME
+    python -m liteframe_jax.main --config=configs/eval.py:demo --config.model.run=runs/lma_demo --workdir=runs/eval_demo
+
+The model is an LMA run (`model.run`) or the InternVL3 baseline from a whole Hugging Face folder
+(`model.internvl`, frames per question `model.internvl_frames`). Answers are written as they come
+(WORKDIR/results.jsonl): running the same command again resumes where it stopped.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+MAX_NEW_TOKENS = {"videomme": 16, "mlvu": 16, "longvideobench": 32, "demo": 8}
+
+
+def get_config(arg=None):
+    bench = arg or "demo"
+    if bench not in MAX_NEW_TOKENS:
+        raise ValueError(f"unknown benchmark {bench!r}; choose one of {sorted(MAX_NEW_TOKENS)}")
+    c = ml_collections.ConfigDict()
+    c.trainer = "eval"
+    c.benchmark = bench
+    c.seed = 0  # LongVideoBench's random fallback when no letter parses
+    c.model = ml_collections.ConfigDict(dict(run=config_dict.placeholder(str), internvl=config_dict.placeholder(str),
+                                             internvl_frames=64))
+    c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
+                                            annotation=config_dict.placeholder(str)))
+    c.batch_size = 8
+    c.decode_workers = 8
+    c.max_new_tokens = MAX_NEW_TOKENS[bench]
+    c.parse_failure_threshold = 0.05
+    c.max_questions = 0  # 0: all
+    return c
