@@ -308,10 +308,107 @@ def bench_pipeline(small, workers_list):
             ds.close()
 
 
+def bench_latency(ceiling, small, impl, out_dir):
+    """Per request on one GPU: vision encoding, LLM prefill and time to first token (their sum), for the
+    InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM."""
+    vit, head, student_cfg, _, _ = paper_models(small)
+    llm_cfg = Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
+                          num_heads=28, num_kv_heads=4)
+    text = 64
+    plans = [("InternVL3-8B-style", f) for f in (16, 32, 64)] + [("LiteFrame", f) for f in (64, 128, 256, 512)]
+    if small:
+        llm_cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                              num_kv_heads=2)
+        head = InternVLHeadConfig(out_features=64)
+        plans = [("InternVL3-8B-style", 2), ("LiteFrame", 8), ("LiteFrame", 16)]
+    cast = lambda tree: jax.tree.map(lambda x: x.astype(BF16), tree)
+    llm = Qwen2(llm_cfg, rngs=nnx.Rngs(3), dtype=BF16, attn_impl=impl)
+    llm_graph, llm_params = nnx.split(llm)
+    llm_params = cast(llm_params)
+    del llm
+    tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
+    tower_graph, tower_params = nnx.split(tower)
+    tower_params = cast(tower_params)
+    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
+    proj = Projector(student_cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
+    enc_graph, enc_params = nnx.split((student, proj))
+    enc_params = cast(enc_params)
+    size = vit.image_size
+
+    @jax.jit
+    def encode_internvl(p, frames):
+        grid = nnx.merge(tower_graph, p).features(_normalise(frames), "projector")
+        return grid.reshape(1, -1, grid.shape[-1])
+
+    @jax.jit
+    def encode_liteframe(p, frames):
+        s, pr = nnx.merge(enc_graph, p)
+        clips = _normalise(frames).reshape(-1, student_cfg.num_frames, size, size, 3)
+        return pr(s(clips)).reshape(1, -1, llm_cfg.hidden_size)
+
+    @jax.jit
+    def prefill(p, visual, tokens):
+        m = nnx.merge(llm_graph, p)
+        embeds = jnp.concatenate([m.embed_tokens(tokens[:, :text // 2]), visual.astype(BF16),
+                                  m.embed_tokens(tokens[:, text // 2:])], 1)
+        n = embeds.shape[1]
+        h, _ = m.hidden(embeds, jnp.arange(n)[None], jnp.ones((1, n), bool))
+        return jnp.argmax(m.logits(h[:, -1]), -1)  # the first token
+
+    rows = []
+    for model, frames_n in plans:
+        frames = random_frames(1, frames_n, size)[0]
+        tokens = jax.random.randint(jax.random.key(5), (1, text), 0, 500)
+        try:
+            if model == "LiteFrame":
+                enc_s = timed(encode_liteframe, enc_params, frames)
+                visual = encode_liteframe(enc_params, frames)
+            else:
+                enc_s = timed(encode_internvl, tower_params, frames)
+                visual = encode_internvl(tower_params, frames)
+            pre_s = timed(prefill, llm_params, visual, tokens)
+        except Exception as e:
+            rows.append({"bench": "latency", "model": model, "frames": frames_n,
+                         "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
+        rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
+                     "visual_tokens": int(visual.shape[1]),
+                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,
+                     "peak_gib": peak_memory_gib()})
+    ok = [r for r in rows if "error" not in r]
+    ref = next((r for r in ok if r["model"] != "LiteFrame" and r["frames"] == max(
+        x["frames"] for x in ok if x["model"] != "LiteFrame")), None)
+    for r in ok:
+        if ref:
+            r["ttft_vs_internvl_max_frames"] = r["ttft_ms"] / ref["ttft_ms"]
+    if out_dir and ok:
+        os.makedirs(out_dir, exist_ok=True)
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for model, colour in (("InternVL3-8B-style", "tab:red"), ("LiteFrame", "tab:blue")):
+            pts = [(r["frames"], r["ttft_ms"], r["encode_ms"]) for r in ok if r["model"] == model]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{model}: encode+prefill")
+                ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", color=colour, alpha=0.6,
+                        label=f"{model}: encode")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("frames per request")
+        ax.set_ylabel("ms (median)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"time to first token on {jax.devices()[0].device_kind}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "latency.png"), dpi=120)
+        plt.close(fig)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline"])
+                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn", help="'cudnn' or 'xla' (encoders also try 'xla')")
     parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")
@@ -319,7 +416,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags; argparse owns this command line
-    what = {"matmul", "encoders", "ctd", "lma", "pipeline"} if "all" in args.what else set(args.what)
+    what = {"matmul", "encoders", "ctd", "lma", "pipeline", "latency"} if "all" in args.what else set(args.what)
     impl = None if args.attention == "xla" else args.attention
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
@@ -332,13 +429,16 @@ def main(argv=None):
     sections = [("encoders", lambda: bench_encoders(ceiling, args.small, [impl] + ([None] if impl else []))),
                 ("ctd", lambda: bench_ctd(ceiling, args.small, impl)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
-                ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")]))]
+                ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
+                ("latency", lambda: bench_latency(ceiling, args.small, impl,
+                                                  os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
     for name, fn in sections:
         if name in what:
             for row in fn():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
     print("\n" + table(rows, ceiling))
@@ -352,8 +452,10 @@ def table(rows, ceiling) -> str:
                          f": ERROR {r['error'][:120]}")
             continue
         what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
-        figs = [f"{k}={r[k]:.3g}" for k in ("batch", "batch_frames", "ms", "frames_per_s", "samples_per_s",
-                                            "tokens_per_s", "clips_per_s", "tflops", "mfu", "peak_gib", "compile_s")
+        figs = [f"{k}={r[k]:.3g}" for k in ("batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
+                                            "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "frames_per_s",
+                                            "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu",
+                                            "peak_gib", "compile_s")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)
