@@ -102,3 +102,13 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     row = task.eval_index.rows[0]
     answer = qa_model(row.video, row.turns[0][1], max_new_tokens=8)
     assert answer == task.samples[0]["answer"]
+    # The benchmark harness end to end on the demo's multiple-choice questions, with the same model.
+    from helpers import load_config
+    from liteframe_jax.eval import harness
+    cfg_eval = load_config("eval", "demo")
+    cfg_eval.data.root = os.path.dirname(qa[0])
+    summary = harness.evaluate(cfg_eval, str(tmp_path / "eval"), qa_model)
+    assert summary["questions"] == 32 and summary["errors"] == 0
+    assert summary["parse_failures"] < 16  # the model learned to answer with a letter
+    rows = harness.read_done(str(tmp_path / "eval" / "results.jsonl"))
+    assert len(rows) == 32 and all(r["frames"] == 8 and r["visual_tokens"] == 64 for r in rows.values())
