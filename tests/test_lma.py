@@ -92,7 +92,7 @@ def test_one_and_eight_devices_give_the_same_loss(qa, tmp_path):
 
 
 def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
-    cfg = tiny_lma_config(qa[0], qa[1], total_steps=150, log_every=25, checkpoint_every=150)
+    cfg = tiny_lma_config(qa[0], qa[1], total_steps=300, log_every=25, checkpoint_every=300, batch_size=16)
     result, task = run(cfg, str(tmp_path))
     acc, chance = result.eval["accuracy"], result.eval["chance"]
     assert acc > chance + 0.2, result.eval
