@@ -19,6 +19,17 @@ def load_config(name: str, preset: str | None = None):
     return module.get_config(preset)
 
 
+def _override(config, overrides: dict):
+    """Set dotted keys ('data.num_workers') as --config.x.y=v would."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def make_videos(folder, count: int = 4, num_frames: int = 24, seed: int = 0) -> list[str]:
     """Small moving-shape videos (fast to decode)."""
     os.makedirs(folder, exist_ok=True)
@@ -42,13 +53,7 @@ def tiny_ctd_config(videos: str, **overrides):
     c.total_steps = 4
     c.checkpoint_every = 2
     c.async_checkpointing = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return _override(c, overrides)
 
 
 def tiny_lma_config(train: str, eval_: str | None = None, **overrides):
@@ -66,10 +71,4 @@ def tiny_lma_config(train: str, eval_: str | None = None, **overrides):
     c.checkpoint_every = 100
     c.async_checkpointing = False
     c.data.buckets = (256,)  # one compiled shape keeps the tests fast
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return _override(c, overrides)
