@@ -271,7 +271,7 @@ def bench_pipeline(small, workers_list):
 
     import av
 
-    from liteframe_jax.data import clips as clips_lib, demo, pipeline, video
+    from liteframe_jax.data import clips as clips_lib, demo, pipeline
     folder = tempfile.mkdtemp()
     w, h, n = (320, 180, 48) if small else (1280, 720, 120)
     rng = np.random.default_rng(0)

@@ -171,7 +171,7 @@ class PromptBuilder:
         """(ids int32, loss_mask bool): the mask is True on assistant tokens (answers and end-of-turn)."""
         msgs = self.messages(turns, group_times)
         full = self.tokenizer.apply_chat_template(msgs)
-        cuts, spans = [0], []
+        spans = []
         first = 1 if self.system_prompt else 0
         for k in range(first, len(msgs)):
             if msgs[k]["role"] != "assistant":

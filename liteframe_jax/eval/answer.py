@@ -18,7 +18,6 @@ from flax import nnx
 from liteframe_jax.convert import mapping
 from liteframe_jax.data import video
 from liteframe_jax.data.conversations import VIDEO_MARKER, uniform_indices
-from liteframe_jax.models.generate import generate
 from liteframe_jax.models.layers import pure_dict
 from liteframe_jax.train import checkpoint, sharding
 
@@ -90,21 +89,10 @@ class VideoQA:
     def answer_batch(self, frames: list[np.ndarray], times: list[list[float]], questions: list[str], *,
                      max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
         """Greedy (or sampled) answers for a batch; prompts are left-padded to a common length."""
-        task = self.task
         prompts = [self._prompt(q, t) for t, q in zip(times, questions)]
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), task.tokenizer.pad_id, np.int32)
-        valid = np.zeros((len(prompts), width), bool)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):], valid[i, width - len(p):] = p, True
-        embeds = self._embed(self.params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
-        out, lengths = generate(self.llm_graphdef, self.llm_params, embeds, jnp.asarray(valid),
-                                jnp.asarray(task.tokenizer.stop_ids), jax.random.key(seed),
-                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                pad_id=task.tokenizer.pad_id)
-        out, lengths = np.asarray(out), np.asarray(lengths)
-        stops = set(task.tokenizer.stop_ids)
-        return [task.tokenizer.decode([t for t in out[i, :lengths[i]] if t not in stops]) for i in range(len(prompts))]
+        return self.task.answer_prompts(self._embed, self.params, self.llm_graphdef, self.llm_params, prompts, frames,
+                                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        seed=seed)
 
     def __call__(self, video_path: str, question: str, **kwargs) -> str:
         frames, times = self.load_frames(video_path)

@@ -291,6 +291,24 @@ class LMATask(Task):
         return (nll * weights).sum() / count, {"answer_token_accuracy": (correct * weights).sum() / count,
                                                "answer_tokens": weights.sum()}
 
+    def answer_prompts(self, embed_fn, params, llm_graphdef, llm_params, prompts, frames, *, max_new_tokens: int,
+                       temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
+        """Token-id prompts (each with its frames) -> decoded answers. Prompts are left-padded so every one
+        ends at the same column; `embed_fn(params, ids, frames)` splices the visual tokens in."""
+        width = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), width), self.tokenizer.pad_id, np.int32)
+        valid = np.zeros((len(prompts), width), bool)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], valid[i, width - len(p):] = p, True
+        embeds = embed_fn(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
+        out, lengths = generate(llm_graphdef, llm_params, embeds, jnp.asarray(valid),
+                                jnp.asarray(self.tokenizer.stop_ids), jax.random.key(seed),
+                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                pad_id=self.tokenizer.pad_id)
+        out, lengths = np.asarray(out), np.asarray(lengths)
+        stops = set(self.tokenizer.stop_ids)
+        return [self.tokenizer.decode([t for t in out[i, :lengths[i]] if t not in stops]) for i in range(len(prompts))]
+
     def evaluate(self, graphdef, params, frozen):
         """Greedy answers to the held-out questions; accuracy overall and per task type, against chance."""
         if not self.eval_index:
@@ -300,7 +318,6 @@ class LMATask(Task):
         if not hasattr(self, "_embed_fn"):
             self._embed_fn = jax.jit(lambda p, tok, fr: self.embeds(nnx.merge(graphdef, p), tok, fr))
         example = self._example(self.eval_index)
-        stop = jnp.asarray(self.tokenizer.stop_ids)
         rows, bs = self.eval_index.rows, self.config.eval_batch_size
         results = []
         for start in range(0, len(rows), bs):
@@ -314,18 +331,9 @@ class LMATask(Task):
             while len(prompts) < bs:  # fixed shapes: pad the last batch with copies
                 prompts.append(prompts[-1])
                 frames.append(frames[-1])
-            width = max(len(p) for p in prompts)
-            ids = np.full((bs, width), self.tokenizer.pad_id, np.int32)
-            valid = np.zeros((bs, width), bool)
-            for i, p in enumerate(prompts):  # left padding: every prompt ends at the same column
-                ids[i, width - len(p):], valid[i, width - len(p):] = p, True
-            embeds = self._embed_fn(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
-            out, lengths = generate(llm_graphdef, llm_params, embeds, jnp.asarray(valid), stop,
-                                    jax.random.key(0), max_new_tokens=int(self.config.generation.max_new_tokens),
-                                    pad_id=self.tokenizer.pad_id)
-            out, lengths = np.asarray(out), np.asarray(lengths)
-            for i, row in enumerate(chunk[:n]):
-                answer = self.tokenizer.decode([t for t in out[i, :lengths[i]] if t not in self.tokenizer.stop_ids])
+            answers = self.answer_prompts(self._embed_fn, params, llm_graphdef, llm_params, prompts, frames,
+                                          max_new_tokens=int(self.config.generation.max_new_tokens))
+            for row, answer in zip(chunk[:n], answers):
                 gold = row.turns[-1][1]
                 results.append({"id": row.id, "task_type": row.get("task_type", "all"),
                                 "question": row.turns[-2][1].replace(conversations.VIDEO_MARKER, "").strip(),
