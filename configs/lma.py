@@ -24,6 +24,7 @@ def get_config(arg=None):
     c.seed = 0
     c.dtype = "float32"
     c.attention_impl = config_dict.placeholder(str)
+    c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     c.total_steps = 300
     c.batch_size = 16

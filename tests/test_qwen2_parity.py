@@ -94,3 +94,27 @@ def test_unsupported_rope_is_rejected(tmp_path):
     _reference(tmp_path, rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ValueError, match="rope type 'linear' is not supported"):
         load_pretrained(str(tmp_path))
+
+
+def test_remat_policies_give_the_same_loss_and_gradients():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 64)
+
+    def loss_and_grads(policy):
+        graph, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0), remat=policy))
+        loss = lambda p: jax.nn.log_softmax(nnx.merge(graph, p)(tokens)).mean()
+        return jax.value_and_grad(loss)(params)
+
+    ref_loss, ref_grads = loss_and_grads("none")
+    for policy in ("full", "dots"):
+        loss, grads = loss_and_grads(policy)
+        np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown remat policy 'fulll'"):
+        Qwen2(cfg, rngs=nnx.Rngs(0), remat="fulll")

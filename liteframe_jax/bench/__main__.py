@@ -32,6 +32,7 @@ from liteframe_jax.models.video_llm import Projector, ProjectorConfig, VideoLLM,
 from liteframe_jax.train import losses
 
 BF16 = jnp.bfloat16
+TUBELET = "LiteFrame (paper_tubelet2)"
 
 
 def timed(fn, *args, warmup: int = 2, iters: int = 10, carry: bool = False) -> float:
@@ -60,13 +61,20 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2 ** 30
 
 
-def matmul_ceiling(small: bool) -> float:
+def matmul_ceiling(small: bool, warmup_s: float = 2.0) -> float:
+    """bfloat16 FLOP/s of a large `jnp.dot`, timed after `warmup_s` of the same work: a GPU that starts idle
+    needs about a second under load to reach its sustained clock, and timing it cold understates the ceiling
+    (and so overstates every MFU)."""
     n = 1024 if small else 8192
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (n, n), BF16)
     b = jax.random.normal(k2, (n, n), BF16)
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=BF16))
-    return 2 * n ** 3 / timed(f, a, b, iters=20)
+    jax.block_until_ready(f(a, b))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < (0.1 if small else warmup_s):
+        jax.block_until_ready(f(a, b))
+    return 2 * n ** 3 / timed(f, a, b, iters=30)
 
 
 def random_frames(batch, t, size, seed=0):
@@ -96,10 +104,20 @@ def paper_models(small: bool):
     return vit, head, student, siglip, window
 
 
+def tubelet_student(small: bool) -> StudentConfig:
+    """The `paper_tubelet2` student (2-frame tubelets), or its tiny stand-in."""
+    if small:
+        return StudentConfig(image_size=56, num_frames=8, patch_size=(2, 14, 14), width=64, num_heads=4,
+                             mlp_dim=128, stages=((1, (1, 2, 2)), (1, (2, 1, 1))), out_dim=64)
+    ctd = load_config_file("ctd", "paper_tubelet2")
+    return StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
+
+
 def bench_encoders(ceiling, small, attn_impls):
     vit, head, student, siglip, _ = paper_models(small)
+    tubelet = tubelet_student(small)
     rows = []
-    batches = [2] if small else [32, 64]
+    batches = [2] if small else [64, 256]
     for impl in attn_impls:
         for name, build, per_item, frames_per_item, size in (
             ("InternViT-300M 448px (teacher)", lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16,
@@ -111,6 +129,9 @@ def bench_encoders(ceiling, small, attn_impls):
             ("LiteFrame student (paper), 8-frame clips", lambda: LiteFrameStudent(student, rngs=nnx.Rngs(0),
                                                                                   dtype=BF16, attn_impl=impl),
              flops_lib.student_per_clip(student), student.num_frames, student.image_size),
+            ("LiteFrame student (paper_tubelet2), 8-frame clips",
+             lambda: LiteFrameStudent(tubelet, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
+             flops_lib.student_per_clip(tubelet), tubelet.num_frames, tubelet.image_size),
         ):
             model = build()
             graphdef, params = nnx.split(model)
@@ -135,6 +156,30 @@ def bench_encoders(ceiling, small, attn_impls):
                              "mfu": fl / sec / ceiling})
             del model, params
     return rows
+
+
+def _compile_and_time(step, fresh_state, *args, iters=10):
+    """AOT-compile a donated train step, time it, and read its memory from the compiled executable.
+
+    Returns (seconds per step, compile seconds, step GiB): arguments + outputs + XLA's temporaries, less
+    donated buffers, i.e. what one step needs on the device. Raises on out-of-memory (compile or run).
+    """
+    state = fresh_state()
+    t0 = time.perf_counter()
+    compiled = step.lower(state, *args).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    step_gib = None
+    if mem is not None:
+        step_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                    - mem.alias_size_in_bytes) / 2 ** 30
+    sec = timed(compiled, state, *args, iters=iters, carry=True)
+    return sec, compile_s, step_gib
+
+
+def _is_oom(e: Exception) -> bool:
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def _adamw_step(loss_fn):
@@ -179,27 +224,27 @@ def bench_ctd(ceiling, small, impl):
     teacher_fl = flops_lib.internvit_per_frame(vit, head.out_features) * t
     student_fl = 3 * flops_lib.student_per_clip(student_cfg)
     rows = []
-    for mode, loss_fn, per_sample in (("online teacher", loss_online, teacher_fl + student_fl),
-                                      ("cached targets", loss_cached, student_fl)):
-        for batch in ([2] if small else [16, 32]):
+    for mode, loss_fn, per_sample, batches in (
+            ("online teacher", loss_online, teacher_fl + student_fl, [16, 32, 64]),
+            ("cached targets", loss_cached, student_fl, [32, 64, 128, 256])):
+        for batch in ([2] if small else batches):
             tx, step = _adamw_step(loss_fn)
-            state = (jax.tree.map(jnp.copy, s_params), tx.init(s_params))
             frames = random_frames(batch, t, size)
-            extra = t_params if mode == "online teacher" else jax.jit(targets)(t_params, frames).astype(BF16)
             try:
-                t0 = time.perf_counter()
-                jax.block_until_ready(step(state, extra, frames))  # compile (+ one step)
-                compile_s = time.perf_counter() - t0
-                state = (jax.tree.map(jnp.copy, s_params), tx.init(s_params))
-                sec = timed(step, state, extra, frames, carry=True)
+                extra = t_params if mode == "online teacher" else jax.jit(targets)(t_params, frames).astype(BF16)
+                sec, compile_s, step_gib = _compile_and_time(
+                    step, lambda: (jax.tree.map(jnp.copy, s_params), tx.init(s_params)), extra, frames)
             except Exception as e:
                 rows.append({"bench": "ctd_step", "mode": mode, "batch": batch,
                              "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                if _is_oom(e):
+                    break  # the largest batch that fits is the previous row
                 continue
             rows.append({"bench": "ctd_step", "mode": mode, "attention": impl or "xla", "batch": batch,
                          "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
                          "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
-                         "compile_s": compile_s, "peak_gib": peak_memory_gib()})
+                         "compile_s": compile_s, "step_gib": step_gib})
+            del extra
     return rows
 
 
@@ -237,7 +282,10 @@ def bench_lma(ceiling, small, impl):
         return -jnp.take_along_axis(logp, targets[..., None], -1).mean()
 
     rows = []
-    for batch in ([1] if small else [1, 2]):
+    plans = [(1, "none")] if small else [(1, "none"), (2, "full"), (4, "full")]
+    for batch, remat in plans:
+        model.llm.remat = remat
+        graphdef, _ = nnx.split(model)
         tx, step = _adamw_step(loss_fn)
         tokens = jnp.concatenate([jnp.full((batch, clips * per_clip), video_id, jnp.int32),
                                   jax.random.randint(jax.random.key(1), (batch, text_tokens), 0, 1000)], 1)
@@ -248,20 +296,18 @@ def bench_lma(ceiling, small, impl):
         student_fl = clips * flops_lib.student_per_clip(student_cfg)  # frozen: forward only
         per_sample = llm_fl + proj_fl + student_fl
         try:
-            state = (jax.tree.map(jnp.copy, trained), tx.init(trained))
-            t0 = time.perf_counter()
-            jax.block_until_ready(step(state, frozen, tokens, frames, answer_pos))
-            compile_s = time.perf_counter() - t0
-            state = (jax.tree.map(jnp.copy, trained), tx.init(trained))
-            sec = timed(step, state, frozen, tokens, frames, answer_pos, iters=5, carry=True)
+            sec, compile_s, step_gib = _compile_and_time(
+                step, lambda: (jax.tree.map(jnp.copy, trained), tx.init(trained)), frozen, tokens, frames,
+                answer_pos, iters=5)
         except Exception as e:
-            rows.append({"bench": "lma_step", "batch": batch, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            rows.append({"bench": "lma_step", "batch": batch, "remat": remat,
+                         "error": f"{type(e).__name__}: {str(e)[:300]}"})
             continue
         rows.append({"bench": "lma_step", "model": f"Qwen2-{llm_cfg.hidden_size}x{llm_cfg.num_layers} + student, "
-                     f"{frames_total} frames", "attention": impl or "xla", "batch": batch, "seq": seq, "ms": sec * 1e3,
-                     "tokens_per_s": batch * seq / sec, "tflops": per_sample * batch / sec / 1e12,
-                     "mfu": per_sample * batch / sec / ceiling, "compile_s": compile_s,
-                     "peak_gib": peak_memory_gib(), "trained": "projector + full LLM; student frozen"})
+                     f"{frames_total} frames, remat={remat}", "attention": impl or "xla", "batch": batch, "seq": seq,
+                     "ms": sec * 1e3, "tokens_per_s": batch * seq / sec, "tflops": per_sample * batch / sec / 1e12,
+                     "mfu": per_sample * batch / sec / ceiling, "compile_s": compile_s, "step_gib": step_gib,
+                     "trained": "projector + full LLM; student frozen"})
     return rows
 
 
@@ -315,12 +361,13 @@ def bench_latency(ceiling, small, impl, out_dir):
     llm_cfg = Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
                           num_heads=28, num_kv_heads=4)
     text = 64
-    plans = [("InternVL3-8B-style", f) for f in (16, 32, 64)] + [("LiteFrame", f) for f in (64, 128, 256, 512)]
+    plans = ([("InternVL3-8B-style", f) for f in (16, 32, 64)] + [("LiteFrame", f) for f in (64, 128, 256, 512)]
+             + [(TUBELET, f) for f in (64, 128, 256, 512)])
     if small:
         llm_cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                               num_kv_heads=2)
         head = InternVLHeadConfig(out_features=64)
-        plans = [("InternVL3-8B-style", 2), ("LiteFrame", 8), ("LiteFrame", 16)]
+        plans = [("InternVL3-8B-style", 2), ("LiteFrame", 8), ("LiteFrame", 16), (TUBELET, 16)]
     cast = lambda tree: jax.tree.map(lambda x: x.astype(BF16), tree)
     llm = Qwen2(llm_cfg, rngs=nnx.Rngs(3), dtype=BF16, attn_impl=impl)
     llm_graph, llm_params = nnx.split(llm)
@@ -329,10 +376,12 @@ def bench_latency(ceiling, small, impl, out_dir):
     tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
-    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
-    proj = Projector(student_cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
-    enc_graph, enc_params = nnx.split((student, proj))
-    enc_params = cast(enc_params)
+    encoders = {}
+    for name, cfg in (("LiteFrame", student_cfg), (TUBELET, tubelet_student(small))):
+        student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
+        proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
+        graph, params = nnx.split((student, proj))
+        encoders[name] = (graph, cast(params))
     size = vit.image_size
 
     @jax.jit
@@ -340,11 +389,15 @@ def bench_latency(ceiling, small, impl, out_dir):
         grid = nnx.merge(tower_graph, p).features(_normalise(frames), "projector")
         return grid.reshape(1, -1, grid.shape[-1])
 
-    @jax.jit
-    def encode_liteframe(p, frames):
-        s, pr = nnx.merge(enc_graph, p)
-        clips = _normalise(frames).reshape(-1, student_cfg.num_frames, size, size, 3)
-        return pr(s(clips)).reshape(1, -1, llm_cfg.hidden_size)
+    def liteframe_encoder(graph):
+        @jax.jit
+        def encode(p, frames):
+            s, pr = nnx.merge(graph, p)
+            clips = _normalise(frames).reshape(-1, student_cfg.num_frames, size, size, 3)
+            return pr(s(clips)).reshape(1, -1, llm_cfg.hidden_size)
+        return encode
+
+    encoders = {name: (liteframe_encoder(graph), params) for name, (graph, params) in encoders.items()}
 
     @jax.jit
     def prefill(p, visual, tokens):
@@ -360,13 +413,14 @@ def bench_latency(ceiling, small, impl, out_dir):
         frames = random_frames(1, frames_n, size)[0]
         tokens = jax.random.randint(jax.random.key(5), (1, text), 0, 500)
         try:
-            if model == "LiteFrame":
-                enc_s = timed(encode_liteframe, enc_params, frames)
-                visual = encode_liteframe(enc_params, frames)
+            if model in encoders:
+                encode, params = encoders[model]
+                enc_s = timed(encode, params, frames)
+                visual = encode(params, frames)
             else:
                 enc_s = timed(encode_internvl, tower_params, frames)
                 visual = encode_internvl(tower_params, frames)
-            pre_s = timed(prefill, llm_params, visual, tokens)
+            pre_s = timed(prefill, llm_params, visual, tokens, iters=5)
         except Exception as e:
             rows.append({"bench": "latency", "model": model, "frames": frames_n,
                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -375,9 +429,10 @@ def bench_latency(ceiling, small, impl, out_dir):
                      "visual_tokens": int(visual.shape[1]),
                      "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,
                      "peak_gib": peak_memory_gib()})
+        print(json.dumps(rows[-1]), flush=True)  # progress: the ratio column comes with the final rows
     ok = [r for r in rows if "error" not in r]
-    ref = next((r for r in ok if r["model"] != "LiteFrame" and r["frames"] == max(
-        x["frames"] for x in ok if x["model"] != "LiteFrame")), None)
+    internvl = [r for r in ok if r["model"] == "InternVL3-8B-style"]
+    ref = max(internvl, key=lambda r: r["frames"]) if internvl else None
     for r in ok:
         if ref:
             r["ttft_vs_internvl_max_frames"] = r["ttft_ms"] / ref["ttft_ms"]
@@ -387,7 +442,8 @@ def bench_latency(ceiling, small, impl, out_dir):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(7, 4))
-        for model, colour in (("InternVL3-8B-style", "tab:red"), ("LiteFrame", "tab:blue")):
+        for model, colour in (("InternVL3-8B-style", "tab:red"), ("LiteFrame", "tab:blue"),
+                              (TUBELET, "tab:green")):
             pts = [(r["frames"], r["ttft_ms"], r["encode_ms"]) for r in ok if r["model"] == model]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{model}: encode+prefill")
@@ -405,10 +461,27 @@ def bench_latency(ceiling, small, impl, out_dir):
     return rows
 
 
+def profile_encoders(small, impl):
+    """Kernel-level breakdown of the teacher's and the student's forward pass (`bench/profile.py`)."""
+    from liteframe_jax.bench.profile import format_breakdown, kernel_breakdown
+    vit, _, student, _, _ = paper_models(small)
+    batch = 2 if small else 64
+    for name, model, x in (
+        ("teacher", InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
+         _normalise(random_frames(1, batch, vit.image_size)[0])),
+        ("student", LiteFrameStudent(student, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
+         _normalise(random_frames(max(1, batch // student.num_frames), student.num_frames, student.image_size)))):
+        graphdef, params = nnx.split(model)
+        fn = jax.jit(lambda p, x, g=graphdef: nnx.merge(g, p)(x))
+        breakdown = kernel_breakdown(fn, params, x)
+        print(format_breakdown(f"{name} forward, {batch} frames", breakdown), flush=True)
+        yield {"bench": "profile", "model": name, "batch_frames": batch, **breakdown}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency"])
+                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "profile"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn", help="'cudnn' or 'xla' (encoders also try 'xla')")
     parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")
@@ -430,6 +503,7 @@ def main(argv=None):
                 ("ctd", lambda: bench_ctd(ceiling, args.small, impl)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
+                ("profile", lambda: profile_encoders(args.small, impl)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
     for name, fn in sections:
@@ -455,7 +529,7 @@ def table(rows, ceiling) -> str:
         figs = [f"{k}={r[k]:.3g}" for k in ("batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
                                             "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "frames_per_s",
                                             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu",
-                                            "peak_gib", "compile_s")
+                                            "peak_gib", "step_gib", "compile_s")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)

@@ -74,9 +74,11 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, _ = x.shape
+        if self.q_norm is None:
+            return layers.self_attention(x, self.q, self.k, self.v, self.out, self.num_heads,
+                                         scale=self.head_dim ** -0.5, implementation=self.attn_impl)
         q, k, v = self.q(x), self.k(x), self.v(x)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.q_norm(q), self.k_norm(k)
         split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
         y = layers.attention(split(q), split(k), split(v), scale=self.head_dim ** -0.5,
                              implementation=self.attn_impl)

@@ -171,8 +171,9 @@ class Qwen2(nnx.Module):
     """Qwen2ForCausalLM. `hidden(...)` gives final normed hidden states, `logits(h)` the vocabulary scores."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, lora: LoraConfig | None = None,
-                 attn_impl: str | None = None):
+                 attn_impl: str | None = None, remat: str = "none"):
         self.cfg, self.dtype = cfg, dtype
+        self.remat = layers.check_remat(remat)  # training only: decoding with a cache never rematerialises
         init = nnx.initializers.normal(cfg.initializer_range)
         self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.num_layers = cfg.num_layers
@@ -189,6 +190,11 @@ class Qwen2(nnx.Module):
         sliding = self.cfg.sliding_layers[i] if self.cfg.sliding_layers else False
         return self.cfg.sliding_window if sliding else 0
 
+    def _rematerialised(self, window: int):
+        def run(layer, x, positions, valid):
+            return layer(x, positions, valid, window, None)[0]
+        return nnx.remat(run, policy=layers.REMAT_POLICIES[self.remat])
+
     def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None):
         """embeds (B, T, D), positions (B, T) int, valid (B, T) bool -> (hidden (B, T, D), updated cache)."""
         x = embeds.astype(self.dtype)
@@ -201,7 +207,11 @@ class Qwen2(nnx.Module):
         for i in range(self.num_layers):
             layer_cache = None if cache is None else {**cache["layers"][i], "index": cache["index"],
                                                       "positions": cache["positions"], "valid": cache["valid"]}
-            x, layer_cache = getattr(self, f"layer_{i}")(x, positions, valid, self.window(i), layer_cache)
+            layer, window = getattr(self, f"layer_{i}"), self.window(i)
+            if cache is None and self.remat != "none":
+                x = self._rematerialised(window)(layer, x, positions, valid)
+            else:
+                x, layer_cache = layer(x, positions, valid, window, layer_cache)
             if cache is not None:
                 new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
         if cache is not None:

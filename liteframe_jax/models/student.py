@@ -72,10 +72,9 @@ class SpatialAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, d = x.shape
         tokens = x.reshape(b * t, h * w, d)  # attention within each frame
-        split = lambda y: y.reshape(b * t, h * w, self.num_heads, d // self.num_heads)
-        y = layers.attention(split(self.q(tokens)), split(self.k(tokens)), split(self.v(tokens)),
-                             implementation=self.attn_impl)
-        return self.out(y.reshape(b * t, h * w, d)).reshape(b, t, h, w, d)
+        y = layers.self_attention(tokens, self.q, self.k, self.v, self.out, self.num_heads,
+                                  implementation=self.attn_impl)
+        return y.reshape(b, t, h, w, d)
 
 
 class TemporalConv(nnx.Module):

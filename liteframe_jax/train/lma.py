@@ -220,7 +220,8 @@ class LMATask(Task):
         if projector is None and self.encoder_width != self.llm_cfg.hidden_size:
             raise ValueError(f"projector.kind='none' but the encoder gives width {self.encoder_width} and the LLM "
                              f"takes {self.llm_cfg.hidden_size}")
-        llm = Qwen2(self.llm_cfg, rngs=rngs, dtype=self.dtype, lora=self.lora, attn_impl=self.config.attention_impl)
+        llm = Qwen2(self.llm_cfg, rngs=rngs, dtype=self.dtype, lora=self.lora, attn_impl=self.config.attention_impl,
+                    remat=self.config.get("remat", "none"))
         return VideoLLM(encoder, llm, video_token_id=self.tokenizer.video_token_id, projector=projector)
 
     def trainable_patterns(self):

@@ -1,0 +1,41 @@
+"""Shared layers: the exact GELU used by every "gelu" model must equal the erf definition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from liteframe_jax.models import layers
+
+
+def test_gelu_exact_matches_erf_definition():
+    x = jnp.linspace(-12.0, 12.0, 200_001, dtype=jnp.float32)
+    ref = np.asarray(jax.nn.gelu(x.astype(jnp.float32), approximate=False), np.float64)
+    got = np.asarray(layers.gelu_exact(x), np.float64)
+    assert np.max(np.abs(got - ref)) < 2e-6
+    # the tanh approximation is 4.7e-4 away: the test tells the two apart
+    assert np.max(np.abs(np.asarray(jax.nn.gelu(x, approximate=True)) - ref)) > 1e-4
+    assert layers.activation("gelu") is layers.gelu_exact
+
+
+def test_gelu_exact_keeps_dtype_and_gradient():
+    x = jnp.linspace(-4.0, 4.0, 101, dtype=jnp.bfloat16)
+    assert layers.gelu_exact(x).dtype == jnp.bfloat16
+    xs = jnp.linspace(-4.0, 4.0, 101, dtype=jnp.float32)
+    g = jax.vmap(jax.grad(layers.gelu_exact))(xs)
+    g_ref = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(xs)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-5)
+
+
+def test_self_attention_folds_key_and_value_bias_exactly():
+    from flax import nnx
+    rngs = nnx.Rngs(0)
+    d, heads = 16, 4
+    q, k, v, out = (layers.Dense(d, d, axes=(None, None), rngs=rngs) for _ in range(4))
+    key = jax.random.key(3)
+    for i, dense in enumerate((q, k, v, out)):  # non-zero biases, or the folding is not exercised
+        dense.bias[...] = jax.random.normal(jax.random.fold_in(key, i), (d,))
+    x = jax.random.normal(jax.random.key(1), (2, 7, d))
+    split = lambda t: t.reshape(2, 7, heads, d // heads)
+    want = out(layers.attention(split(q(x)), split(k(x)), split(v(x))).reshape(2, 7, d))
+    got = layers.self_attention(x, q, k, v, out, heads)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
