@@ -56,6 +56,10 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.data.num_frames = 8
     c.data.frame_stride = 2
     c.data.clip_hop = 0  # 0: consecutive clips do not overlap
+    # Decoded-clip cache (liteframe_jax/data/clip_cache.py): a folder; built at the first start (each video
+    # decoded once, `cache_workers` processes, 0 = one per core), then read instead of decoding.
+    c.data.clip_cache = config_dict.placeholder(str)
+    c.data.cache_workers = 0
     c.data.num_workers = 2  # Grain worker processes (0: decode in the main process)
     c.data.read_threads = 2
     c.data.prefetch = 2

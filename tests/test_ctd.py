@@ -48,6 +48,16 @@ def test_ctd_loss_falls_and_run_leaves_its_outputs(videos, tmp_path):
     assert {"frames"} == set(task.batch_spec())
 
 
+def test_clip_cache_run_gives_the_same_losses_as_decoding(videos, tmp_path):
+    cache = tmp_path / "cache"
+    run(tiny_ctd_config(videos, total_steps=3), str(tmp_path / "decoded"))
+    run(tiny_ctd_config(videos, total_steps=3, **{"data.clip_cache": str(cache), "data.cache_workers": 2}),
+        str(tmp_path / "cached"))
+    assert (cache / "meta.json").exists()
+    np.testing.assert_allclose(list(_losses(str(tmp_path / "cached")).values()),
+                               list(_losses(str(tmp_path / "decoded")).values()), rtol=1e-6)
+
+
 def test_one_and_eight_devices_give_the_same_loss(videos, tmp_path):
     assert jax.device_count() == 8
     one = tiny_ctd_config(videos, total_steps=3, **{"mesh.num_devices": 1})

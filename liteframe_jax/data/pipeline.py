@@ -16,10 +16,15 @@ import numpy as np
 from liteframe_jax.data import video
 from liteframe_jax.data.clips import ClipSpec
 
+# A clip or row that failed to decode travels as this marker and is removed after the worker processes'
+# outputs are merged. Grain treats a None element as filtered out inside each worker, which shifts its
+# round-robin merge: the batches would then depend on the number of workers.
+DROPPED = {"dropped": np.zeros((), bool)}
+
 
 @dataclasses.dataclass(frozen=True)
 class DecodeClip:
-    """ClipSpec -> {'frames': (T, size, size, 3) uint8}, or None when the file fails to decode."""
+    """ClipSpec -> {'frames': (T, size, size, 3) uint8}, or `DROPPED` when the file fails to decode."""
 
     size: int
 
@@ -28,34 +33,38 @@ class DecodeClip:
             return {"frames": video.decode_frames(clip.path, clip.frame_indices, self.size)}
         except video.VideoError as e:
             logging.warning("dropping clip: %s", e)
-            return None
+            return DROPPED
 
 
 def _is_valid(example) -> bool:
-    return example is not None
+    return "dropped" not in example
 
 
 def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                  prefetch: int = 2) -> grain.IterDataset:
+                  prefetch: int = 2, cache=None) -> grain.IterDataset:
     """Shuffled (a new order every epoch), repeated, this process's share, decoded, batched.
 
     `batch_size` is the per-process batch; the last incomplete batch of nothing is ever produced since the
-    stream repeats forever (`drop_remainder` still guards the final batch of a finite stream).
+    stream repeats forever (`drop_remainder` still guards the final batch of a finite stream). With `cache`
+    (a `clip_cache.ClipCache` of exactly `clips`) frames are read from it instead of decoded, in the same
+    order, so the batches are the same either way.
     """
     if len(clips) < process_count:
         raise ValueError(f"{len(clips)} clips cannot be shared among {process_count} processes")
-    ds = grain.MapDataset.source(clips).shuffle(seed=seed).repeat()
+    if cache is not None and len(cache) != len(clips):
+        raise ValueError(f"clip cache holds {len(cache)} clips, the clip list {len(clips)}")
+    ds = grain.MapDataset.source(clips if cache is None else cache).shuffle(seed=seed).repeat()
     ds = ds[process_index::process_count]
-    ds = ds.map(DecodeClip(size))
+    if cache is None:
+        ds = ds.map(DecodeClip(size))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-    it = it.filter(_is_valid)
     if num_workers > 0:
         # Workers decode interleaved slices and Grain merges them back in order, so batching after the merge
         # gives the same batches for any number of workers (a run may resume on a machine with fewer cores).
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                          per_worker_buffer_size=prefetch * batch_size))
-    return it.batch(batch_size, drop_remainder=True)
+    return it.filter(_is_valid).batch(batch_size, drop_remainder=True)
 
 
 def eval_batches(clips: list[ClipSpec], *, size: int, batch_size: int, process_index: int = 0,
@@ -75,8 +84,9 @@ def eval_batches(clips: list[ClipSpec], *, size: int, batch_size: int, process_i
     zeros = np.zeros((len(clips[0].frame_indices), size, size, 3), np.uint8)
     frames, mask = [], []
     for example, real in ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads)):
-        frames.append(zeros if example is None else example["frames"])
-        mask.append(real and example is not None)
+        ok = _is_valid(example)
+        frames.append(example["frames"] if ok else zeros)
+        mask.append(real and ok)
         if len(frames) == batch_size:
             yield {"frames": np.stack(frames)}, np.asarray(mask)
             frames, mask = [], []
@@ -105,7 +115,7 @@ class QAExample:
             frames = video.decode_frames(row.video, idx, self.size)
         except video.VideoError as e:
             logging.warning("dropping row %d: %s", row.row, e)
-            return None
+            return DROPPED
         tokens, mask = self.builder.training_example(row.turns, times)
         return {"frames": frames, "tokens": tokens, "loss_mask": mask}
 
@@ -142,8 +152,7 @@ def qa_train_dataset(rows, example: QAExample, *, batch_size: int, buckets, pad_
                      prefetch: int = 2) -> grain.IterDataset:
     ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat()[process_index::process_count].map(example)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-    it = it.filter(_is_valid)
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                          per_worker_buffer_size=prefetch * batch_size))
-    return it.batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(tuple(buckets), pad_id))
+    return it.filter(_is_valid).batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(tuple(buckets), pad_id))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from liteframe_jax.data import clips as clips_lib, demo, pipeline
+from liteframe_jax.data import clip_cache, clips as clips_lib, demo, pipeline
 from liteframe_jax.models import compression, load_pretrained
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.layers import pure_dict
@@ -127,10 +127,15 @@ class CTDTask(Task):
 
     def train_dataset(self):
         d = self.config.data
+        cache = None
+        if d.clip_cache:
+            cache = clip_cache.open_or_build(self.train_index.clips, d.clip_cache, self.teacher_image_size,
+                                             workers=d.cache_workers, may_build=jax.process_count() == 1,
+                                             log=metrics_lib.log)
         return pipeline.train_dataset(
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch)
+            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache)
 
     def targets(self, teacher_params, frames_uint8):
         """uint8 (B, T, S, S, 3) -> compressed teacher tokens (B, N, C), float32."""
