@@ -66,3 +66,13 @@ def test_timestamps_and_uniform_sampling():
                                           separators="timestamp")
     assert builder.video_block([0.0, 2.5]) == "0.0s: <|video_pad|>\n2.5s: <|video_pad|>\n"
     np.testing.assert_array_equal(ByteTokenizer().encode("hé<|im_end|>"), [104, 195, 169, 258])
+
+
+def test_internvl_separators_match_transformers_video_prompt():
+    tok = ByteTokenizer()
+    builder = conversations.PromptBuilder(tok, visual_groups=3, tokens_per_group=2, separators="internvl")
+    pad = tok.video_token * 2
+    # transformers.InternVLProcessor.replace_video_token, written out
+    assert builder.video_block() == "\n".join(f"Frame{i + 1}: <img>{pad}</img>" for i in range(3))
+    with pytest.raises(ValueError, match="choose 'none', 'frame', 'timestamp' or 'internvl'"):
+        conversations.PromptBuilder(tok, 1, 1, separators="frames").video_block()

@@ -339,19 +339,21 @@ def bench_pipeline(small, workers_list):
     for c in copies:
         os.link(path, c)
     index = clips_lib.build_index(copies, num_frames=8, stride=4)
-    for workers in workers_list:
+    def delivered(workers, batches, cache=None):
+        """(clips/s, frames/s) of 8-clip batches after the first, which waits for the workers to start."""
         ds = iter(pipeline.train_dataset(index.clips, size=size, batch_size=8, seed=0, num_workers=workers,
-                                         read_threads=2))
+                                         read_threads=2, cache=cache))
         next(ds)
         t0 = time.perf_counter()
-        batches = 6 if small else 10
         for _ in range(batches):
             next(ds)
         sec = time.perf_counter() - t0
-        yield {"bench": "pipeline", "workers": workers, "clips_per_s": batches * 8 / sec,
-               "frames_per_s": batches * 64 / sec}
         if hasattr(ds, "close"):
             ds.close()
+        return {"workers": workers, "clips_per_s": batches * 8 / sec, "frames_per_s": batches * 64 / sec}
+
+    for workers in workers_list:
+        yield {"bench": "pipeline", **delivered(workers, 6 if small else 10)}
     # The decoded-clip cache: built once (each video decoded front to back), then read instead of decoding.
     from liteframe_jax.data import clip_cache
     cache_workers = max(workers_list) or 1
@@ -363,18 +365,7 @@ def bench_pipeline(small, workers_list):
            "clips_per_s": len(index.clips) / sec, "frames_per_s": len(index.clips) * 8 / sec,
            "decoded_frames_per_s": len(copies) * n / sec}
     for workers in sorted({0, min(4, cache_workers)}):
-        ds = iter(pipeline.train_dataset(index.clips, size=size, batch_size=8, seed=0, num_workers=workers,
-                                         cache=cache))
-        next(ds)
-        t0 = time.perf_counter()
-        batches = 6 if small else 40
-        for _ in range(batches):
-            next(ds)
-        sec = time.perf_counter() - t0
-        yield {"bench": "pipeline_cached", "workers": workers, "clips_per_s": batches * 8 / sec,
-               "frames_per_s": batches * 64 / sec}
-        if hasattr(ds, "close"):
-            ds.close()
+        yield {"bench": "pipeline_cached", **delivered(workers, 6 if small else 40, cache)}
 
 
 def bench_latency(ceiling, small, impl, out_dir):

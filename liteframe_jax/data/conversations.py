@@ -147,7 +147,7 @@ class PromptBuilder:
     tokenizer: object
     visual_groups: int  # temporal slices of the visual tokens (T')
     tokens_per_group: int  # visual tokens per slice (H' * W')
-    separators: str = "none"  # 'none' | 'frame' | 'timestamp'
+    separators: str = "none"  # 'none' | 'frame' | 'timestamp' | 'internvl'
     max_length: int = 4096
     system_prompt: str | None = None
 
@@ -160,7 +160,10 @@ class PromptBuilder:
         if self.separators == "timestamp":
             times = group_times or [0.0] * self.visual_groups
             return "".join(f"{t:.1f}s: {pad}\n" for t in times)
-        raise ValueError(f"unknown video separators {self.separators!r}; choose 'none', 'frame' or 'timestamp'")
+        if self.separators == "internvl":  # InternVL's own video prompt (transformers InternVLProcessor)
+            return "\n".join(f"Frame{g + 1}: <img>{pad}</img>" for g in range(self.visual_groups))
+        raise ValueError(f"unknown video separators {self.separators!r}; "
+                         "choose 'none', 'frame', 'timestamp' or 'internvl'")
 
     def messages(self, turns, group_times=None) -> list[dict]:
         block = self.video_block(group_times)

@@ -101,12 +101,13 @@ class VideoQA:
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16") -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder: its tower, projector, LLM and
-    tokenizer; frames as "Frame k: <img><IMG_CONTEXT>...</img>" blocks, as InternVL's video prompts do."""
+    tokenizer; frames as "Frame{k}: <img><IMG_CONTEXT>...</img>" lines, exactly as transformers'
+    InternVLProcessor writes video prompts."""
     from liteframe_jax.jobs import load_config_file
     c = load_config_file("lma", "demo")
     c.encoder.kind, c.encoder.init = "internvl", folder
     c.llm.init, c.tokenizer, c.video_token = folder, folder, "<IMG_CONTEXT>"
     c.projector.kind = "none"
-    c.data.num_frames, c.data.separators, c.data.max_length = num_frames, "frame", 65_536
+    c.data.num_frames, c.data.separators, c.data.max_length = num_frames, "internvl", 65_536
     c.dtype = dtype
     return VideoQA(c)
