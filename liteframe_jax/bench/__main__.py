@@ -366,6 +366,8 @@ def bench_pipeline(small, workers_list):
            "decoded_frames_per_s": len(copies) * n / sec}
     for workers in sorted({0, min(4, cache_workers)}):
         yield {"bench": "pipeline_cached", **delivered(workers, 6 if small else 40, cache)}
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)  # the videos and the cache: gigabytes at 720p
 
 
 def bench_latency(ceiling, small, impl, out_dir):
