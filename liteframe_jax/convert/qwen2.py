@@ -82,7 +82,10 @@ def load_qwen2_params(path: str, shapes: dict) -> dict:
 def text_config(path: str) -> dict:
     cfg = hf_folder.read_config(path)
     if cfg.get("model_type") == "internvl":
-        cfg = cfg.get("text_config") or {}
+        top = cfg
+        cfg = dict(cfg.get("text_config") or {})
+        if "tie_word_embeddings" in top:  # transformers ties the composite model's head by the outer flag
+            cfg["tie_word_embeddings"] = top["tie_word_embeddings"]
     if cfg.get("model_type") != "qwen2":
         raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} is not a Qwen2 model")
     return cfg
