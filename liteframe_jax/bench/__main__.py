@@ -158,13 +158,12 @@ def bench_encoders(ceiling, small, attn_impls):
     return rows
 
 
-def _compile_and_time(step, fresh_state, *args, iters=10):
+def _compile_and_time(step, state, *args, iters=10):
     """AOT-compile a donated train step, time it, and read its memory from the compiled executable.
 
     Returns (seconds per step, compile seconds, step GiB): arguments + outputs + XLA's temporaries, less
     donated buffers, i.e. what one step needs on the device. Raises on out-of-memory (compile or run).
     """
-    state = fresh_state()
     t0 = time.perf_counter()
     compiled = step.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
@@ -233,7 +232,7 @@ def bench_ctd(ceiling, small, impl):
             try:
                 extra = t_params if mode == "online teacher" else jax.jit(targets)(t_params, frames).astype(BF16)
                 sec, compile_s, step_gib = _compile_and_time(
-                    step, lambda: (jax.tree.map(jnp.copy, s_params), tx.init(s_params)), extra, frames)
+                    step, (jax.tree.map(jnp.copy, s_params), tx.init(s_params)), extra, frames)
             except Exception as e:
                 rows.append({"bench": "ctd_step", "mode": mode, "batch": batch,
                              "error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -297,7 +296,7 @@ def bench_lma(ceiling, small, impl):
         per_sample = llm_fl + proj_fl + student_fl
         try:
             sec, compile_s, step_gib = _compile_and_time(
-                step, lambda: (jax.tree.map(jnp.copy, trained), tx.init(trained)), frozen, tokens, frames,
+                step, (jax.tree.map(jnp.copy, trained), tx.init(trained)), frozen, tokens, frames,
                 answer_pos, iters=5)
         except Exception as e:
             rows.append({"bench": "lma_step", "batch": batch, "remat": remat,

@@ -54,15 +54,15 @@ def _device_events(trace: dict) -> list[dict]:
 
 def kernel_breakdown(fn, *args, runs: int = 3, top: int = 15) -> dict:
     jax.block_until_ready(fn(*args))  # compiled and warm before the trace starts
-    folder = tempfile.mkdtemp(prefix="profile_")
-    with jax.profiler.trace(folder, create_perfetto_trace=True):
-        for _ in range(runs):
-            jax.block_until_ready(fn(*args))
-    paths = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)
-    if not paths:
-        raise FileNotFoundError(f"the profiler wrote no perfetto_trace.json.gz under {folder}")
-    with gzip.open(paths[0]) as f:
-        events = _device_events(json.load(f))
+    with tempfile.TemporaryDirectory(prefix="profile_") as folder:  # traces are large; keep only the sums
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(runs):
+                jax.block_until_ready(fn(*args))
+        paths = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)
+        if not paths:
+            raise FileNotFoundError(f"the profiler wrote no perfetto_trace.json.gz under {folder}")
+        with gzip.open(paths[0]) as f:
+            events = _device_events(json.load(f))
     by_name, by_kind = collections.Counter(), collections.Counter()
     counts = collections.Counter()
     for e in events:

@@ -22,10 +22,12 @@ import multiprocessing
 import os
 import time
 
+import av
 import numpy as np
 
 from liteframe_jax.data import video
 from liteframe_jax.data.clips import ClipSpec
+from liteframe_jax.data.pipeline import DROPPED
 
 META = "meta.json"
 
@@ -53,11 +55,7 @@ def decode_clips_in_one_pass(path: str, clips: list[tuple[int, ...]], size: int)
         nonlocal pending
         while pending < len(order) and max(clips[order[pending]]) <= up_to:
             k = order[pending]
-            frames, prev = [], None
-            for i in clips[k]:
-                prev = kept.get(i, prev if prev is not None else last)
-                frames.append(prev)
-            yield k, np.stack(frames)
+            yield k, video.assemble(clips[k], kept, last)
             pending += 1
             if pending < len(order):  # free what no later clip needs
                 low = min(clips[order[pending]])
@@ -65,7 +63,7 @@ def decode_clips_in_one_pass(path: str, clips: list[tuple[int, ...]], size: int)
                     del kept[i]
 
     try:
-        with av_open(path) as container:
+        with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_count = 1  # one process per core does the parallelism
             for i, frame in enumerate(container.decode(stream)):
@@ -80,11 +78,6 @@ def decode_clips_in_one_pass(path: str, clips: list[tuple[int, ...]], size: int)
     if last is None:
         raise video.VideoError(f"{path}: no frame could be decoded")
     yield from ready(float("inf"))
-
-
-def av_open(path):
-    import av
-    return av.open(path)
 
 
 def _fill_shard(args):
@@ -143,7 +136,7 @@ def build(clips: list[ClipSpec], folder: str, size: int, *, workers: int = 0, lo
     valid_by_shard, errors = [None] * len(tasks), {}
     ctx = multiprocessing.get_context("spawn")  # never fork a process that holds an accelerator runtime
     with ctx.Pool(min(workers, len(tasks))) as pool:
-        for s, (valid, errs) in zip(range(len(tasks)), pool.imap(_fill_shard, tasks)):
+        for s, (valid, errs) in enumerate(pool.imap(_fill_shard, tasks)):
             valid_by_shard[s] = valid.tolist()
             errors.update(errs)
             done_clips += len(valid)
@@ -152,7 +145,6 @@ def build(clips: list[ClipSpec], folder: str, size: int, *, workers: int = 0, lo
                 f"({rate * t:.0f} frames/s), ETA {(len(clips) - done_clips) / max(rate, 1e-9):.0f} s")
     location.sort()
     meta = {"size": size, "num_frames": t, "num_clips": len(clips), "fingerprint": _fingerprint(clips, size),
-            "first_clip": [clips[0].path, list(clips[0].frame_indices)],
             "shards": [{"file": os.path.basename(task[0]), "clips": len(v)} for task, v in zip(tasks, valid_by_shard)],
             "valid": valid_by_shard, "location": [[s, o] for _, s, o in location], "errors": errors,
             "build_seconds": time.time() - start}
@@ -210,7 +202,6 @@ class ClipCache:
             self._maps = [np.load(os.path.join(self.folder, s["file"]), mmap_mode="r") for s in self.meta["shards"]]
         s, o = self.meta["location"][int(i)]
         if not self.meta["valid"][s][o]:
-            from liteframe_jax.data.pipeline import DROPPED
             return DROPPED
         return {"frames": np.array(self._maps[s][o])}
 

@@ -92,6 +92,12 @@ def decode_frames(path: str, indices, size: int) -> np.ndarray:
         raise VideoError(f"{path}: decoding failed: {type(e).__name__}: {e}") from e
     if last is None:
         raise VideoError(f"{path}: none of the frames {indices[:3]}... could be decoded")
+    return assemble(indices, frames, last)
+
+
+def assemble(indices, frames: dict[int, np.ndarray], last: np.ndarray) -> np.ndarray:
+    """Stack `frames[i]` for `indices`; an index past the end of the file repeats the frame before it (or
+    `last`, the final decoded frame, when none of the earlier ones exist)."""
     out, prev = [], None
     for i in indices:
         prev = frames.get(i, prev if prev is not None else last)
