@@ -39,3 +39,12 @@ def test_self_attention_folds_key_and_value_bias_exactly():
     want = out(layers.attention(split(q(x)), split(k(x)), split(v(x))).reshape(2, 7, d))
     got = layers.self_attention(x, q, k, v, out, heads)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+
+
+def test_patch_embed_pads_to_aligned_rows_exactly():
+    patches = jax.random.normal(jax.random.key(0), (3, 5, 588))  # 14x14x3: not a multiple of 64
+    kernel = jax.random.normal(jax.random.key(1), (588, 32))
+    got = layers.patch_embed(patches, kernel, jnp.float32)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(patches @ kernel), rtol=1e-5, atol=1e-4)
+    with np.testing.assert_raises_regex(ValueError, "588 values, the kernel expects 600"):
+        layers.patch_embed(patches, jnp.zeros((600, 32)), jnp.float32)

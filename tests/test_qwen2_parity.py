@@ -118,3 +118,20 @@ def test_remat_policies_give_the_same_loss_and_gradients():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     with pytest.raises(ValueError, match="unknown remat policy 'fulll'"):
         Qwen2(cfg, rngs=nnx.Rngs(0), remat="fulll")
+
+
+def test_hidden_without_a_validity_mask_means_every_token_is_real():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+    llm = Qwen2(cfg, rngs=nnx.Rngs(0))
+    embeds = llm.embed_tokens(jax.random.randint(jax.random.key(0), (2, 9), 0, 64))
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    want, _ = llm.hidden(embeds, positions, jnp.ones((2, 9), bool))
+    got, _ = llm.hidden(embeds, positions, None)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    padded, _ = llm.hidden(embeds, positions, jnp.arange(9)[None] < jnp.array([[9], [5]]))
+    assert not np.allclose(np.asarray(padded[1, :]), np.asarray(want[1, :]))  # the mask is not ignored

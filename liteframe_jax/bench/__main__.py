@@ -23,7 +23,7 @@ from flax import nnx
 
 from liteframe_jax.bench import flops as flops_lib
 from liteframe_jax.jobs import load_config_file
-from liteframe_jax.models import compression
+from liteframe_jax.models import compression, kernels
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.layers import pure_dict
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
@@ -114,9 +114,9 @@ def tubelet_student(small: bool) -> StudentConfig:
 
 
 def bench_encoders(ceiling, small, attn_impls):
+    """Yields one row per (model, attention, batch) as it is measured."""
     vit, head, student, siglip, _ = paper_models(small)
     tubelet = tubelet_student(small)
-    rows = []
     batches = [2] if small else [64, 256]
     for impl in attn_impls:
         for name, build, per_item, frames_per_item, size in (
@@ -132,11 +132,18 @@ def bench_encoders(ceiling, small, attn_impls):
             ("LiteFrame student (paper_tubelet2), 8-frame clips",
              lambda: LiteFrameStudent(tubelet, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
              flops_lib.student_per_clip(tubelet), tubelet.num_frames, tubelet.image_size),
-        ):
+        ) + tuple(
+            (f"{name}, fused fc1+GELU (pallas)",
+             lambda cfg=cfg: LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl,
+                                              mlp_kernel="pallas"),
+             flops_lib.student_per_clip(cfg), cfg.num_frames, cfg.image_size)
+            for name, cfg in (("LiteFrame student (paper)", student), ("LiteFrame student (paper_tubelet2)", tubelet))
+            if kernels.device_problem(BF16) is None):  # Hopper: the fused fc1 + GELU kernel's rows too
             model = build()
             graphdef, params = nnx.split(model)
             is_student = isinstance(model, LiteFrameStudent)
-            for batch in batches:
+            # students are small enough that 256 frames leaves launch gaps: 512 fills the GPU
+            for batch in batches + ([512] if is_student and not small else []):
                 items = batch if not is_student else max(1, batch // frames_per_item)
                 if is_student:
                     x = _normalise(random_frames(items, frames_per_item, size))
@@ -146,16 +153,15 @@ def bench_encoders(ceiling, small, attn_impls):
                 try:
                     sec = timed(f, params, x)
                 except Exception as e:  # e.g. cuDNN refusing a head size: reported, not hidden
-                    rows.append({"bench": "encoder", "model": name, "attention": impl or "xla", "batch_frames":
-                                 items * frames_per_item, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                    yield {"bench": "encoder", "model": name, "attention": impl or "xla", "batch_frames":
+                           items * frames_per_item, "error": f"{type(e).__name__}: {str(e)[:200]}"}
                     continue
                 fl = per_item * items
-                rows.append({"bench": "encoder", "model": name, "attention": impl or "xla",
-                             "batch_frames": items * frames_per_item, "ms": sec * 1e3,
-                             "frames_per_s": items * frames_per_item / sec, "tflops": fl / sec / 1e12,
-                             "mfu": fl / sec / ceiling})
+                yield {"bench": "encoder", "model": name, "attention": impl or "xla",
+                       "batch_frames": items * frames_per_item, "ms": sec * 1e3,
+                       "frames_per_s": items * frames_per_item / sec, "tflops": fl / sec / 1e12,
+                       "mfu": fl / sec / ceiling}
             del model, params
-    return rows
 
 
 def _compile_and_time(step, state, *args, iters=10):
@@ -420,7 +426,7 @@ def bench_latency(ceiling, small, impl, out_dir):
         embeds = jnp.concatenate([m.embed_tokens(tokens[:, :text // 2]), visual.astype(BF16),
                                   m.embed_tokens(tokens[:, text // 2:])], 1)
         n = embeds.shape[1]
-        h, _ = m.hidden(embeds, jnp.arange(n)[None], jnp.ones((1, n), bool))
+        h, _ = m.hidden(embeds, jnp.arange(n)[None], None)  # one request, no padding: no length mask
         return jnp.argmax(m.logits(h[:, -1]), -1)  # the first token
 
     rows = []
@@ -498,14 +504,16 @@ def main(argv=None):
     parser.add_argument("what", nargs="*", default=["all"],
                         choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "profile"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
-    parser.add_argument("--attention", default="cudnn", help="'cudnn' or 'xla' (encoders also try 'xla')")
+    parser.add_argument("--attention", default="cudnn",
+                        help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
     parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags; argparse owns this command line
     what = {"matmul", "encoders", "ctd", "lma", "pipeline", "latency"} if "all" in args.what else set(args.what)
-    impl = None if args.attention == "xla" else args.attention
+    attn_impls = [None if a == "xla" else a for a in args.attention.split(",")]
+    impl = attn_impls[0]
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
@@ -514,7 +522,7 @@ def main(argv=None):
     header["bf16_matmul_tflops"] = ceiling / 1e12
     print(json.dumps(header), flush=True)
     rows = []
-    sections = [("encoders", lambda: bench_encoders(ceiling, args.small, [impl] + ([None] if impl else []))),
+    sections = [("encoders", lambda: bench_encoders(ceiling, args.small, attn_impls)),
                 ("ctd", lambda: bench_ctd(ceiling, args.small, impl)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),

@@ -22,7 +22,8 @@ def _kind(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("cudnn", "flash", "fmha", "sdpa", "attention")):
         return "attention"
-    if any(k in n for k in ("gemm", "cublas", "cutlass", "sm90_xmma", "xmma", "matmul", "dot", "triton_gemm")):
+    if any(k in n for k in ("gemm", "cublas", "cutlass", "sm90_xmma", "xmma", "matmul", "dot", "triton_gemm",
+                                "nvjet")):
         return "matmul"
     if any(k in n for k in ("memcpy", "memset", "copy")):
         return "copy"

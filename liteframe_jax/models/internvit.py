@@ -132,7 +132,7 @@ class InternViT(nnx.Module):
         p, g = cfg.patch_size, cfg.grid
         patches = pixels.reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * c)
         kernel = self.patch_kernel[...].reshape(p * p * c, -1)
-        x = jnp.dot(patches.astype(self.dtype), kernel.astype(self.dtype)) + self.patch_bias[...].astype(self.dtype)
+        x = layers.patch_embed(patches, kernel, self.dtype) + self.patch_bias[...].astype(self.dtype)
         cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
         if self.pos_embedding is not None:

@@ -7,6 +7,7 @@ axes themselves. Parameters live in float32; `dtype` is the compute dtype (bfloa
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -78,6 +79,23 @@ class Dense(nnx.Module):
         if bias and self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def patch_embed(patches: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """patches (..., K) @ kernel (K, D) in `dtype`, with K zero-padded to a multiple of 64 (exact).
+
+    A 14x14x3 patch is 588 values: rows of 1,176 bytes in bfloat16, not 16-byte aligned, for which cuBLAS on
+    an H100 falls back to an Ampere kernel plus a separate bias pass (BENCHMARKS.md). The pad fuses into the
+    patchify transpose that writes `patches` anyway.
+    """
+    k = patches.shape[-1]
+    if kernel.shape[0] != k:
+        raise ValueError(f"patch embedding: patches have {k} values, the kernel expects {kernel.shape[0]}")
+    pad = -k % 64
+    if pad:
+        patches = jnp.pad(patches.astype(dtype), [(0, 0)] * (patches.ndim - 1) + [(0, pad)])
+        kernel = jnp.pad(kernel, ((0, pad), (0, 0)))
+    return jnp.dot(patches.astype(dtype), kernel.astype(dtype))
 
 
 class LayerNorm(nnx.Module):
@@ -163,13 +181,42 @@ def self_attention(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_h
     return y + jnp.asarray(bias).astype(y.dtype)
 
 
-class Mlp(nnx.Module):
-    """fc1 -> activation -> fc2."""
+MLP_KERNELS = ("xla", "pallas")
 
-    def __init__(self, features: int, hidden: int, *, act: str, rngs: nnx.Rngs, dtype=jnp.float32):
+
+class Mlp(nnx.Module):
+    """fc1 -> activation -> fc2.
+
+    `impl="pallas"` runs fc1 + exact GELU as one Hopper kernel (`models/kernels.py`) for inference on
+    bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or shapes that do not tile, keep the XLA
+    path, which computes the same function. Asking for it on another device or dtype is an error.
+    """
+
+    def __init__(self, features: int, hidden: int, *, act: str, rngs: nnx.Rngs, dtype=jnp.float32,
+                 impl: str = "xla"):
         self.fc1 = Dense(features, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.fc2 = Dense(hidden, features, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.act = act
+        if impl not in MLP_KERNELS:
+            raise ValueError(f"unknown MLP kernel {impl!r}; choose one of {MLP_KERNELS}")
+        if impl == "pallas":
+            from liteframe_jax.models import kernels
+            problem = kernels.device_problem(dtype) or (None if act == "gelu" else
+                                                        f"implements exact GELU ('gelu') only, not {act!r}")
+            if problem:
+                raise ValueError(f"MLP kernel 'pallas' {problem}; use 'xla'")
+        self.impl = impl
+
+    def _fused_fc1(self, x: jax.Array) -> jax.Array | None:
+        from liteframe_jax.models import kernels
+        m, k, n = math.prod(x.shape[:-1]), x.shape[-1], self.fc1.kernel.shape[1]
+        if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n):
+            return None
+        y = kernels.dense_gelu(x.reshape(m, k).astype(self.fc1.dtype), self.fc1.kernel[...], self.fc1.bias[...])
+        return y.reshape(*x.shape[:-1], n)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(activation(self.act)(self.fc1(x)))
+        h = self._fused_fc1(x) if self.impl == "pallas" else None
+        if h is None:
+            h = activation(self.act)(self.fc1(x))
+        return self.fc2(h)

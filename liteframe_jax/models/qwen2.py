@@ -121,11 +121,14 @@ class Attention(nnx.Module):
             cache = {**cache, "k": k_all, "v": v_all}
         if cache is None and self.attn_impl == "cudnn":
             # Training batches are right-padded with positions 0..T-1: causal attention over each row's valid
-            # prefix is exactly the position mask, in the form cuDNN's fused kernel takes.
+            # prefix is exactly the position mask, in the form cuDNN's fused kernel takes. valid=None (every
+            # token real, as in a single-request prefill) needs no lengths.
+            lengths = None if valid is None else valid.sum(-1).astype(jnp.int32)
             y = jax.nn.dot_product_attention(
-                q, k, v, scale=hd ** -0.5, is_causal=True, key_value_seq_lengths=valid.sum(-1).astype(jnp.int32),
+                q, k, v, scale=hd ** -0.5, is_causal=True, key_value_seq_lengths=lengths,
                 local_window_size=(window - 1, 0) if window else None, implementation="cudnn")
         else:
+            k_valid = jnp.ones(k_pos.shape, bool) if k_valid is None else k_valid
             mask = attention_mask(positions, k_pos, k_valid, window)
             y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
                                              scale=hd ** -0.5,
@@ -196,9 +199,11 @@ class Qwen2(nnx.Module):
         return nnx.remat(run, policy=layers.REMAT_POLICIES[self.remat])
 
     def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None):
-        """embeds (B, T, D), positions (B, T) int, valid (B, T) bool -> (hidden (B, T, D), updated cache)."""
+        """embeds (B, T, D), positions (B, T) int, valid (B, T) bool or None (all valid) -> (hidden (B, T, D),
+        updated cache)."""
         x = embeds.astype(self.dtype)
         if cache is not None:
+            valid = jnp.ones(positions.shape, bool) if valid is None else valid
             idx = cache["index"]
             cache = {**cache,
                      "positions": jax.lax.dynamic_update_slice_in_dim(cache["positions"], positions, idx, axis=1),

@@ -97,14 +97,14 @@ class TemporalConv(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel="xla"):
         d = cfg.width
         self.norm1 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.attn = SpatialAttention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
         self.norm_t = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
         self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
-        self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype)
+        self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype, impl=mlp_kernel)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.attn(self.norm1(x))
@@ -131,10 +131,10 @@ class Downsample(nnx.Module):
 
 
 class Stage(nnx.Module):
-    def __init__(self, cfg: StudentConfig, num_blocks: int, stride, *, rngs: nnx.Rngs, dtype, attn_impl):
+    def __init__(self, cfg: StudentConfig, num_blocks: int, stride, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel):
         self.num_blocks = num_blocks
         for j in range(num_blocks):
-            setattr(self, f"block_{j}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl))
+            setattr(self, f"block_{j}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel))
         self.down = None if tuple(stride) == (1, 1, 1) else Downsample(cfg.width, stride, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,9 +144,13 @@ class Stage(nnx.Module):
 
 
 class LiteFrameStudent(nnx.Module):
-    """Call on (B, T, H, W, 3) normalised frames -> (B, T'*H'*W', out_dim) tokens in (t, h, w) order."""
+    """Call on (B, T, H, W, 3) normalised frames -> (B, T'*H'*W', out_dim) tokens in (t, h, w) order.
 
-    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None):
+    `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU; see `layers.Mlp`.
+    """
+
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,
+                 mlp_kernel: str = "xla"):
         self.cfg, self.dtype = cfg, dtype
         t, h, w = cfg.input_grid
         cfg.output_grid  # validates the stage strides against the grid
@@ -159,7 +163,8 @@ class LiteFrameStudent(nnx.Module):
         self.pos_temporal = layers.param(rngs, nnx.initializers.normal(0.02), (t, d), (None, "embed"))
         self.num_stages = len(cfg.stages)
         for i, (num_blocks, stride) in enumerate(cfg.stages):
-            setattr(self, f"stage_{i}", Stage(cfg, num_blocks, stride, rngs=rngs, dtype=dtype, attn_impl=attn_impl))
+            setattr(self, f"stage_{i}", Stage(cfg, num_blocks, stride, rngs=rngs, dtype=dtype, attn_impl=attn_impl,
+                                              mlp_kernel=mlp_kernel))
         self.final_norm = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.head = layers.Dense(d, cfg.out_dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
 
@@ -172,10 +177,10 @@ class LiteFrameStudent(nnx.Module):
         (pt, ph, pw), (gt, gh, gw) = cfg.patch_size, cfg.input_grid
         x = frames.reshape(b, gt, pt, gh, ph, gw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
         x = x.reshape(b, gt, gh, gw, pt * ph * pw * c).astype(self.dtype)
-        kernel = self.patch_kernel[...].reshape(-1, cfg.width).astype(self.dtype)
-        x = jnp.dot(x, kernel) + self.patch_bias[...].astype(self.dtype)
-        x = x + self.pos_spatial[...].astype(self.dtype)[None, None]
-        return x + self.pos_temporal[...].astype(self.dtype)[None, :, None, None]
+        x = layers.patch_embed(x, self.patch_kernel[...].reshape(-1, cfg.width), self.dtype)
+        # bias and both position tables as one (T, H, W, D) table: one add over the activations, not three
+        table = self.patch_bias[...] + self.pos_spatial[...][None] + self.pos_temporal[...][:, None, None]
+        return x + table.astype(self.dtype)[None]
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         x = self.embed(frames)

@@ -1,0 +1,176 @@
+"""A fused `gelu(x @ w + b)` for Hopper GPUs, written in Pallas (Mosaic GPU).
+
+Why: in a ViT MLP, XLA runs the fc1 GEMM in cuBLAS and the exact GELU as a separate pass that reads and
+writes the 4x-wide activations; for the LiteFrame student that pass was 11% of the forward time on an
+H100 (BENCHMARKS.md), and cuBLAS has no exact-GELU epilogue. This kernel applies bias and GELU to the
+float32 accumulator before the single bfloat16 store.
+
+The GEMM is the warp-specialised TMA + WGMMA pipeline of jax's `pallas/ops/gpu/hopper_matmul_mgpu.py`
+(two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced. It is used for
+inference only (`mlp_kernel="pallas"` on the models): the backward pass of `dense_gelu` recomputes the
+pre-activation with XLA, which is correct but slower than XLA's own training path, so trained models keep
+`mlp_kernel="xla"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    tile_m: int = 128  # rows per consumer warpgroup
+    tile_n: int = 128  # columns per consumer warpgroup (a CTA computes tile_m x 2 * tile_n)
+    tile_k: int = 64
+    max_concurrent_steps: int = 4
+    epi_tile_m: int = 64
+    epi_tile_n: int = 64
+    grid_tile_width: int = 16  # output tiles walked in a snake of this width, for L2 reuse
+
+
+# Below this many rows XLA's cuBLAS GEMM + GELU pass was as fast (H100, BENCHMARKS.md): the kernel's
+# epilogue does not overlap the next tile's matmul, which only pays off when the GELU pass is long.
+MIN_ROWS = 65536
+
+
+def _gelu_f32(z):
+    """Exact GELU on float32 registers, in the erfc form of `layers.gelu_exact` (Mosaic GPU has no erf)."""
+    a = jnp.abs(z) * 0.7071067811865476
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erfc = erfc * jnp.exp(-a * a)
+    return 0.5 * z * jnp.where(z < 0, erfc, 2.0 - erfc)
+
+
+def device_problem(dtype) -> str | None:
+    """None if this process's device and dtype can run the kernel, else what is wrong."""
+    if jax.default_backend() != "gpu":
+        return f"needs a GPU (backend is {jax.default_backend()})"
+    device = jax.devices()[0]
+    cc = str(getattr(device, "compute_capability", ""))
+    if not cc.startswith("9"):
+        return f"needs a Hopper GPU (compute capability 9.x), found {device.device_kind} ({cc or 'unknown'})"
+    if jnp.dtype(dtype) != jnp.bfloat16:
+        return f"needs bfloat16 compute, got {jnp.dtype(dtype).name}"
+    return None
+
+
+def tiles(m: int, k: int, n: int, config: TileConfig = TileConfig()) -> bool:
+    return not (m % config.tile_m or n % (2 * config.tile_n) or k % config.tile_k)
+
+
+def _fused(a, b, bias, config: TileConfig):
+    import jax.experimental.pallas as pl
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+
+    m, k = a.shape
+    n = b.shape[1]
+    dtype = a.dtype
+    tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
+    cta_tile_n = 2 * tile_n  # the two consumer warpgroups split N
+    m_iters, n_iters, k_iters = m // tile_m, n // cta_tile_n, k // tile_k
+    swizzle = plgpu.find_swizzle(tile_k * jnp.dtype(dtype).itemsize * 8)
+    transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
+    epi_m, epi_n = config.epi_tile_m, config.epi_tile_n
+    out_swizzle = plgpu.find_swizzle(epi_n * jnp.dtype(dtype).itemsize * 8)
+    out_transforms = (plgpu.TilingTransform((8, out_swizzle // jnp.dtype(dtype).itemsize)),
+                      plgpu.SwizzleTransform(out_swizzle))
+
+    def kernel(a_gmem, b_gmem, bias_gmem, out_gmem):
+        def get_pipeline(body, compute_context):
+            return plgpu.emit_pipeline_warp_specialized(
+                body, grid=(k_iters,), memory_registers=40,
+                in_specs=[plgpu.BlockSpec((tile_m, tile_k), lambda kk: (0, kk), transforms=transforms,
+                                          memory_space=plgpu.SMEM),
+                          plgpu.BlockSpec((tile_k, cta_tile_n), lambda kk: (kk, 0), transforms=transforms,
+                                          memory_space=plgpu.SMEM)],
+                wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=config.max_concurrent_steps,
+                compute_context=compute_context)
+
+        ignore = lambda *_, **__: None
+
+        @functools.partial(pl.run_scoped,
+                           pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem),
+                           out_smem=plgpu.SMEM((2, 2, epi_m, epi_n), dtype, transforms=out_transforms),
+                           collective_axes="wg")
+        def _scope(pipeline_allocs, out_smem):
+            wg = lax.axis_index("wg")
+
+            @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+            def _tiles(info):
+                (lin,) = info.index
+                m_idx, n_idx = plgpu.planar_snake(lin, (m_iters, n_iters), 1, config.grid_tile_width)
+                m_slice = pl.ds(m_idx * tile_m, tile_m)
+                n_slice = pl.ds(n_idx * cta_tile_n, cta_tile_n)
+                wg_n_slice = pl.ds(wg * tile_n, tile_n)
+
+                def compute_context(eval_pipeline):
+                    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tile_m, tile_n), jnp.float32))
+                    def _acc(acc_ref):
+                        eval_pipeline(acc_ref)
+                        bias_row = plgpu.load(bias_gmem.at[n_slice].at[wg_n_slice], (),
+                                              layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
+                        z = acc_ref[...] + lax.broadcast_in_dim(bias_row, (tile_m, tile_n), [1])
+                        y = _gelu_f32(z).astype(dtype)
+                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                        for i in range(tile_m // epi_m):
+                            for j in range(tile_n // epi_n):
+                                slot = (i * (tile_n // epi_n) + j) % 2
+                                plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                                out_smem[wg, slot] = y[i * epi_m:(i + 1) * epi_m, j * epi_n:(j + 1) * epi_n]
+                                plgpu.commit_smem()
+                                plgpu.copy_smem_to_gmem(
+                                    out_smem.at[wg, slot],
+                                    out_gmem.at[m_slice, n_slice].at[:, wg_n_slice]
+                                    .at[pl.ds(i * epi_m, epi_m), pl.ds(j * epi_n, epi_n)])
+
+                def mma(_, a_smem, b_smem, acc_ref):
+                    plgpu.wgmma(acc_ref, a_smem, b_smem.at[:, wg_n_slice])
+                    plgpu.wgmma_wait(0)
+                    return acc_ref
+
+                get_pipeline(mma, compute_context)(a_gmem.at[m_slice, :], b_gmem.at[:, n_slice],
+                                                   allocations=pipeline_allocs)
+
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    sms = getattr(jax.devices()[0], "core_count", 4)  # one program per SM; the CPU interpreter takes any
+    f = plgpu.kernel(kernel, out_type=jax.ShapeDtypeStruct((m, n), dtype), grid=(sms,), grid_names=("sm",),
+                     num_threads=3, thread_name="wg",
+                     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
+    return f(a, b, bias)
+
+
+def _reference(x, w, b):
+    z = jnp.dot(x, w, preferred_element_type=jnp.float32) + b.astype(jnp.float32)
+    return _gelu_f32(z).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array, config: TileConfig = TileConfig()) -> jax.Array:
+    """gelu(x @ w + b) for 2D bfloat16 x (M, K), w (K, N), float32 b (N,), as one Hopper kernel."""
+    problem = device_problem(x.dtype)
+    if problem:
+        raise ValueError(f"dense_gelu: {problem}")
+    if not tiles(x.shape[0], x.shape[1], w.shape[1], config):
+        raise ValueError(f"dense_gelu: ({x.shape[0]}x{x.shape[1]}) @ ({w.shape[0]}x{w.shape[1]}) does not tile by "
+                         f"({config.tile_m}, {config.tile_k}, {2 * config.tile_n})")
+    return _fused(x, w.astype(x.dtype), b.astype(jnp.float32), config)
+
+
+def _fwd(x, w, b, config):
+    return dense_gelu(x, w, b, config), (x, w, b)
+
+
+def _bwd(config, res, dy):
+    x, w, b = res
+    _, vjp = jax.vjp(_reference, x, w, b)  # recompute the pre-activation: correct, not fast
+    return vjp(dy)
+
+
+dense_gelu.defvjp(_fwd, _bwd)

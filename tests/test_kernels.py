@@ -1,0 +1,64 @@
+"""The fused fc1 + GELU Hopper kernel (`models/kernels.py`): against XLA on a Hopper GPU, and its refusals.
+
+The GPU tests run where an H100/H200 is present (the device machine); on the CPU only the refusal runs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from liteframe_jax.models import kernels, layers
+from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+
+hopper = pytest.mark.skipif(kernels.device_problem(jnp.bfloat16) is not None,
+                            reason="needs a Hopper GPU for the Mosaic GPU kernel")
+
+
+def test_pallas_mlp_refused_where_it_cannot_run():
+    if kernels.device_problem(jnp.bfloat16) is None:
+        with pytest.raises(ValueError, match="exact GELU"):
+            layers.Mlp(64, 256, act="silu", rngs=nnx.Rngs(0), dtype=jnp.bfloat16, impl="pallas")
+    else:
+        with pytest.raises(ValueError, match="needs"):
+            layers.Mlp(64, 256, act="gelu", rngs=nnx.Rngs(0), dtype=jnp.bfloat16, impl="pallas")
+    with pytest.raises(ValueError, match="unknown MLP kernel"):
+        layers.Mlp(64, 256, act="gelu", rngs=nnx.Rngs(0), impl="triton")
+
+
+@hopper
+@pytest.mark.parametrize("m,k,n", [(256, 128, 512), (8192, 768, 3072)])
+def test_dense_gelu_matches_xla(m, k, n):
+    x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+    w = (jax.random.normal(jax.random.key(1), (k, n)) * k ** -0.5).astype(jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(2), (n,)) * 0.1
+    exact = jax.nn.gelu(jnp.dot(x, w, preferred_element_type=jnp.float32) + b, approximate=False)
+    got = kernels.dense_gelu(x, w, b).astype(jnp.float32)
+    # within one bfloat16 step of the output (relative 2^-7)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(exact), rtol=2 ** -7, atol=2 ** -10)
+
+
+@hopper
+def test_dense_gelu_gradient_is_the_reference_gradient():
+    x = jax.random.normal(jax.random.key(0), (256, 128), jnp.bfloat16)
+    w = (jax.random.normal(jax.random.key(1), (128, 512)) * 0.09).astype(jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(2), (512,)) * 0.1
+    loss = lambda f: lambda x, w, b: jnp.sum(f(x, w, b).astype(jnp.float32) ** 2)
+    got = jax.grad(loss(kernels.dense_gelu), argnums=(0, 1, 2))(x, w, b)
+    want = jax.grad(loss(kernels._reference), argnums=(0, 1, 2))(x, w, b)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=0.05, atol=0.05)
+
+
+@hopper
+def test_student_with_the_fused_mlp_matches_xla():
+    cfg = StudentConfig(image_size=224, num_frames=8, patch_size=(1, 14, 14), width=128, num_heads=2, mlp_dim=512,
+                        stages=((2, (2, 2, 2)), (1, (1, 1, 1))), out_dim=64)
+    frames = jax.random.normal(jax.random.key(0), (32, 8, 224, 224, 3), jnp.bfloat16)  # 65,536 stage-0 tokens
+    out = {}
+    for impl in ("xla", "pallas"):
+        model = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, attn_impl="cudnn", mlp_kernel=impl)
+        out[impl] = np.asarray(jax.jit(lambda m, x: m(x))(model, frames), np.float32)
+    scale = np.abs(out["xla"]).mean()
+    assert np.abs(out["pallas"] - out["xla"]).mean() < 0.02 * scale
