@@ -41,8 +41,8 @@ def _common(preset: str) -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
     # logical axis -> mesh axes; the single rule table (see liteframe_jax/train/sharding.py)
-    c.sharding_rules = [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
-                        ("norm", None)]
+    c.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
+                        ("norm", None))
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8,
@@ -85,8 +85,11 @@ def _teacher(init, image_size, patch_size, hidden, layers, heads, mlp, out_featu
 
 
 def _student(image_size, patch_size, width, heads, mlp, stages, out_dim):
+    # Tuples, not lists: ml_collections overrides tuple fields from the command line
+    # (--config.student.stages='((2, (1, 2, 2)), (2, (1, 1, 1)))') and refuses list fields.
+    stages = tuple((int(n), tuple(stride)) for n, stride in stages)
     return ml_collections.ConfigDict(dict(
-        image_size=image_size, patch_size=patch_size, width=width, num_heads=heads, mlp_dim=mlp,
+        image_size=image_size, patch_size=tuple(patch_size), width=width, num_heads=heads, mlp_dim=mlp,
         stages=stages, temporal_kernel=3, out_dim=out_dim, act="gelu", norm_eps=1e-6))
 
 

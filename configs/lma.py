@@ -24,6 +24,9 @@ def get_config(arg=None):
     c.seed = 0
     c.dtype = "float32"
     c.attention_impl = config_dict.placeholder(str)
+    # 'pallas': the student's fc1 + GELU as one kernel on Hopper GPUs (bfloat16; faster inference, a slower
+    # backward pass, so for a frozen student and evaluation); 'xla' everywhere else.
+    c.student_mlp_kernel = "xla"
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     c.total_steps = 300
@@ -41,8 +44,8 @@ def get_config(arg=None):
     c.init_from = config_dict.placeholder(str)
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
-    c.sharding_rules = [("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
-                        ("vocab", "tensor"), ("norm", None)]
+    c.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
+                        ("vocab", "tensor"), ("norm", None))
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=2e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.98,
         eps=1e-8, weight_decay=0.0, grad_clip=1.0))
@@ -58,7 +61,7 @@ def get_config(arg=None):
     c.student.num_frames = 8  # only for init='random'
     c.student.arch = ml_collections.ConfigDict(dict(
         image_size=64, patch_size=(1, 8, 8), width=64, num_heads=4, mlp_dim=256,
-        stages=[(2, (2, 2, 2)), (2, (1, 1, 1))], temporal_kernel=3, out_dim=128, act="gelu", norm_eps=1e-6))
+        stages=((2, (2, 2, 2)), (2, (1, 1, 1))), temporal_kernel=3, out_dim=128, act="gelu", norm_eps=1e-6))
     c.projector = ml_collections.ConfigDict(dict(kind="mlp", hidden=0, act="gelu", norm=True))
 
     c.llm = ml_collections.ConfigDict()

@@ -83,3 +83,17 @@ def test_temporal_conv_mixes_neighbouring_frames_only():
     x = jnp.zeros((1, 5, 1, 1, 4)).at[:, 2].set(1.0)
     y = np.asarray(conv(x) - conv(jnp.zeros_like(x)))
     assert np.all(y[:, [0, 4]] == 0) and np.all(np.abs(y[:, 1:4]).sum(-1) > 0)
+
+
+def test_student_downsample_is_a_depthwise_strided_convolution():
+    import jax
+
+    from liteframe_jax.models.student import Downsample
+    down = Downsample(16, (2, 1, 2), rngs=nnx.Rngs(0))
+    down.kernel[...] = jax.random.normal(jax.random.key(0), down.kernel.shape)  # learned, not the average
+    down.bias[...] = jax.random.normal(jax.random.key(1), down.bias.shape)
+    x = jax.random.normal(jax.random.key(2), (2, 4, 6, 8, 16))
+    want = jax.lax.conv_general_dilated(  # depth-wise conv3d, kernel == stride, NDHWC
+        x, down.kernel[...][..., None, :], window_strides=(2, 1, 2), padding="VALID",
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=16) + down.bias[...]
+    np.testing.assert_allclose(np.asarray(down(x)), np.asarray(want), rtol=1e-5, atol=1e-5)

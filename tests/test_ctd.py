@@ -157,3 +157,25 @@ def test_teacher_targets_from_a_hugging_face_internvl_folder(videos, tmp_path):
         tokens = ref.get_image_features(pixel_values=px).pooler_output.numpy()
     want = np.asarray(compress(tokens.reshape(2, 8, 4, 4, 48), (2, 2, 2))).reshape(2, 16, 48)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_every_config_field_can_be_overridden_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    from helpers import load_config
+    argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'ctd.py')}", "--config.student.patch_size=(2, 8, 8)",
+            "--config.student.stages=((2, (1, 2, 2)), (2, (1, 1, 1)))"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)  # argv names the overrides
+    fv(argv)
+    assert tuple(fv.config.student.patch_size) == (2, 8, 8)
+    assert fv.config.student.stages == ((2, (1, 2, 2)), (2, (1, 1, 1)))
+
+    def lists(c, path=""):  # ml_collections refuses to override list fields
+        for k, v in c.items():
+            yield from lists(v, f"{path}{k}.") if hasattr(v, "items") else ([path + k] if isinstance(v, list) else [])
+    for name, presets in (("ctd", ("demo", "paper", "paper_tubelet2")), ("lma", ("demo", "paper")),
+                          ("eval", ("demo", "videomme"))):
+        for preset in presets:
+            assert list(lists(load_config(name, preset))) == [], (name, preset)

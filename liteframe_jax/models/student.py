@@ -123,11 +123,14 @@ class Downsample(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((features,), jnp.float32), axes=("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, h, w, d = x.shape
+        # A sum of strided slices, accumulated in float32: one elementwise pass that XLA fuses. Written as an
+        # einsum over a reshaped (b, t, st, h, sh, w, sw, d) view, XLA chose a transpose plus a reduction, and
+        # in one H100 build a single strided transpose kernel 9x slower than the pass (BENCHMARKS.md).
         st, sh, sw = self.stride
-        x = x.reshape(b, t // st, st, h // sh, sh, w // sw, sw, d)
-        y = jnp.einsum("btihjwkd,ijkd->bthwd", x, self.kernel[...].astype(x.dtype))
-        return y + self.bias[...].astype(x.dtype)
+        kernel = self.kernel[...]
+        y = sum(x[:, i::st, j::sh, k::sw].astype(jnp.float32) * kernel[i, j, k]
+                for i in range(st) for j in range(sh) for k in range(sw))
+        return (y + self.bias[...]).astype(x.dtype)
 
 
 class Stage(nnx.Module):
