@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from liteframe_jax.models import kernels
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -91,11 +93,11 @@ def patch_embed(patches: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
     k = patches.shape[-1]
     if kernel.shape[0] != k:
         raise ValueError(f"patch embedding: patches have {k} values, the kernel expects {kernel.shape[0]}")
-    pad = -k % 64
+    patches, kernel, pad = patches.astype(dtype), kernel.astype(dtype), -k % 64
     if pad:
-        patches = jnp.pad(patches.astype(dtype), [(0, 0)] * (patches.ndim - 1) + [(0, pad)])
+        patches = jnp.pad(patches, [(0, 0)] * (patches.ndim - 1) + [(0, pad)])
         kernel = jnp.pad(kernel, ((0, pad), (0, 0)))
-    return jnp.dot(patches.astype(dtype), kernel.astype(dtype))
+    return jnp.dot(patches, kernel)
 
 
 class LayerNorm(nnx.Module):
@@ -200,7 +202,6 @@ class Mlp(nnx.Module):
         if impl not in MLP_KERNELS:
             raise ValueError(f"unknown MLP kernel {impl!r}; choose one of {MLP_KERNELS}")
         if impl == "pallas":
-            from liteframe_jax.models import kernels
             problem = kernels.device_problem(dtype) or (None if act == "gelu" else
                                                         f"implements exact GELU ('gelu') only, not {act!r}")
             if problem:
@@ -208,7 +209,6 @@ class Mlp(nnx.Module):
         self.impl = impl
 
     def _fused_fc1(self, x: jax.Array) -> jax.Array | None:
-        from liteframe_jax.models import kernels
         m, k, n = math.prod(x.shape[:-1]), x.shape[-1], self.fc1.kernel.shape[1]
         if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n):
             return None
