@@ -38,8 +38,9 @@ class TileConfig:
 MIN_ROWS = 65536
 
 
-def _gelu_f32(z):
-    """Exact GELU on float32 registers, in the erfc form of `layers.gelu_exact` (Mosaic GPU has no erf)."""
+def gelu_f32(z):
+    """Exact GELU of float32 `z` (Abramowitz & Stegun erfc; see `layers.gelu_exact`). Plain jnp, so the same
+    function runs on the kernel's registers (Mosaic GPU has no erf) and in XLA."""
     a = jnp.abs(z) * 0.7071067811865476
     t = 1.0 / (1.0 + 0.3275911 * a)
     erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
@@ -116,7 +117,7 @@ def _fused(a, b, bias, config: TileConfig):
                         bias_row = plgpu.load(bias_gmem.at[n_slice].at[wg_n_slice], (),
                                               layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
                         z = acc_ref[...] + lax.broadcast_in_dim(bias_row, (tile_m, tile_n), [1])
-                        y = _gelu_f32(z).astype(dtype)
+                        y = gelu_f32(z).astype(dtype)
                         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                         for i in range(tile_m // epi_m):
                             for j in range(tile_n // epi_n):
@@ -139,7 +140,7 @@ def _fused(a, b, bias, config: TileConfig):
 
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    sms = getattr(jax.devices()[0], "core_count", 4)  # one program per SM; the CPU interpreter takes any
+    sms = jax.devices()[0].core_count  # one persistent program per SM
     f = plgpu.kernel(kernel, out_type=jax.ShapeDtypeStruct((m, n), dtype), grid=(sms,), grid_names=("sm",),
                      num_threads=3, thread_name="wg",
                      compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
@@ -148,7 +149,7 @@ def _fused(a, b, bias, config: TileConfig):
 
 def _reference(x, w, b):
     z = jnp.dot(x, w, preferred_element_type=jnp.float32) + b.astype(jnp.float32)
-    return _gelu_f32(z).astype(x.dtype)
+    return gelu_f32(z).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -27,12 +27,7 @@ def gelu_exact(x: jax.Array) -> jax.Array:
     to ~7e-7 absolute. XLA's generic erf is a rational polynomial that made the InternViT MLP activation
     cost as much as the attention on an H100 (BENCHMARKS.md); this one is bandwidth-bound.
     """
-    x32 = x.astype(jnp.float32)
-    z = jnp.abs(x32) * 0.7071067811865476
-    t = 1.0 / (1.0 + 0.3275911 * z)
-    erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erfc = erfc * jnp.exp(-z * z)
-    return (0.5 * x32 * jnp.where(x32 < 0, erfc, 2.0 - erfc)).astype(x.dtype)
+    return kernels.gelu_f32(x.astype(jnp.float32)).astype(x.dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
