@@ -27,14 +27,20 @@ def test_pallas_mlp_refused_where_it_cannot_run():
         layers.Mlp(64, 256, act="gelu", rngs=nnx.Rngs(0), impl="triton")
 
 
+CONFIGS = {"default": kernels.TileConfig(), "large_layers": kernels.LARGE_LAYER_CONFIG,
+           "ieee_math_no_prefetch": kernels.TileConfig(approx_math=False, prefetch_across_tiles=False)}
+
+
 @hopper
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("m,k,n", [(256, 128, 512), (8192, 768, 3072)])
-def test_dense_gelu_matches_xla(m, k, n):
+def test_dense_gelu_matches_xla(m, k, n, config):
+    # (8192, 768, 3072) has enough tiles for the producer to prefetch across tiles; (256, 128, 512) does not
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     w = (jax.random.normal(jax.random.key(1), (k, n)) * k ** -0.5).astype(jnp.bfloat16)
     b = jax.random.normal(jax.random.key(2), (n,)) * 0.1
     exact = jax.nn.gelu(jnp.dot(x, w, preferred_element_type=jnp.float32) + b, approximate=False)
-    got = kernels.dense_gelu(x, w, b).astype(jnp.float32)
+    got = kernels.dense_gelu(x, w, b, CONFIGS[config]).astype(jnp.float32)
     # within one bfloat16 step of the output (relative 2^-7)
     np.testing.assert_allclose(np.asarray(got), np.asarray(exact), rtol=2 ** -7, atol=2 ** -10)
 

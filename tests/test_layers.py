@@ -17,6 +17,16 @@ def test_gelu_exact_matches_erf_definition():
     assert layers.activation("gelu") is layers.gelu_exact
 
 
+def test_kernel_epilogue_gelu_form_matches_erf_definition():
+    # the form the Pallas kernel evaluates (rsqrt^2 reciprocal, exp2); on the GPU its rsqrt/exp2 are the MUFU
+    # approximations, checked against XLA by tests/test_kernels.py
+    from liteframe_jax.models import kernels
+    x = jnp.linspace(-12.0, 12.0, 200_001, dtype=jnp.float32)
+    ref = np.asarray(jax.nn.gelu(x, approximate=False), np.float64)
+    got = np.asarray(kernels.gelu_f32(x, fast=True), np.float64)
+    assert np.max(np.abs(got - ref)) < 2e-6
+
+
 def test_gelu_exact_keeps_dtype_and_gradient():
     x = jnp.linspace(-4.0, 4.0, 101, dtype=jnp.bfloat16)
     assert layers.gelu_exact(x).dtype == jnp.bfloat16

@@ -6,7 +6,9 @@ H100 (BENCHMARKS.md), and cuBLAS has no exact-GELU epilogue. This kernel applies
 float32 accumulator before the single bfloat16 store.
 
 The GEMM is the warp-specialised TMA + WGMMA pipeline of jax's `pallas/ops/gpu/hopper_matmul_mgpu.py`
-(two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced. It is used for
+(two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced; the producer
+runs ahead into the next tile while the consumers run the epilogue, whose GELU uses one MUFU instruction
+per transcendental (`gelu_f32(fast=True)`). It is used for
 inference only (`mlp_kernel="pallas"` on the models): the backward pass of `dense_gelu` recomputes the
 pre-activation with XLA, which is correct but slower than XLA's own training path, so trained models keep
 `mlp_kernel="xla"`.
@@ -31,20 +33,47 @@ class TileConfig:
     epi_tile_m: int = 64
     epi_tile_n: int = 64
     grid_tile_width: int = 16  # output tiles walked in a snake of this width, for L2 reuse
+    approx_math: bool = True  # MUFU rsqrt/exp2 in the GELU epilogue (see gelu_f32(fast=True))
+    # the producer warpgroup fetches the next tile's first k-steps while the consumers run this tile's
+    # epilogue (a pipeline of pipelines), instead of every tile starting with an empty pipeline
+    prefetch_across_tiles: bool = True
 
 
 # Below this many rows XLA's cuBLAS GEMM + GELU pass was as fast (H100, BENCHMARKS.md): the kernel's
-# epilogue does not overlap the next tile's matmul, which only pays off when the GELU pass is long.
+# epilogue does not overlap the WGMMAs (both consumer warpgroups stop for it), which pays off only when
+# the GELU pass it replaces is long.
 MIN_ROWS = 65536
 
+# From this many rows, 3 stages with 64x128 epilogue tiles beat the default (H100, 524,288x768 @ 768x3072:
+# 4.94 vs 5.17 ms); at 65,536 rows the default was faster (0.74 vs 0.87 ms). BENCHMARKS.md, fourth pass.
+LARGE_ROWS = 524288
+LARGE_LAYER_CONFIG = TileConfig(max_concurrent_steps=3, epi_tile_n=128)
 
-def gelu_f32(z):
+
+def config_for(m: int) -> TileConfig:
+    return LARGE_LAYER_CONFIG if m >= LARGE_ROWS else TileConfig()
+
+
+def gelu_f32(z, *, fast: bool = False):
     """Exact GELU of float32 `z` (Abramowitz & Stegun erfc; see `layers.gelu_exact`). Plain jnp, so the same
-    function runs on the kernel's registers (Mosaic GPU has no erf) and in XLA."""
+    function runs on the kernel's registers (Mosaic GPU has no erf) and in XLA.
+
+    `fast` is the form the kernel's epilogue uses: the reciprocal as rsqrt(u)^2 and exp as exp2, which with
+    the kernel's `approx_math` become one MUFU instruction each (rsqrt.approx, ex2.approx, relative error
+    ~2^-22) instead of IEEE division and expf sequences; the epilogue's instruction count was what kept the
+    kernel below cuBLAS (BENCHMARKS.md).
+    """
     a = jnp.abs(z) * 0.7071067811865476
-    t = 1.0 / (1.0 + 0.3275911 * a)
+    u = 1.0 + 0.3275911 * a
+    if fast:
+        r = lax.rsqrt(u)
+        t = r * r
+        e = jnp.exp2(a * a * -1.4426950408889634)
+    else:
+        t = 1.0 / u
+        e = jnp.exp(-a * a)
     erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erfc = erfc * jnp.exp(-a * a)
+    erfc = erfc * e
     return 0.5 * z * jnp.where(z < 0, erfc, 2.0 - erfc)
 
 
@@ -75,6 +104,10 @@ def _fused(a, b, bias, config: TileConfig):
     tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
     cta_tile_n = 2 * tile_n  # the two consumer warpgroups split N
     m_iters, n_iters, k_iters = m // tile_m, n // cta_tile_n, k // tile_k
+    sms = jax.devices()[0].core_count  # one persistent program per SM
+    if config.prefetch_across_tiles and (k_iters % config.max_concurrent_steps or m_iters * n_iters < 2 * sms):
+        # a pipeline of pipelines needs whole rounds of stages per tile and a first and a last tile per SM
+        config = dataclasses.replace(config, prefetch_across_tiles=False)
     swizzle = plgpu.find_swizzle(tile_k * jnp.dtype(dtype).itemsize * 8)
     transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
     epi_m, epi_n = config.epi_tile_m, config.epi_tile_n
@@ -83,7 +116,7 @@ def _fused(a, b, bias, config: TileConfig):
                       plgpu.SwizzleTransform(out_swizzle))
 
     def kernel(a_gmem, b_gmem, bias_gmem, out_gmem):
-        def get_pipeline(body, compute_context):
+        def get_pipeline(body, compute_context, state=None):
             return plgpu.emit_pipeline_warp_specialized(
                 body, grid=(k_iters,), memory_registers=40,
                 in_specs=[plgpu.BlockSpec((tile_m, tile_k), lambda kk: (0, kk), transforms=transforms,
@@ -91,7 +124,7 @@ def _fused(a, b, bias, config: TileConfig):
                           plgpu.BlockSpec((tile_k, cta_tile_n), lambda kk: (kk, 0), transforms=transforms,
                                           memory_space=plgpu.SMEM)],
                 wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=config.max_concurrent_steps,
-                compute_context=compute_context)
+                compute_context=compute_context, pipeline_state=state)
 
         ignore = lambda *_, **__: None
 
@@ -105,6 +138,11 @@ def _fused(a, b, bias, config: TileConfig):
             @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
             def _tiles(info):
                 (lin,) = info.index
+                state = None
+                if config.prefetch_across_tiles:  # every program has >= 2 tiles (checked above)
+                    first, last = info.local_index == 0, info.local_index == info.num_local_steps - 1
+                    state = jnp.where(first, plgpu.PipelinePipeline.START,
+                                      jnp.where(last, plgpu.PipelinePipeline.STOP, plgpu.PipelinePipeline.STEADY))
                 m_idx, n_idx = plgpu.planar_snake(lin, (m_iters, n_iters), 1, config.grid_tile_width)
                 m_slice = pl.ds(m_idx * tile_m, tile_m)
                 n_slice = pl.ds(n_idx * cta_tile_n, cta_tile_n)
@@ -117,7 +155,7 @@ def _fused(a, b, bias, config: TileConfig):
                         bias_row = plgpu.load(bias_gmem.at[n_slice].at[wg_n_slice], (),
                                               layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
                         z = acc_ref[...] + lax.broadcast_in_dim(bias_row, (tile_m, tile_n), [1])
-                        y = gelu_f32(z).astype(dtype)
+                        y = gelu_f32(z, fast=config.approx_math).astype(dtype)
                         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                         for i in range(tile_m // epi_m):
                             for j in range(tile_n // epi_n):
@@ -135,15 +173,15 @@ def _fused(a, b, bias, config: TileConfig):
                     plgpu.wgmma_wait(0)
                     return acc_ref
 
-                get_pipeline(mma, compute_context)(a_gmem.at[m_slice, :], b_gmem.at[:, n_slice],
-                                                   allocations=pipeline_allocs)
+                get_pipeline(mma, compute_context, state)(a_gmem.at[m_slice, :], b_gmem.at[:, n_slice],
+                                                          allocations=pipeline_allocs)
 
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    sms = jax.devices()[0].core_count  # one persistent program per SM
     f = plgpu.kernel(kernel, out_type=jax.ShapeDtypeStruct((m, n), dtype), grid=(sms,), grid_names=("sm",),
                      num_threads=3, thread_name="wg",
-                     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
+                     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup,
+                                                          approx_math=config.approx_math))
     return f(a, b, bias)
 
 
@@ -159,8 +197,8 @@ def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array, config: TileConfig = Ti
     if problem:
         raise ValueError(f"dense_gelu: {problem}")
     if not tiles(x.shape[0], x.shape[1], w.shape[1], config):
-        raise ValueError(f"dense_gelu: ({x.shape[0]}x{x.shape[1]}) @ ({w.shape[0]}x{w.shape[1]}) does not tile by "
-                         f"({config.tile_m}, {config.tile_k}, {2 * config.tile_n})")
+        raise ValueError(f"dense_gelu: ({x.shape[0]}x{x.shape[1]}) @ ({w.shape[0]}x{w.shape[1]}) does not tile "
+                         f"with {config}")
     return _fused(x, w.astype(x.dtype), b.astype(jnp.float32), config)
 
 

@@ -205,9 +205,11 @@ class Mlp(nnx.Module):
 
     def _fused_fc1(self, x: jax.Array) -> jax.Array | None:
         m, k, n = math.prod(x.shape[:-1]), x.shape[-1], self.fc1.kernel.shape[1]
-        if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n):
+        config = kernels.config_for(m)
+        if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n, config):
             return None
-        y = kernels.dense_gelu(x.reshape(m, k).astype(self.fc1.dtype), self.fc1.kernel[...], self.fc1.bias[...])
+        y = kernels.dense_gelu(x.reshape(m, k).astype(self.fc1.dtype), self.fc1.kernel[...], self.fc1.bias[...],
+                               config)
         return y.reshape(*x.shape[:-1], n)
 
     def __call__(self, x: jax.Array) -> jax.Array:
