@@ -6,12 +6,11 @@ H100 (BENCHMARKS.md), and cuBLAS has no exact-GELU epilogue. This kernel applies
 float32 accumulator before the single bfloat16 store.
 
 The GEMM is the warp-specialised TMA + WGMMA pipeline of jax's `pallas/ops/gpu/hopper_matmul_mgpu.py`
-(two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced; the producer
-runs ahead into the next tile while the consumers run the epilogue, whose GELU uses one MUFU instruction
-per transcendental (`gelu_f32(fast=True)`). It is used for
-inference only (`mlp_kernel="pallas"` on the models): the backward pass of `dense_gelu` recomputes the
-pre-activation with XLA, which is correct but slower than XLA's own training path, so trained models keep
-`mlp_kernel="xla"`.
+(two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced; the producer runs
+ahead into the next tile while the consumers run the epilogue, whose GELU uses one MUFU instruction per
+transcendental (`gelu_f32(fast=True)`). It is used for inference only (`mlp_kernel="pallas"` on the
+models): the backward pass of `dense_gelu` recomputes the pre-activation with XLA, which is correct but
+slower than XLA's own training path, so trained models keep `mlp_kernel="xla"`.
 """
 
 from __future__ import annotations
