@@ -398,9 +398,9 @@ def bench_latency(ceiling, small, impl, out_dir):
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
     encoders = {}
+    # the fused fc1 + GELU kernel where this device runs it (BENCHMARKS.md, third and fourth passes)
+    mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
     for name, cfg in (("LiteFrame", student_cfg), (TUBELET, tubelet_student(small))):
-        # the fused fc1 + GELU kernel where this device runs it (BENCHMARKS.md, third pass)
-        mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
         student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
         proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
         graph, params = nnx.split((student, proj))
