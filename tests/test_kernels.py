@@ -1,4 +1,5 @@
-"""The fused fc1 + GELU Hopper kernel (`models/kernels.py`): against XLA on a Hopper GPU, and its refusals.
+"""The fused fc1 + GELU Hopper kernel (`models/kernels.py`) and the compiled student block tail
+(`models/block_tail.py`): against XLA on a Hopper GPU, and their refusals.
 
 The GPU tests run where an H100/H200 is present (the device machine); on the CPU only the refusal runs.
 """
@@ -68,3 +69,21 @@ def test_student_with_the_fused_mlp_matches_xla():
         out[impl] = np.asarray(jax.jit(lambda m, x: m(x))(model, frames), np.float32)
     scale = np.abs(out["xla"]).mean()
     assert np.abs(out["pallas"] - out["xla"]).mean() < 0.02 * scale
+
+
+@hopper
+@pytest.mark.parametrize("shape", [(4, 8, 1024, 768), (4, 4, 256, 768), (2, 2, 64, 128)])
+def test_block_tail_compiled_matches_reference(shape):
+    # the Triton-compiled tail (models/block_tail.py) at the student's stage shapes, bfloat16 in and out
+    from liteframe_jax.models import block_tail
+    d = shape[-1]
+    k = jax.random.split(jax.random.key(0), 9)
+    vec = lambda i, scale=1.0, offset=0.0: offset + scale * jax.random.normal(k[i], (d,))
+    args = (jax.random.normal(k[0], shape, jnp.bfloat16) + 2, jax.random.normal(k[1], shape, jnp.bfloat16), vec(2),
+            (vec(3, 0.1, 1.0), vec(4, 0.1)), jax.random.normal(k[5], (3, d)), vec(6), (vec(7, 0.1, 1.0), vec(8, 0.1)))
+    want = block_tail.reference(*args, eps=1e-6)
+    got = jax.jit(lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.CONFIG))(*args)
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        # both round the same float32 values to bfloat16: at most one bfloat16 step apart
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=1e-2, atol=1e-2)

@@ -133,12 +133,12 @@ def bench_encoders(ceiling, small, attn_impls):
              lambda: LiteFrameStudent(tubelet, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
              flops_lib.student_per_clip(tubelet), tubelet.num_frames, tubelet.image_size),
         ) + tuple(
-            (f"{name}, fused fc1+GELU (pallas)",
+            (f"{name}, fused kernels (pallas: fc1+GELU, block tail)",
              lambda cfg=cfg: LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl,
                                               mlp_kernel="pallas"),
              flops_lib.student_per_clip(cfg), cfg.num_frames, cfg.image_size)
             for name, cfg in (("LiteFrame student (paper)", student), ("LiteFrame student (paper_tubelet2)", tubelet))
-            if kernels.device_problem(BF16) is None):  # Hopper: the fused fc1 + GELU kernel's rows too
+            if kernels.device_problem(BF16) is None):  # Hopper: rows with the fused kernels too
             model = build()
             graphdef, params = nnx.split(model)
             is_student = isinstance(model, LiteFrameStudent)
@@ -398,7 +398,7 @@ def bench_latency(ceiling, small, impl, out_dir):
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
     encoders = {}
-    # the fused fc1 + GELU kernel where this device runs it (BENCHMARKS.md, third and fourth passes)
+    # the fused kernels (fc1 + GELU, block tail) where this device runs them (BENCHMARKS.md, passes 3-5)
     mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
     for name, cfg in (("LiteFrame", student_cfg), (TUBELET, tubelet_student(small))):
         student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)

@@ -160,7 +160,16 @@ def check_remat(policy: str) -> str:
 
 def self_attention(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_heads: int, *,
                    scale: float | None = None, implementation: str | None = None) -> jax.Array:
-    """Unmasked multi-head self-attention over (batch, length, width) with q/k/v/out projections.
+    """Unmasked multi-head self-attention over (batch, length, width) with q/k/v/out projections."""
+    y, bias = self_attention_unbiased(x, q, k, v, out, num_heads, scale=scale, implementation=implementation)
+    return y + bias.astype(y.dtype)
+
+
+def self_attention_unbiased(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_heads: int, *,
+                            scale: float | None = None,
+                            implementation: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """`self_attention` as (output without its bias, the (width,) float32 bias), for a consumer that adds
+    the bias inside its own kernel.
 
     The key and value biases are folded away, exactly: the key bias adds q . b_k to every logit of a row,
     which softmax ignores, and attention rows sum to one, so the value bias passes through unchanged and
@@ -172,10 +181,12 @@ def self_attention(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_h
     y = attention(split(q(x)), split(k(x, bias=False)), split(v(x, bias=False)), scale=scale,
                   implementation=implementation)
     y = out(y.reshape(b, n, -1), bias=False)
-    bias = 0.0 if out.bias is None else out.bias[...]
+    bias = jnp.zeros((out.kernel.shape[1],), jnp.float32)
+    if out.bias is not None:
+        bias = bias + out.bias[...]
     if v.bias is not None:
         bias = bias + jnp.dot(v.bias[...], out.kernel[...])
-    return y + jnp.asarray(bias).astype(y.dtype)
+    return y, bias
 
 
 MLP_KERNELS = ("xla", "pallas")

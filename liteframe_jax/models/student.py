@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import layers
+from liteframe_jax.models import block_tail, layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +70,16 @@ class SpatialAttention(nnx.Module):
         self.num_heads, self.attn_impl = cfg.num_heads, attn_impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        y, bias = self.unbiased(x)
+        return y + bias.astype(y.dtype)
+
+    def unbiased(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The attention output without its output bias, and that bias (for the fused block tail)."""
         b, t, h, w, d = x.shape
         tokens = x.reshape(b * t, h * w, d)  # attention within each frame
-        y = layers.self_attention(tokens, self.q, self.k, self.v, self.out, self.num_heads,
-                                  implementation=self.attn_impl)
-        return y.reshape(b, t, h, w, d)
+        y, bias = layers.self_attention_unbiased(tokens, self.q, self.k, self.v, self.out, self.num_heads,
+                                                 implementation=self.attn_impl)
+        return y.reshape(b, t, h, w, d), bias
 
 
 class TemporalConv(nnx.Module):
@@ -105,8 +110,22 @@ class Block(nnx.Module):
         self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
         self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype, impl=mlp_kernel)
+        # the block's elementwise tail as one kernel (`block_tail`) wherever the fused MLP kernel runs;
+        # "interpret" runs that kernel in the Pallas interpreter (CPU tests)
+        self.tail_kernel = "pallas" if mlp_kernel == "pallas" else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, d = x.shape
+        tail_config = block_tail.CONFIG
+        if self.tail_kernel and block_tail.supported((b, t, h * w, d), self.tconv.kernel.shape[0], tail_config):
+            # attention residual, LayerNorm_t, temporal conv, residual and LayerNorm_2 in one GPU pass
+            o, o_bias = self.attn.unbiased(self.norm1(x))
+            flat = lambda a: a.reshape(b, t, h * w, d)
+            x, hidden = block_tail.block_tail(
+                flat(x), flat(o), o_bias, (self.norm_t.scale[...], self.norm_t.bias[...]), self.tconv.kernel[...],
+                self.tconv.bias[...], (self.norm2.scale[...], self.norm2.bias[...]), self.norm_t.eps,
+                tail_config, self.tail_kernel == "interpret")
+            return (x + self.mlp(hidden)).reshape(b, t, h, w, d)
         x = x + self.attn(self.norm1(x))
         x = x + self.tconv(self.norm_t(x))
         return x + self.mlp(self.norm2(x))
@@ -149,7 +168,9 @@ class Stage(nnx.Module):
 class LiteFrameStudent(nnx.Module):
     """Call on (B, T, H, W, 3) normalised frames -> (B, T'*H'*W', out_dim) tokens in (t, h, w) order.
 
-    `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU; see `layers.Mlp`.
+    `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU (see `layers.Mlp`) and
+    each block's attention residual, LayerNorm_t, temporal convolution, residual and LayerNorm_2
+    (`models/block_tail.py`).
     """
 
     def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,
