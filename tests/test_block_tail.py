@@ -18,12 +18,12 @@ from liteframe_jax.models.student import Block, StudentConfig
 
 def _inputs(shape, taps, seed=0):
     d = shape[-1]
-    k = jax.random.split(jax.random.key(seed), 9)
+    k = jax.random.split(jax.random.key(seed), 10)
     normal = lambda i, s, scale=1.0: scale * jax.random.normal(k[i], s, jnp.float32)
     # an offset on the residual stream, as trained ViTs have: the LayerNorms must centre it
     x = normal(0, shape) + 3.0
     return (x, normal(1, shape), normal(2, (d,)), (1 + normal(3, (d,), 0.1), normal(4, (d,), 0.1)),
-            normal(5, (taps, d)), normal(6, (d,)), (1 + normal(7, (d,), 0.1), normal(8, (d,), 0.1)))
+            normal(5, (taps, d)), normal(6, (d,)), (1 + normal(7, (d,), 0.1), normal(8, (d,), 0.1)), normal(9, (d,)))
 
 
 CONFIGS = [
@@ -46,7 +46,7 @@ def test_kernel_matches_reference(shape, taps, config):
 def test_reference_is_the_student_block_tail():
     # the reference itself against an independent numpy evaluation of the formula in the module docstring
     args = _inputs((1, 4, 2, 16), 3)
-    x, o, ob, (gt, bt), w, cb, (g2, b2) = [np.asarray(a, np.float64) if not isinstance(a, tuple)
+    x, o, ob, (gt, bt), w, cb, (g2, b2), nb = [np.asarray(a, np.float64) if not isinstance(a, tuple)
                                            else tuple(np.asarray(v, np.float64) for v in a) for a in args]
     ln = lambda v, g, b: (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6) * g + b
     r = x + o + ob
@@ -58,7 +58,7 @@ def test_reference_is_the_student_block_tail():
                 conv[:, t] += w[j] * n[:, t + j - 1]
     r = r + conv + cb
     got_x, got_h = block_tail.reference(*args, eps=1e-6)
-    np.testing.assert_allclose(np.asarray(got_x), r, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got_x), r + nb, atol=1e-4)
     np.testing.assert_allclose(np.asarray(got_h), ln(r, g2, b2), atol=1e-4)
 
 
@@ -67,8 +67,8 @@ def test_gradient_is_the_reference_gradient():
     loss = lambda fn: (lambda *a: sum(jnp.sum(jnp.sin(v)) for v in fn(*a)))
     fused = lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.TailConfig(), True)
     ref = lambda *a: block_tail.reference(*a, eps=1e-6)
-    g_fused = jax.grad(loss(fused), argnums=(0, 1, 4))(*args)
-    g_ref = jax.grad(loss(ref), argnums=(0, 1, 4))(*args)
+    g_fused = jax.grad(loss(fused), argnums=(0, 1, 4, 7))(*args)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1, 4, 7))(*args)
     for a, b in zip(g_fused, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 

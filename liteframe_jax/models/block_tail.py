@@ -5,6 +5,8 @@ Between the attention's output projection and the MLP's fc1, a student block doe
     x = x + o + b_o                      (attention residual; o is the out-projection GEMM without bias)
     x = x + tconv(LayerNorm_t(x))        (depth-wise temporal convolution over frames t-1, t, t+1)
     h = LayerNorm_2(x)                   (the MLP's input)
+    returns x + b_next and h             (b_next: the MLP's fc2 bias, so that XLA can run the block's last
+                                          residual add as the fc2 GEMM accumulating onto x, cuBLAS beta=1)
 
 XLA runs this as several passes over the (B, T, H*W, D) activations (BENCHMARKS.md: ~3.1 ms per block at
 the `paper` student's stage 0, 512 frames, on an H100). This kernel reads x and o once and writes x and h
@@ -36,19 +38,20 @@ class TailConfig:
     num_warps: int = 4
     # issue every frame's loads before the first arithmetic, so each thread has the whole clip in flight
     preload: bool = True
-    # the (taps + 6) parameter vectors loaded once per program rather than at each use
+    # the (taps + 7) parameter vectors loaded once per program rather than at each use
     hoist_vectors: bool = True
     # row blocks walked by one program, one after another (amortises the hoisted vectors)
     loop_positions: int = 4
 
 
 CONFIG = TailConfig()
+FOLD_FC2_BIAS = True
 
 # Clips longer than this keep XLA: the frame walk is unrolled, one copy of the body per frame.
 MAX_FRAMES = 32
 
 
-def reference(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps: float):
+def reference(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: float):
     """The same function in plain jnp (float32 inside), on (B, T, S, D) arrays; norms are (scale, bias)."""
     f32 = jnp.float32
 
@@ -63,10 +66,11 @@ def reference(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps: float):
     k, t = conv_w.shape[0], r.shape[1]
     padded = jnp.pad(n, ((0, 0), (k // 2, k // 2), (0, 0), (0, 0)))
     r = r + sum(padded[:, j:j + t] * conv_w[j].astype(f32) for j in range(k)) + conv_b.astype(f32)
-    return r.astype(x.dtype), layer_norm(r, norm_2).astype(x.dtype)
+    return (r + next_bias.astype(f32)).astype(x.dtype), layer_norm(r, norm_2).astype(x.dtype)
 
 
-def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_ref, x_out_ref, h_out_ref, *,
+def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_ref, next_bias_ref, x_out_ref,
+            h_out_ref, *,
             frames: int, positions: int, width: int, chunk: int, taps: int, eps: float, config: TailConfig):
     import jax.experimental.pallas as pl
 
@@ -76,7 +80,8 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
     chunks = [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
     # name -> (ref, leading index): Triton lowering takes one indexer per load, so no `ref.at[j]` views
     refs = {"o_bias": (o_bias_ref, ()), "gt": (gt_ref, ()), "bt": (bt_ref, ()), "cb": (cb_ref, ()),
-            "g2": (g2_ref, ()), "b2": (b2_ref, ()), **{f"w{j}": (w_ref, (j,)) for j in range(taps)}}
+            "g2": (g2_ref, ()), "b2": (b2_ref, ()), "next_bias": (next_bias_ref, ()),
+            **{f"w{j}": (w_ref, (j,)) for j in range(taps)}}
     load_vector = lambda name: [refs[name][0][(*refs[name][1], cols)].astype(f32)[None, :] for cols in chunks]
     hoisted = {name: load_vector(name) for name in refs} if config.hoist_vectors else {}
     vector = lambda name: hoisted[name] if config.hoist_vectors else load_vector(name)
@@ -122,7 +127,7 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
                 s = t + j - half
                 if 0 <= s < frames:  # 'same' zero padding of the normalised input
                     y = [a + w * n for a, w, n in zip(y, vector(f"w{j}"), normed[s])]
-            store(x_out_ref, t, y)
+            store(x_out_ref, t, [a + b for a, b in zip(y, vector("next_bias"))])
             store(h_out_ref, t, layer_norm(y, "g2", "b2"))
             normed.pop(t - half, None)
 
@@ -146,7 +151,7 @@ def supported(shape: tuple[int, ...], taps: int, config: TailConfig = TailConfig
     return (s % (config.rows * config.loop_positions) == 0 and column_chunk(d) >= 16 and taps % 2 == 1 and t <= MAX_FRAMES)
 
 
-def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps, config: TailConfig, interpret: bool):
+def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool):
     import jax.experimental.pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -159,26 +164,27 @@ def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps, config: TailConfig
         kernel, out_shape=(out, out), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=config.num_warps, num_stages=1),
         name="student_block_tail",
-    )(flat(x), flat(o), o_bias, norm_t[0], norm_t[1], conv_w, conv_b, norm_2[0], norm_2[1])
+    )(flat(x), flat(o), o_bias, norm_t[0], norm_t[1], conv_w, conv_b, norm_2[0], norm_2[1], next_bias)
     return x_out.reshape(x.shape), h_out.reshape(x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps: float = 1e-6,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: float = 1e-6,
                config: TailConfig = TailConfig(), interpret: bool = False):
-    """(x + o + o_bias, then + tconv(LayerNorm_t(.))) and LayerNorm_2 of that, for (B, T, S, D) x and o.
+    """r = (x + o + o_bias, then + tconv(LayerNorm_t(.))); returns (r + next_bias, LayerNorm_2(r)) for
+    (B, T, S, D) x and o, both in x's dtype.
 
-    `norm_t` and `norm_2` are (scale, bias) pairs; `conv_w` is (taps, D). Returns (x_new, h), both in x's
-    dtype. `interpret=True` runs the kernel in the Pallas interpreter (CPU tests).
+    `norm_t` and `norm_2` are (scale, bias) pairs; `conv_w` is (taps, D); `o_bias`, `conv_b` and
+    `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests).
     """
     if not supported(x.shape, conv_w.shape[0], config):
         raise ValueError(f"block_tail: unsupported shape {x.shape} / temporal taps {conv_w.shape[0]} / {config}")
-    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps, config, interpret)
+    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret)
 
 
-def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps, config, interpret):
-    out = block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, eps, config, interpret)
-    return out, (x, o, o_bias, norm_t, conv_w, conv_b, norm_2)
+def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret):
+    out = block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret)
+    return out, (x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias)
 
 
 def _bwd(eps, config, interpret, res, cotangents):

@@ -223,8 +223,9 @@ class Mlp(nnx.Module):
                                config)
         return y.reshape(*x.shape[:-1], n)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, bias: bool = True) -> jax.Array:
+        """`bias=False` leaves out fc2's bias (a caller that adds it elsewhere, `models/block_tail.py`)."""
         h = self._fused_fc1(x) if self.impl == "pallas" else None
         if h is None:
             h = activation(self.act)(self.fc1(x))
-        return self.fc2(h)
+        return self.fc2(h, bias=bias)

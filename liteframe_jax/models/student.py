@@ -119,13 +119,17 @@ class Block(nnx.Module):
         tail_config = block_tail.CONFIG
         if self.tail_kernel and block_tail.supported((b, t, h * w, d), self.tconv.kernel.shape[0], tail_config):
             # attention residual, LayerNorm_t, temporal conv, residual and LayerNorm_2 in one GPU pass
+            # fc2's bias rides on the kernel's residual output, so the last residual add is fc2's GEMM
+            # accumulating onto it (cuBLAS beta=1), not a separate pass
             o, o_bias = self.attn.unbiased(self.norm1(x))
             flat = lambda a: a.reshape(b, t, h * w, d)
+            fold = block_tail.FOLD_FC2_BIAS and self.mlp.fc2.bias is not None
             x, hidden = block_tail.block_tail(
                 flat(x), flat(o), o_bias, (self.norm_t.scale[...], self.norm_t.bias[...]), self.tconv.kernel[...],
-                self.tconv.bias[...], (self.norm2.scale[...], self.norm2.bias[...]), self.norm_t.eps,
+                self.tconv.bias[...], (self.norm2.scale[...], self.norm2.bias[...]),
+                self.mlp.fc2.bias[...] if fold else jnp.zeros((d,), jnp.float32), self.norm_t.eps,
                 tail_config, self.tail_kernel == "interpret")
-            return (x + self.mlp(hidden)).reshape(b, t, h, w, d)
+            return (x + self.mlp(hidden, bias=not fold)).reshape(b, t, h, w, d)
         x = x + self.attn(self.norm1(x))
         x = x + self.tconv(self.norm_t(x))
         return x + self.mlp(self.norm2(x))
