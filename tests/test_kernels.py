@@ -1,7 +1,8 @@
 """The fused fc1 + GELU Hopper kernel (`models/kernels.py`) and the compiled student block tail
 (`models/block_tail.py`): against XLA on a Hopper GPU, and their refusals.
 
-The GPU tests run where an H100/H200 is present (the device machine); on the CPU only the refusal runs.
+The GPU tests run where an H100/H200 is present and JAX may use it (`JAX_PLATFORMS=cuda python -m pytest
+tests/test_kernels.py`: conftest defaults to the CPU); elsewhere only the refusal runs.
 """
 
 import jax

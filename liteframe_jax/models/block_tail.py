@@ -45,7 +45,6 @@ class TailConfig:
 
 
 CONFIG = TailConfig()
-FOLD_FC2_BIAS = True
 
 # Clips longer than this keep XLA: the frame walk is unrolled, one copy of the body per frame.
 MAX_FRAMES = 32

@@ -123,7 +123,7 @@ class Block(nnx.Module):
             # accumulating onto it (cuBLAS beta=1), not a separate pass
             o, o_bias = self.attn.unbiased(self.norm1(x))
             flat = lambda a: a.reshape(b, t, h * w, d)
-            fold = block_tail.FOLD_FC2_BIAS and self.mlp.fc2.bias is not None
+            fold = self.mlp.fc2.bias is not None
             x, hidden = block_tail.block_tail(
                 flat(x), flat(o), o_bias, (self.norm_t.scale[...], self.norm_t.bias[...]), self.tconv.kernel[...],
                 self.tconv.bias[...], (self.norm2.scale[...], self.norm2.bias[...]),
