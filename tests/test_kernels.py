@@ -81,7 +81,8 @@ def test_block_tail_compiled_matches_reference(shape):
     k = jax.random.split(jax.random.key(0), 10)
     vec = lambda i, scale=1.0, offset=0.0: offset + scale * jax.random.normal(k[i], (d,))
     args = (jax.random.normal(k[0], shape, jnp.bfloat16) + 2, jax.random.normal(k[1], shape, jnp.bfloat16), vec(2),
-            (vec(3, 0.1, 1.0), vec(4, 0.1)), jax.random.normal(k[5], (3, d)), vec(6), (vec(7, 0.1, 1.0), vec(8, 0.1)), vec(9))
+            (vec(3, 0.1, 1.0), vec(4, 0.1)), jax.random.normal(k[5], (3, d)), vec(6), (vec(7, 0.1, 1.0), vec(8, 0.1)),
+            vec(9))
     want = block_tail.reference(*args, eps=1e-6)
     got = jax.jit(lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.CONFIG))(*args)
     for g, w in zip(got, want):

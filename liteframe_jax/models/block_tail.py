@@ -5,13 +5,14 @@ Between the attention's output projection and the MLP's fc1, a student block doe
     x = x + o + b_o                      (attention residual; o is the out-projection GEMM without bias)
     x = x + tconv(LayerNorm_t(x))        (depth-wise temporal convolution over frames t-1, t, t+1)
     h = LayerNorm_2(x)                   (the MLP's input)
-    returns x + b_next and h             (b_next: the MLP's fc2 bias, so that XLA can run the block's last
-                                          residual add as the fc2 GEMM accumulating onto x, cuBLAS beta=1)
+    returns x + b_next and h             (b_next: the MLP's fc2 bias, added here for free, so the block's
+                                          last residual add is x + fc2's GEMM with no bias pass of its own)
 
 XLA runs this as several passes over the (B, T, H*W, D) activations (BENCHMARKS.md: ~3.1 ms per block at
 the `paper` student's stage 0, 512 frames, on an H100). This kernel reads x and o once and writes x and h
-once. Each program owns `rows` spatial positions of one clip across all its frames and walks the frames in
-order, so each frame's LayerNorm_t is computed once, in registers, and reused by its temporal neighbours.
+once. Each program owns `rows x loop_positions` spatial positions of one clip and, `rows` at a time, walks
+their frames in order, so each frame's LayerNorm_t is computed once, in registers, and reused by its
+temporal neighbours.
 Float32 inside; each output is rounded once.
 
 Inference only (`mlp_kernel="pallas"` on the student): the backward pass recomputes with XLA (`reference`).
@@ -44,7 +45,7 @@ class TailConfig:
     loop_positions: int = 4
 
 
-CONFIG = TailConfig()
+CONFIG = TailConfig()  # the layout the student's blocks use
 
 # Clips longer than this keep XLA: the frame walk is unrolled, one copy of the body per frame.
 MAX_FRAMES = 32
@@ -147,7 +148,8 @@ def column_chunk(width: int) -> int:
 def supported(shape: tuple[int, ...], taps: int, config: TailConfig = TailConfig()) -> bool:
     """Whether (B, T, S, D) activations with a `taps`-wide temporal kernel run in the kernel."""
     _, t, s, d = shape
-    return (s % (config.rows * config.loop_positions) == 0 and column_chunk(d) >= 16 and taps % 2 == 1 and t <= MAX_FRAMES)
+    return (s % (config.rows * config.loop_positions) == 0 and column_chunk(d) >= 16 and taps % 2 == 1
+            and t <= MAX_FRAMES)
 
 
 def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool):
