@@ -1,4 +1,5 @@
-"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|all] [--small] [--out results.json]`
+"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|profile|scaling|all] [--small]
+[--out results.json]`
 
 Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
 timed runs after warm-up (`jax.block_until_ready` around each), beside the bfloat16 matmul ceiling measured
@@ -22,6 +23,7 @@ import optax
 from flax import nnx
 
 from liteframe_jax.bench import flops as flops_lib
+from liteframe_jax.bench.scaling import bench_scaling
 from liteframe_jax.jobs import load_config_file
 from liteframe_jax.models import compression, kernels
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
@@ -199,7 +201,8 @@ def _adamw_step(loss_fn):
     return tx, jax.jit(step, donate_argnums=0)
 
 
-def bench_ctd(ceiling, small, impl):
+def ctd_setup(small, impl) -> dict:
+    """The CTD bench's models, parameters, loss functions and per-sample FLOPs (shared with `bench scaling`)."""
     vit, head, student_cfg, _, window = paper_models(small)
     teacher = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
     t_graph, t_params = nnx.split(teacher)
@@ -228,10 +231,18 @@ def bench_ctd(ceiling, small, impl):
 
     teacher_fl = flops_lib.internvit_per_frame(vit, head.out_features) * t
     student_fl = 3 * flops_lib.student_per_clip(student_cfg)
+    return dict(s_params=s_params, t_params=t_params, targets=targets, frames_per_clip=t, size=size,
+                modes={"online teacher": (loss_online, teacher_fl + student_fl),
+                       "cached targets": (loss_cached, student_fl)})
+
+
+def bench_ctd(ceiling, small, impl):
+    setup = ctd_setup(small, impl)
+    s_params, t_params, targets = setup["s_params"], setup["t_params"], setup["targets"]
+    t, size = setup["frames_per_clip"], setup["size"]
     rows = []
-    for mode, loss_fn, per_sample, batches in (
-            ("online teacher", loss_online, teacher_fl + student_fl, [16, 32, 64]),
-            ("cached targets", loss_cached, student_fl, [32, 64, 128, 256])):
+    for mode, batches in (("online teacher", [16, 32, 64]), ("cached targets", [32, 64, 128, 256])):
+        loss_fn, per_sample = setup["modes"][mode]
         for batch in ([2] if small else batches):
             tx, step = _adamw_step(loss_fn)
             frames = random_frames(batch, t, size)
@@ -505,7 +516,8 @@ def profile_encoders(small, impl):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "profile"])
+                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "profile",
+                                 "scaling"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
@@ -530,6 +542,7 @@ def main(argv=None):
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
                 ("profile", lambda: profile_encoders(args.small, impl)),
+                ("scaling", lambda: bench_scaling(ceiling, args.small, impl)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
     for name, fn in sections:
@@ -552,10 +565,11 @@ def table(rows, ceiling) -> str:
                          f": ERROR {r['error'][:120]}")
             continue
         what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
-        figs = [f"{k}={r[k]:.3g}" for k in ("batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
+        figs = [f"{k}={r[k]:.3g}" for k in ("devices", "batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
                                             "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "frames_per_s",
                                             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu",
-                                            "peak_gib", "step_gib", "compile_s")
+                                            "efficiency", "peak_gib", "step_gib", "step_gib_per_device",
+                                            "compile_s")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)
