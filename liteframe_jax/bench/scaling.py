@@ -41,11 +41,10 @@ def bench_scaling(ceiling, small, impl, modes=("online teacher", "cached targets
             replicated = sharding.replicated(mesh)
             put_batch = lambda a: jax.device_put(a, sharding.batch_sharding(mesh, a.ndim))
             frames = put_batch(random_frames(batch, t, size))
-            t_params = jax.device_put(setup["t_params"], replicated)
             if mode == "online teacher":
-                extra = t_params
+                extra = jax.device_put(setup["t_params"], replicated)
             else:  # random targets of the teacher's shape: the step's cost does not depend on their values
-                shape = jax.eval_shape(setup["targets"], t_params, frames).shape
+                shape = jax.eval_shape(setup["targets"], setup["t_params"], frames).shape
                 extra = put_batch(jax.random.normal(jax.random.key(n), shape, BF16))
             s_params = jax.device_put(setup["s_params"], replicated)
             tx, step = _adamw_step(loss_fn)
@@ -57,7 +56,8 @@ def bench_scaling(ceiling, small, impl, modes=("online teacher", "cached targets
                        "error": f"{type(e).__name__}: {str(e)[:300]}"}
                 continue
             samples_per_s = batch / sec
-            single = samples_per_s if n == 1 else single
+            if n == 1:
+                single = samples_per_s
             yield {"bench": "scaling", "mode": mode, "attention": impl or "xla", "devices": n, "batch": batch,
                    "batch_per_device": per_device[mode], "ms": sec * 1e3, "samples_per_s": samples_per_s,
                    "mfu": per_sample * batch / sec / (ceiling * n), "step_gib_per_device": step_gib,
