@@ -25,6 +25,10 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"  # compute dtype; parameters and losses stay float32
     c.attention_impl = config_dict.placeholder(str)  # None: XLA decides; 'cudnn': flash attention on GPU
+    # 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU kernel forward and one
+    # backward (models/block_tail.py, block_tail_grad.py; the paper CTD step 194 -> 164-168 ms on an H100,
+    # BENCHMARKS.md sixth pass); 'xla' elsewhere (a CPU refuses 'pallas')
+    c.student_tail_kernel = "xla"
 
     c.total_steps = 300
     c.batch_size = 8  # global, across all processes
@@ -116,6 +120,7 @@ def get_config(arg=None):
         c.data.num_workers = 12
         c.data.frame_stride = 4
         c.dtype = "bfloat16"
+        c.student_tail_kernel = "pallas"  # a GPU; --config.student_tail_kernel=xla elsewhere
         c.batch_size = 256
         c.eval_batch_size = 64
         c.total_steps = 50_000

@@ -72,20 +72,48 @@ def test_student_with_the_fused_mlp_matches_xla():
     assert np.abs(out["pallas"] - out["xla"]).mean() < 0.02 * scale
 
 
+def _tail_inputs(shape, seed):
+    """block_tail's arguments (bfloat16 activations, float32 parameters) and cotangents for its two outputs."""
+    d = shape[-1]
+    k = jax.random.split(jax.random.key(seed), 12)
+    vec = lambda i, scale=1.0, offset=0.0: offset + scale * jax.random.normal(k[i], (d,))
+    args = (jax.random.normal(k[0], shape, jnp.bfloat16) + 2, jax.random.normal(k[1], shape, jnp.bfloat16), vec(2),
+            (vec(3, 0.1, 1.0), vec(4, 0.1)), jax.random.normal(k[5], (3, d)), vec(6), (vec(7, 0.1, 1.0), vec(8, 0.1)),
+            vec(9))
+    return args, (jax.random.normal(k[10], shape, jnp.bfloat16), jax.random.normal(k[11], shape, jnp.bfloat16))
+
+
 @hopper
 @pytest.mark.parametrize("shape", [(4, 8, 1024, 768), (4, 4, 256, 768), (2, 2, 64, 128)])
 def test_block_tail_compiled_matches_reference(shape):
     # the Triton-compiled tail (models/block_tail.py) at the student's stage shapes, bfloat16 in and out
     from liteframe_jax.models import block_tail
-    d = shape[-1]
-    k = jax.random.split(jax.random.key(0), 10)
-    vec = lambda i, scale=1.0, offset=0.0: offset + scale * jax.random.normal(k[i], (d,))
-    args = (jax.random.normal(k[0], shape, jnp.bfloat16) + 2, jax.random.normal(k[1], shape, jnp.bfloat16), vec(2),
-            (vec(3, 0.1, 1.0), vec(4, 0.1)), jax.random.normal(k[5], (3, d)), vec(6), (vec(7, 0.1, 1.0), vec(8, 0.1)),
-            vec(9))
+    args, _ = _tail_inputs(shape, 0)
     want = block_tail.reference(*args, eps=1e-6)
     got = jax.jit(lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.CONFIG))(*args)
     for g, w in zip(got, want):
         assert g.dtype == jnp.bfloat16
         # both round the same float32 values to bfloat16: at most one bfloat16 step apart
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=1e-2, atol=1e-2)
+
+
+@hopper
+@pytest.mark.parametrize("shape", [(4, 8, 1024, 768), (4, 4, 256, 768), (2, 2, 64, 128)])
+def test_block_tail_compiled_gradient_matches_reference(shape):
+    # the Triton-compiled backward kernel (models/block_tail_grad.py) against XLA's autodiff of `reference`,
+    # bfloat16 activations and cotangents, float32 parameters
+    from liteframe_jax.models import block_tail
+    args, cot = _tail_inputs(shape, 1)
+
+    def grads(fn):
+        _, vjp = jax.vjp(fn, *args)
+        return jax.tree.leaves(vjp(cot))
+
+    want = jax.jit(lambda: grads(lambda *a: block_tail.reference(*a, eps=1e-6)))()
+    got = jax.jit(lambda: grads(lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.CONFIG)))()
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        # activations' cotangents: one bfloat16 rounding apart; parameter sums over ~10^5-10^6 rows: float32
+        # partial sums in a different order
+        np.testing.assert_allclose(g, w, rtol=2e-2, atol=2e-2 * max(1.0, float(np.abs(w).max()) / 100))

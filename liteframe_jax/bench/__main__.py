@@ -25,7 +25,7 @@ from flax import nnx
 from liteframe_jax.bench import flops as flops_lib
 from liteframe_jax.bench.scaling import bench_scaling
 from liteframe_jax.jobs import load_config_file
-from liteframe_jax.models import compression, kernels
+from liteframe_jax.models import block_tail, compression, kernels
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.layers import pure_dict
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
@@ -201,12 +201,19 @@ def _adamw_step(loss_fn):
     return tx, jax.jit(step, donate_argnums=0)
 
 
-def ctd_setup(small, impl) -> dict:
-    """The CTD bench's models, parameters, loss functions and per-sample FLOPs (shared with `bench scaling`)."""
+def default_tail_kernel(small: bool) -> str:
+    """The student's block-tail kernel the `paper` CTD preset trains with where this process can run it."""
+    return "xla" if small or block_tail.device_problem() else "pallas"
+
+
+def ctd_setup(small, impl, tail_kernel="xla", mesh=None) -> dict:
+    """The CTD bench's models, parameters, loss functions and per-sample FLOPs (shared with `bench scaling`;
+    `mesh`: the one its steps run on, for the student's kernels)."""
     vit, head, student_cfg, _, window = paper_models(small)
     teacher = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
     t_graph, t_params = nnx.split(teacher)
-    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl)
+    student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, tail_kernel=tail_kernel,
+                               mesh=mesh)
     s_graph, s_params = nnx.split(student)
     s_params = pure_dict(s_params)
     t = student_cfg.num_frames
@@ -236,8 +243,8 @@ def ctd_setup(small, impl) -> dict:
                        "cached targets": (loss_cached, student_fl)})
 
 
-def bench_ctd(ceiling, small, impl):
-    setup = ctd_setup(small, impl)
+def bench_ctd(ceiling, small, impl, tail_kernel):
+    setup = ctd_setup(small, impl, tail_kernel)
     s_params, t_params, targets = setup["s_params"], setup["t_params"], setup["targets"]
     t, size = setup["frames_per_clip"], setup["size"]
     rows = []
@@ -256,7 +263,8 @@ def bench_ctd(ceiling, small, impl):
                 if _is_oom(e):
                     break  # the largest batch that fits is the previous row
                 continue
-            rows.append({"bench": "ctd_step", "mode": mode, "attention": impl or "xla", "batch": batch,
+            rows.append({"bench": "ctd_step", "mode": mode, "attention": impl or "xla",
+                         "student_tail_kernel": tail_kernel, "batch": batch,
                          "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
                          "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
                          "compile_s": compile_s, "step_gib": step_gib})
@@ -522,6 +530,9 @@ def main(argv=None):
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
     parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")
+    parser.add_argument("--tail-kernel", default=None, choices=["xla", "pallas"],
+                        help="the student's block-tail kernel in the CTD and scaling benches (default: 'pallas' "
+                             "on a GPU, as the paper preset trains, else 'xla')")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     from absl import flags
@@ -529,6 +540,7 @@ def main(argv=None):
     what = {"matmul", "encoders", "ctd", "lma", "pipeline", "latency"} if "all" in args.what else set(args.what)
     attn_impls = [None if a == "xla" else a for a in args.attention.split(",")]
     impl = attn_impls[0]
+    tail_kernel = args.tail_kernel or default_tail_kernel(args.small)
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
@@ -538,11 +550,11 @@ def main(argv=None):
     print(json.dumps(header), flush=True)
     rows = []
     sections = [("encoders", lambda: bench_encoders(ceiling, args.small, attn_impls)),
-                ("ctd", lambda: bench_ctd(ceiling, args.small, impl)),
+                ("ctd", lambda: bench_ctd(ceiling, args.small, impl, tail_kernel)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
                 ("profile", lambda: profile_encoders(args.small, impl)),
-                ("scaling", lambda: bench_scaling(ceiling, args.small, impl)),
+                ("scaling", lambda: bench_scaling(ceiling, args.small, impl, tail_kernel=tail_kernel)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
     for name, fn in sections:

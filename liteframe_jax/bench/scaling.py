@@ -24,19 +24,19 @@ def device_counts(available: int) -> list[int]:
     return counts
 
 
-def bench_scaling(ceiling, small, impl, modes=("online teacher", "cached targets")):
+def bench_scaling(ceiling, small, impl, modes=("online teacher", "cached targets"), tail_kernel="xla"):
     """Yields one row per (mode, device count); `ceiling` is one device's bfloat16 matmul FLOP/s."""
     # the CTD bench's setup and timing (imported here: the bench's entry module imports this one)
     from liteframe_jax.bench.__main__ import BF16, _adamw_step, _compile_and_time, ctd_setup, random_frames
 
-    setup = ctd_setup(small, impl)
-    t, size = setup["frames_per_clip"], setup["size"]
     per_device = {"online teacher": 1 if small else 16, "cached targets": 1 if small else 32}
     for mode in modes:
-        loss_fn, per_sample = setup["modes"][mode]
         single = None
         for n in device_counts(len(jax.devices())):
             mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, num_devices=n))
+            setup = ctd_setup(small, impl, tail_kernel, mesh)  # the student's kernels split the batch over `mesh`
+            t, size = setup["frames_per_clip"], setup["size"]
+            loss_fn, per_sample = setup["modes"][mode]
             batch = per_device[mode] * n
             replicated = sharding.replicated(mesh)
             put_batch = lambda a: jax.device_put(a, sharding.batch_sharding(mesh, a.ndim))
@@ -58,9 +58,10 @@ def bench_scaling(ceiling, small, impl, modes=("online teacher", "cached targets
             samples_per_s = batch / sec
             if n == 1:
                 single = samples_per_s
-            yield {"bench": "scaling", "mode": mode, "attention": impl or "xla", "devices": n, "batch": batch,
+            yield {"bench": "scaling", "mode": mode, "attention": impl or "xla", "student_tail_kernel": tail_kernel,
+                   "devices": n, "batch": batch,
                    "batch_per_device": per_device[mode], "ms": sec * 1e3, "samples_per_s": samples_per_s,
                    "mfu": per_sample * batch / sec / (ceiling * n), "step_gib_per_device": step_gib,
                    "compile_s": compile_s,
                    "efficiency": None if single is None else samples_per_s / (n * single)}
-            del extra, state, frames
+            del extra, state, frames, setup

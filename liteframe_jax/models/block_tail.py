@@ -15,7 +15,8 @@ their frames in order, so each frame's LayerNorm_t is computed once, in register
 temporal neighbours.
 Float32 inside; each output is rounded once.
 
-Inference only (`mlp_kernel="pallas"` on the student): the backward pass recomputes with XLA (`reference`).
+The backward pass is a kernel too (`block_tail_grad.py`), so training uses the tail (`tail_kernel="pallas"`
+on the student) as well as inference.
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ class TailConfig:
     hoist_vectors: bool = True
     # row blocks walked by one program, one after another (amortises the hoisted vectors)
     loop_positions: int = 4
+    # the backward kernel's warps and row blocks per program (`block_tail_grad.py`; more positions per
+    # program also means fewer per-program parameter-gradient partial sums to add up)
+    grad_warps: int = 4
+    grad_loop_positions: int = 8
+
+    def grad_view(self) -> "TailConfig":
+        """The layout the backward kernel reads from `rows`, `num_warps`, `hoist_vectors`, `loop_positions`."""
+        return dataclasses.replace(self, num_warps=self.grad_warps, loop_positions=self.grad_loop_positions)
 
 
 CONFIG = TailConfig()  # the layout the student's blocks use
+
+KERNELS = ("xla", "pallas", "interpret")  # the student's `tail_kernel` choices
 
 # Clips longer than this keep XLA: the frame walk is unrolled, one copy of the body per frame.
 MAX_FRAMES = 32
@@ -69,8 +80,23 @@ def reference(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: floa
     return (r + next_bias.astype(f32)).astype(x.dtype), layer_norm(r, norm_2).astype(x.dtype)
 
 
+def row_sum(v):
+    """Sum over a row held as column chunks: chunks are added elementwise first, so each statistic needs one
+    cross-thread reduction."""
+    return jnp.sum(functools.reduce(jnp.add, v), axis=1, keepdims=True)
+
+
+def vector_loader(refs: dict, chunks: list, hoist: bool):
+    """name -> that (D,) parameter vector as float32 (1, chunk) pieces; with `hoist`, each is loaded once per
+    program. `refs` maps a name to (ref, leading index): Triton lowering takes one indexer per load, so no
+    `ref.at[j]` views."""
+    load = lambda name: [refs[name][0][(*refs[name][1], cols)].astype(jnp.float32)[None, :] for cols in chunks]
+    hoisted = {name: load(name) for name in refs} if hoist else {}
+    return lambda name: hoisted[name] if hoist else load(name)
+
+
 def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_ref, next_bias_ref, x_out_ref,
-            h_out_ref, *,
+            h_out_ref, stats_ref, *,
             frames: int, positions: int, width: int, chunk: int, taps: int, eps: float, config: TailConfig):
     import jax.experimental.pallas as pl
 
@@ -78,27 +104,22 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
     rows = config.rows
     # Triton tensors have power-of-2 sizes: a row of `width` is handled as width / chunk column chunks
     chunks = [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
-    # name -> (ref, leading index): Triton lowering takes one indexer per load, so no `ref.at[j]` views
-    refs = {"o_bias": (o_bias_ref, ()), "gt": (gt_ref, ()), "bt": (bt_ref, ()), "cb": (cb_ref, ()),
-            "g2": (g2_ref, ()), "b2": (b2_ref, ()), "next_bias": (next_bias_ref, ()),
-            **{f"w{j}": (w_ref, (j,)) for j in range(taps)}}
-    load_vector = lambda name: [refs[name][0][(*refs[name][1], cols)].astype(f32)[None, :] for cols in chunks]
-    hoisted = {name: load_vector(name) for name in refs} if config.hoist_vectors else {}
-    vector = lambda name: hoisted[name] if config.hoist_vectors else load_vector(name)
+    vector = vector_loader({"o_bias": (o_bias_ref, ()), "gt": (gt_ref, ()), "bt": (bt_ref, ()), "cb": (cb_ref, ()),
+                            "g2": (g2_ref, ()), "b2": (b2_ref, ()), "next_bias": (next_bias_ref, ()),
+                            **{f"w{j}": (w_ref, (j,)) for j in range(taps)}}, chunks, config.hoist_vectors)
     clip, block = pl.program_id(0), pl.program_id(1)
-
-    def row_sum(v):  # chunks are added elementwise first: one cross-thread reduction per statistic
-        return jnp.sum(functools.reduce(jnp.add, v), axis=1, keepdims=True)
-
-    def layer_norm(v, scale, bias):
-        mean = row_sum(v) / width
-        centred = [c - mean for c in v]
-        rstd = lax.rsqrt(row_sum([c * c for c in centred]) / width + eps)
-        return [c * rstd * g + b for c, g, b in zip(centred, vector(scale), vector(bias))]
 
     def walk_frames(first_position):
         def row_slice(t):  # rows of frame t in the (B * T * S, D) arrays
             return pl.ds((clip * frames + t) * positions + first_position, rows)
+
+        def layer_norm(v, scale, bias, t, stats_column):  # also keeps the row's mean and 1 / std for the backward
+            mean = row_sum(v) / width
+            centred = [c - mean for c in v]
+            rstd = lax.rsqrt(row_sum([c * c for c in centred]) / width + eps)
+            stats_ref[row_slice(t), pl.ds(stats_column, 1)] = mean
+            stats_ref[row_slice(t), pl.ds(stats_column + 1, 1)] = rstd
+            return [c * rstd * g + b for c, g, b in zip(centred, vector(scale), vector(bias))]
 
         def load(ref, t):
             return [ref[row_slice(t), cols] for cols in chunks]
@@ -116,19 +137,19 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
         half = taps // 2
         # rolling window: the residual of the current frame, LayerNorm_t of frames t-half .. t+half
         residual = {t: attention_residual(t) for t in range(min(half + 1, frames))}
-        normed = {t: layer_norm(r, "gt", "bt") for t, r in residual.items()}
+        normed = {t: layer_norm(r, "gt", "bt", t, 0) for t, r in residual.items()}
         for t in range(frames):  # static: clips are short (MAX_FRAMES)
             ahead = t + half + 1
             if ahead < frames:
                 residual[ahead] = attention_residual(ahead)
-                normed[ahead] = layer_norm(residual[ahead], "gt", "bt")
+                normed[ahead] = layer_norm(residual[ahead], "gt", "bt", ahead, 0)
             y = [r + c for r, c in zip(residual.pop(t), vector("cb"))]
             for j in range(taps):
                 s = t + j - half
                 if 0 <= s < frames:  # 'same' zero padding of the normalised input
                     y = [a + w * n for a, w, n in zip(y, vector(f"w{j}"), normed[s])]
             store(x_out_ref, t, [a + b for a, b in zip(y, vector("next_bias"))])
-            store(h_out_ref, t, layer_norm(y, "g2", "b2"))
+            store(h_out_ref, t, layer_norm(y, "g2", "b2", t, 2))
             normed.pop(t - half, None)
 
     per_program = rows * config.loop_positions
@@ -145,14 +166,55 @@ def column_chunk(width: int) -> int:
     return math.gcd(width, 256)
 
 
+def device_problem() -> str | None:
+    """None if this process can compile the kernel (a GPU backend: Triton), else what is wrong."""
+    if jax.default_backend() != "gpu":
+        return f"needs a GPU (backend is {jax.default_backend()})"
+    return None
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+    """The axes of `mesh` that split the batch (train/sharding.py's BATCH_AXES) and have more than one device."""
+    if mesh is None:
+        return ()
+    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def over_batch(fn, mesh, batched: tuple, replicated: tuple):
+    """fn(*batched, *replicated), each device running it on its own clips when `mesh` splits the batch.
+
+    XLA's partitioner does not know what a Triton custom call does, so under `jax.jit` shardings it would
+    gather the operands of a bare kernel onto every device; under `shard_map` each device keeps its clips.
+    The leading (clip) dimension of `batched` and of every output is split over the batch axes.
+    """
+    axes = batch_axes(mesh)
+    if not axes:
+        return fn(*batched, *replicated)
+    from jax.sharding import PartitionSpec as P
+    split = math.prod(mesh.shape[a] for a in axes)
+    if batched[0].shape[0] % split:
+        raise ValueError(f"block_tail: {batched[0].shape[0]} clips do not split over the {split} devices of mesh "
+                         f"axes {axes}")
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(axes),) * len(batched) + (P(),) * len(replicated),
+                         out_specs=P(axes), check_vma=False)(*batched, *replicated)
+
+
 def supported(shape: tuple[int, ...], taps: int, config: TailConfig = TailConfig()) -> bool:
     """Whether (B, T, S, D) activations with a `taps`-wide temporal kernel run in the kernel."""
     _, t, s, d = shape
-    return (s % (config.rows * config.loop_positions) == 0 and column_chunk(d) >= 16 and taps % 2 == 1
-            and t <= MAX_FRAMES)
+    return (s % (config.rows * config.loop_positions) == 0 and s % (config.rows * config.grad_loop_positions) == 0
+            and column_chunk(d) >= 16 and taps % 2 == 1 and t <= MAX_FRAMES)
 
 
-def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool):
+def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool,
+           mesh):
+    if not supported(x.shape, conv_w.shape[0], config):
+        raise ValueError(f"block_tail: unsupported shape {x.shape} / temporal taps {conv_w.shape[0]} / {config}")
+    call = functools.partial(_fused_local, eps=eps, config=config, interpret=interpret)
+    return over_batch(call, mesh, (x, o), (o_bias, norm_t, conv_w, conv_b, norm_2, next_bias))
+
+
+def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool):
     import jax.experimental.pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -161,36 +223,47 @@ def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config:
     kernel = functools.partial(_kernel, frames=t, positions=s, width=d, chunk=column_chunk(d),
                                taps=conv_w.shape[0], eps=eps, config=config)
     out = jax.ShapeDtypeStruct((b * t * s, d), x.dtype)
-    x_out, h_out = pl.pallas_call(
-        kernel, out_shape=(out, out), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
+    stats = jax.ShapeDtypeStruct((b * t * s, 4), jnp.float32)
+    x_out, h_out, stats = pl.pallas_call(
+        kernel, out_shape=(out, out, stats), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=config.num_warps, num_stages=1),
         name="student_block_tail",
     )(flat(x), flat(o), o_bias, norm_t[0], norm_t[1], conv_w, conv_b, norm_2[0], norm_2[1], next_bias)
-    return x_out.reshape(x.shape), h_out.reshape(x.shape)
+    return x_out.reshape(x.shape), h_out.reshape(x.shape), stats.reshape(b, t * s, 4)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
 def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: float = 1e-6,
-               config: TailConfig = TailConfig(), interpret: bool = False):
+               config: TailConfig = TailConfig(), interpret: bool = False, mesh=None):
     """r = (x + o + o_bias, then + tconv(LayerNorm_t(.))); returns (r + next_bias, LayerNorm_2(r)) for
     (B, T, S, D) x and o, both in x's dtype.
 
     `norm_t` and `norm_2` are (scale, bias) pairs; `conv_w` is (taps, D); `o_bias`, `conv_b` and
-    `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests).
+    `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests). Under a
+    `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`over_batch`).
     """
-    if not supported(x.shape, conv_w.shape[0], config):
-        raise ValueError(f"block_tail: unsupported shape {x.shape} / temporal taps {conv_w.shape[0]} / {config}")
-    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret)
+    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh)[:2]
 
 
-def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret):
-    out = block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret)
-    return out, (x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias)
+def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh):
+    x_out, h_out, stats = _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret,
+                                 mesh)
+    # the two LayerNorms' per-row mean and 1 / std (16 bytes a row) spare the backward four reductions a frame
+    return (x_out, h_out), (x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias)
 
 
-def _bwd(eps, config, interpret, res, cotangents):
-    _, vjp = jax.vjp(functools.partial(reference, eps=eps), *res)
-    return vjp(cotangents)
+def _bwd(eps, config, interpret, mesh, res, cotangents):
+    from liteframe_jax.models.block_tail_grad import block_tail_grad
+
+    x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias = res
+    g_y, g = block_tail_grad(x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2[0], cotangents, config.grad_view(),
+                             interpret, mesh)
+    like = lambda value, primal: value.astype(primal.dtype)
+    conv_grad = jnp.stack([g[f"w{j}"] for j in range(conv_w.shape[0])])
+    return (g_y, like(g_y, o), like(g["o_bias"], o_bias),
+            (like(g["norm_t_scale"], norm_t[0]), like(g["norm_t_bias"], norm_t[1])), like(conv_grad, conv_w),
+            like(g["conv_b"], conv_b), (like(g["norm_2_scale"], norm_2[0]), like(g["norm_2_bias"], norm_2[1])),
+            like(g["next_bias"], next_bias))
 
 
 block_tail.defvjp(_fwd, _bwd)

@@ -102,7 +102,8 @@ class TemporalConv(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel="xla"):
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel="xla", tail_kernel=None,
+                 mesh=None):
         d = cfg.width
         self.norm1 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.attn = SpatialAttention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
@@ -110,9 +111,10 @@ class Block(nnx.Module):
         self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
         self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype, impl=mlp_kernel)
-        # the block's elementwise tail as one kernel (`block_tail`) wherever the fused MLP kernel runs;
-        # "interpret" runs that kernel in the Pallas interpreter (CPU tests)
-        self.tail_kernel = "pallas" if mlp_kernel == "pallas" else None
+        # the block's elementwise tail (forward and backward) as one kernel each (`block_tail`): "pallas", or
+        # "interpret" (the Pallas interpreter, CPU tests); None / "xla": XLA's passes
+        self.tail_kernel = None if tail_kernel in (None, "xla") else tail_kernel
+        self.mesh = mesh  # where the batch is split over devices, each runs the tail kernels on its own clips
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, d = x.shape
@@ -128,7 +130,7 @@ class Block(nnx.Module):
                 flat(x), flat(o), o_bias, (self.norm_t.scale[...], self.norm_t.bias[...]), self.tconv.kernel[...],
                 self.tconv.bias[...], (self.norm2.scale[...], self.norm2.bias[...]),
                 self.mlp.fc2.bias[...] if fold else jnp.zeros((d,), jnp.float32), self.norm_t.eps,
-                tail_config, self.tail_kernel == "interpret")
+                tail_config, self.tail_kernel == "interpret", self.mesh)
             return (x + self.mlp(hidden, bias=not fold)).reshape(b, t, h, w, d)
         x = x + self.attn(self.norm1(x))
         x = x + self.tconv(self.norm_t(x))
@@ -157,10 +159,12 @@ class Downsample(nnx.Module):
 
 
 class Stage(nnx.Module):
-    def __init__(self, cfg: StudentConfig, num_blocks: int, stride, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel):
+    def __init__(self, cfg: StudentConfig, num_blocks: int, stride, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel,
+                 tail_kernel, mesh):
         self.num_blocks = num_blocks
         for j in range(num_blocks):
-            setattr(self, f"block_{j}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel))
+            setattr(self, f"block_{j}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
+                                              tail_kernel=tail_kernel, mesh=mesh))
         self.down = None if tuple(stride) == (1, 1, 1) else Downsample(cfg.width, stride, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -172,13 +176,21 @@ class Stage(nnx.Module):
 class LiteFrameStudent(nnx.Module):
     """Call on (B, T, H, W, 3) normalised frames -> (B, T'*H'*W', out_dim) tokens in (t, h, w) order.
 
-    `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU (see `layers.Mlp`) and
-    each block's attention residual, LayerNorm_t, temporal convolution, residual and LayerNorm_2
-    (`models/block_tail.py`).
+    `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU (see `layers.Mlp`).
+    `tail_kernel="pallas"` (GPUs; training and inference) runs each block's attention residual, LayerNorm_t,
+    temporal convolution, residual and LayerNorm_2 as one kernel forward and one backward
+    (`models/block_tail.py`); None follows `mlp_kernel`. `mesh`: the device mesh a sharded `jax.jit` runs the
+    model on, so that each device runs those kernels on its own clips (`block_tail.over_batch`).
     """
 
     def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,
-                 mlp_kernel: str = "xla"):
+                 mlp_kernel: str = "xla", tail_kernel: str | None = None, mesh=None):
+        if tail_kernel is None:
+            tail_kernel = "pallas" if mlp_kernel == "pallas" else "xla"
+        if tail_kernel not in block_tail.KERNELS:
+            raise ValueError(f"unknown student tail kernel {tail_kernel!r}; choose one of {block_tail.KERNELS}")
+        if tail_kernel == "pallas" and (problem := block_tail.device_problem()):
+            raise ValueError(f"student tail kernel 'pallas' {problem}; use 'xla'")
         self.cfg, self.dtype = cfg, dtype
         t, h, w = cfg.input_grid
         cfg.output_grid  # validates the stage strides against the grid
@@ -192,7 +204,7 @@ class LiteFrameStudent(nnx.Module):
         self.num_stages = len(cfg.stages)
         for i, (num_blocks, stride) in enumerate(cfg.stages):
             setattr(self, f"stage_{i}", Stage(cfg, num_blocks, stride, rngs=rngs, dtype=dtype, attn_impl=attn_impl,
-                                              mlp_kernel=mlp_kernel))
+                                              mlp_kernel=mlp_kernel, tail_kernel=tail_kernel, mesh=mesh))
         self.final_norm = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.head = layers.Dense(d, cfg.out_dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
 

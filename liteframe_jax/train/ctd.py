@@ -116,7 +116,8 @@ class CTDTask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl)
+        return LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl,
+                                tail_kernel=self.config.student_tail_kernel, mesh=self.mesh)
 
     def frozen(self):
         return self._frozen
