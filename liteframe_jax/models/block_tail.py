@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from liteframe_jax.train import sharding
+
 
 @dataclasses.dataclass(frozen=True)
 class TailConfig:
@@ -174,10 +176,10 @@ def device_problem() -> str | None:
 
 
 def batch_axes(mesh) -> tuple[str, ...]:
-    """The axes of `mesh` that split the batch (train/sharding.py's BATCH_AXES) and have more than one device."""
+    """The axes of `mesh` that split the batch (`sharding.BATCH_AXES`) and have more than one device."""
     if mesh is None:
         return ()
-    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    return tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
 def over_batch(fn, mesh, batched: tuple, replicated: tuple):

@@ -31,6 +31,11 @@ from jax import lax
 PARTIALS = ("o_bias", "norm_t_scale", "norm_t_bias", "conv_b", "norm_2_scale", "norm_2_bias", "next_bias")
 
 
+def gradient_names(taps: int) -> tuple[str, ...]:
+    """The rows of the kernel's partial-sum output, in order: `PARTIALS`, then the conv taps."""
+    return PARTIALS + tuple(f"w{j}" for j in range(taps))
+
+
 def _kernel(x_ref, o_ref, stats_ref, g1_ref, g2_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2s_ref, dy_ref,
             partial_ref, *, frames: int, positions: int, width: int, chunk: int, taps: int, config):
     import jax.experimental.pallas as pl
@@ -43,7 +48,7 @@ def _kernel(x_ref, o_ref, stats_ref, g1_ref, g2_ref, o_bias_ref, gt_ref, bt_ref,
     vector = vector_loader({"o_bias": (o_bias_ref, ()), "gt": (gt_ref, ()), "bt": (bt_ref, ()), "cb": (cb_ref, ()),
                             "g2s": (g2s_ref, ()), **{f"w{j}": (w_ref, (j,)) for j in range(taps)}},
                            chunks, config.hoist_vectors)
-    names = PARTIALS + tuple(f"w{j}" for j in range(taps))
+    names = gradient_names(taps)
     clip, block = pl.program_id(0), pl.program_id(1)
     mul = lambda a, b: [p * q for p, q in zip(a, b)]
     add = lambda a, b: [p + q for p, q in zip(a, b)]
@@ -147,7 +152,7 @@ def block_tail_grad(x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2_scale, c
     call = functools.partial(_grad_local, config=config, interpret=interpret)
     g_y, partial = over_batch(call, mesh, (x, o, stats, cotangents[0], cotangents[1]),
                               (o_bias, norm_t, conv_w, conv_b, norm_2_scale))
-    names = PARTIALS + tuple(f"w{j}" for j in range(conv_w.shape[0]))
+    names = gradient_names(conv_w.shape[0])
     sums = partial.reshape(-1, len(names), x.shape[-1]).sum(0)  # per-program sums, from every device
     return g_y, dict(zip(names, sums))
 
@@ -161,7 +166,7 @@ def _grad_local(x, o, stats, g1, g2, o_bias, norm_t, conv_w, conv_b, norm_2_scal
 
     b, t, s, d = x.shape
     taps = conv_w.shape[0]
-    names = PARTIALS + tuple(f"w{j}" for j in range(taps))
+    names = gradient_names(taps)
     blocks = s // (config.rows * config.loop_positions)
     flat = lambda a: a.reshape(b * t * s, d).astype(x.dtype)
     kernel = functools.partial(_kernel, frames=t, positions=s, width=d, chunk=column_chunk(d), taps=taps,
