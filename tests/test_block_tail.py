@@ -44,6 +44,32 @@ def test_kernel_matches_reference(shape, taps, config):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=2e-5)
 
 
+def _pallas_output_counts(fn, *args):
+    """The number of outputs of each pallas_call in fn's jaxpr, nested jaxprs (custom_vjp, pjit) included."""
+    from jax.extend.core import subjaxprs
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "pallas_call":
+                yield len(e.outvars)
+        for sub in subjaxprs(jaxpr):
+            yield from walk(sub)
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_inference_writes_no_statistics_and_training_does():
+    # the forward kernel writes the LayerNorm statistics only where a backward pass will read them: inference
+    # runs the kernel with 2 outputs, the differentiated forward with 3, and both give the same values
+    args = _inputs((1, 4, 8, 32), 3)
+    fused = lambda *a: block_tail.block_tail(*a, 1e-6, CONFIGS[0], True)
+    assert _pallas_output_counts(fused, *args) == [2]
+    primal_and_vjp = lambda *a: jax.vjp(fused, *a)
+    assert 3 in _pallas_output_counts(lambda *a: primal_and_vjp(*a)[0], *args)
+    inference, (trained, _) = fused(*args), primal_and_vjp(*args)
+    for a, b in zip(inference, trained):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_reference_is_the_student_block_tail():
     # the reference itself against an independent numpy evaluation of the formula in the module docstring
     args = _inputs((1, 4, 2, 16), 3)

@@ -27,6 +27,19 @@ def test_kernel_epilogue_gelu_form_matches_erf_definition():
     assert np.max(np.abs(got - ref)) < 2e-6
 
 
+def test_gelu_tanh_matches_torch_and_the_kernel_epilogue_form():
+    # 'gelu_pytorch_tanh' (and HF's 'gelu_new' / 'gelu_fast', the same function) and the fused MLP kernel's
+    # tanh epilogue (`kernels.epilogue_activation("tanh", ...)`) against torch, float32
+    import torch
+    from liteframe_jax.models import kernels
+    x = np.linspace(-12.0, 12.0, 200_001, dtype=np.float32)
+    ref = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+    for name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+        np.testing.assert_allclose(np.asarray(layers.activation(name)(jnp.asarray(x))), ref, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(kernels.epilogue_activation("tanh", True)(jnp.asarray(x))), ref, atol=2e-6)
+    assert np.max(np.abs(ref - np.asarray(layers.gelu_exact(jnp.asarray(x))))) > 1e-4  # not the erf form
+
+
 def test_gelu_exact_keeps_dtype_and_gradient():
     x = jnp.linspace(-4.0, 4.0, 101, dtype=jnp.bfloat16)
     assert layers.gelu_exact(x).dtype == jnp.bfloat16

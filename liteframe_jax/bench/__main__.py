@@ -419,7 +419,8 @@ def bench_latency(ceiling, small, impl, out_dir):
     encoders = {}
     # the fused kernels (fc1 + GELU, block tail) where this device runs them (BENCHMARKS.md, passes 3-5)
     mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
-    for name, cfg in (("LiteFrame", student_cfg), (TUBELET, tubelet_student(small))):
+    student_cfgs = {"LiteFrame": student_cfg, TUBELET: tubelet_student(small)}
+    for name, cfg in student_cfgs.items():
         student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
         proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
         graph, params = nnx.split((student, proj))
@@ -469,6 +470,7 @@ def bench_latency(ceiling, small, impl, out_dir):
             continue
         rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
                      "student_mlp_kernel": mlp_kernel if model in encoders else None,
+                     "student_act": student_cfgs[model].act if model in encoders else None,
                      "visual_tokens": int(visual.shape[1]),
                      "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,
                      "peak_gib": peak_memory_gib()})

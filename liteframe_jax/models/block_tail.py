@@ -98,7 +98,7 @@ def vector_loader(refs: dict, chunks: list, hoist: bool):
 
 
 def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_ref, next_bias_ref, x_out_ref,
-            h_out_ref, stats_ref, *,
+            h_out_ref, stats_ref=None, *,
             frames: int, positions: int, width: int, chunk: int, taps: int, eps: float, config: TailConfig):
     import jax.experimental.pallas as pl
 
@@ -115,12 +115,13 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
         def row_slice(t):  # rows of frame t in the (B * T * S, D) arrays
             return pl.ds((clip * frames + t) * positions + first_position, rows)
 
-        def layer_norm(v, scale, bias, t, stats_column):  # also keeps the row's mean and 1 / std for the backward
+        def layer_norm(v, scale, bias, t, stats_column):  # for training, keeps the row's mean and 1 / std
             mean = row_sum(v) / width
             centred = [c - mean for c in v]
             rstd = lax.rsqrt(row_sum([c * c for c in centred]) / width + eps)
-            stats_ref[row_slice(t), pl.ds(stats_column, 1)] = mean
-            stats_ref[row_slice(t), pl.ds(stats_column + 1, 1)] = rstd
+            if stats_ref is not None:
+                stats_ref[row_slice(t), pl.ds(stats_column, 1)] = mean
+                stats_ref[row_slice(t), pl.ds(stats_column + 1, 1)] = rstd
             return [c * rstd * g + b for c, g, b in zip(centred, vector(scale), vector(bias))]
 
         def load(ref, t):
@@ -209,14 +210,16 @@ def supported(shape: tuple[int, ...], taps: int, config: TailConfig = TailConfig
 
 
 def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool,
-           mesh):
+           mesh, with_stats: bool):
     if not supported(x.shape, conv_w.shape[0], config):
         raise ValueError(f"block_tail: unsupported shape {x.shape} / temporal taps {conv_w.shape[0]} / {config}")
-    call = functools.partial(_fused_local, eps=eps, config=config, interpret=interpret)
+    call = functools.partial(_fused_local, eps=eps, config=config, interpret=interpret, with_stats=with_stats)
     return over_batch(call, mesh, (x, o), (o_bias, norm_t, conv_w, conv_b, norm_2, next_bias))
 
 
-def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool):
+def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool,
+                 with_stats: bool):
+    """(x_out, h_out), plus the LayerNorm statistics (B, T*S, 4) for the backward `with_stats`."""
     import jax.experimental.pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -226,12 +229,13 @@ def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, c
                                taps=conv_w.shape[0], eps=eps, config=config)
     out = jax.ShapeDtypeStruct((b * t * s, d), x.dtype)
     stats = jax.ShapeDtypeStruct((b * t * s, 4), jnp.float32)
-    x_out, h_out, stats = pl.pallas_call(
-        kernel, out_shape=(out, out, stats), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
+    outs = pl.pallas_call(
+        kernel, out_shape=(out, out, stats) if with_stats else (out, out), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=config.num_warps, num_stages=1),
         name="student_block_tail",
     )(flat(x), flat(o), o_bias, norm_t[0], norm_t[1], conv_w, conv_b, norm_2[0], norm_2[1], next_bias)
-    return x_out.reshape(x.shape), h_out.reshape(x.shape), stats.reshape(b, t * s, 4)
+    x_out, h_out = outs[0].reshape(x.shape), outs[1].reshape(x.shape)
+    return (x_out, h_out, outs[2].reshape(b, t * s, 4)) if with_stats else (x_out, h_out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
@@ -244,12 +248,14 @@ def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: flo
     `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests). Under a
     `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`over_batch`).
     """
-    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh)[:2]
+    # not differentiated (inference): no statistics to write, which cost the kernel ~45% more time on an
+    # H100 at stage 0 (2.04 vs 1.40 ms; their 4-byte column stores, BENCHMARKS.md seventh pass)
+    return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh, False)
 
 
 def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh):
     x_out, h_out, stats = _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret,
-                                 mesh)
+                                 mesh, True)
     # the two LayerNorms' per-row mean and 1 / std (16 bytes a row) spare the backward four reductions a frame
     return (x_out, h_out), (x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias)
 

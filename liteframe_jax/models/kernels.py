@@ -3,12 +3,13 @@
 Why: in a ViT MLP, XLA runs the fc1 GEMM in cuBLAS and the exact GELU as a separate pass that reads and
 writes the 4x-wide activations; for the LiteFrame student that pass was 11% of the forward time on an
 H100 (BENCHMARKS.md), and cuBLAS has no exact-GELU epilogue. This kernel applies bias and GELU to the
-float32 accumulator before the single bfloat16 store.
+float32 accumulator before the single bfloat16 store. The GELU is the exact (erf) one or its tanh form,
+whichever the model uses (`EPILOGUES`); XLA does not fuse either into cuBLAS here (H100, jax 0.11).
 
 The GEMM is the warp-specialised TMA + WGMMA pipeline of jax's `pallas/ops/gpu/hopper_matmul_mgpu.py`
 (two consumer warpgroups, a producer feeding shared memory), with the epilogue replaced; the producer runs
 ahead into the next tile while the consumers run the epilogue, whose GELU uses one MUFU instruction per
-transcendental (`gelu_f32(fast=True)`). It is used for inference only (`mlp_kernel="pallas"` on the
+transcendental (`gelu_f32(fast=True)`; the tanh form needs one). It is used for inference only (`mlp_kernel="pallas"` on the
 models): the backward pass of `dense_gelu` recomputes the pre-activation with XLA, which is correct but
 slower than XLA's own training path, so trained models keep `mlp_kernel="xla"`.
 """
@@ -76,6 +77,27 @@ def gelu_f32(z, *, fast: bool = False):
     return 0.5 * z * jnp.where(z < 0, erfc, 2.0 - erfc)
 
 
+def gelu_tanh_f32(z):
+    """GELU's tanh approximation (`jax.nn.gelu(approximate=True)`, Hugging Face 'gelu_pytorch_tanh', the
+    default `nn.gelu` of Flax and so of big_vision's ViT) of float32 `z`. In the kernel's epilogue, with
+    `approx_math`, the tanh is one MUFU instruction (tanh.approx): fewer instructions than the erf form, so
+    the fused fc1 at the student's stage 0 takes 4.40 instead of 5.27 ms on an H100 (BENCHMARKS.md)."""
+    return 0.5 * z * (1.0 + jnp.tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+
+
+# the activations the kernel's epilogue computes, by the models' activation names (`layers.ACTIVATIONS`)
+EPILOGUES = {"gelu": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
+
+
+def epilogue_activation(gelu: str, fast: bool):
+    """z -> activation, for `gelu` in ("exact", "tanh")."""
+    if gelu == "exact":
+        return functools.partial(gelu_f32, fast=fast)
+    if gelu == "tanh":
+        return gelu_tanh_f32
+    raise ValueError(f"unknown GELU form {gelu!r}; choose 'exact' or 'tanh'")
+
+
 def device_problem(dtype) -> str | None:
     """None if this process's device and dtype can run the kernel, else what is wrong."""
     if jax.default_backend() != "gpu":
@@ -93,13 +115,14 @@ def tiles(m: int, k: int, n: int, config: TileConfig = TileConfig()) -> bool:
     return not (m % config.tile_m or n % (2 * config.tile_n) or k % config.tile_k)
 
 
-def _fused(a, b, bias, config: TileConfig):
+def _fused(a, b, bias, config: TileConfig, gelu: str):
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
     m, k = a.shape
     n = b.shape[1]
     dtype = a.dtype
+    activation = epilogue_activation(gelu, config.approx_math)
     tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
     cta_tile_n = 2 * tile_n  # the two consumer warpgroups split N
     m_iters, n_iters, k_iters = m // tile_m, n // cta_tile_n, k // tile_k
@@ -154,7 +177,7 @@ def _fused(a, b, bias, config: TileConfig):
                         bias_row = plgpu.load(bias_gmem.at[n_slice].at[wg_n_slice], (),
                                               layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
                         z = acc_ref[...] + lax.broadcast_in_dim(bias_row, (tile_m, tile_n), [1])
-                        y = gelu_f32(z, fast=config.approx_math).astype(dtype)
+                        y = activation(z).astype(dtype)
                         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                         for i in range(tile_m // epi_m):
                             for j in range(tile_n // epi_n):
@@ -184,30 +207,33 @@ def _fused(a, b, bias, config: TileConfig):
     return f(a, b, bias)
 
 
-def _reference(x, w, b):
+def _reference(x, w, b, gelu="exact"):
     z = jnp.dot(x, w, preferred_element_type=jnp.float32) + b.astype(jnp.float32)
-    return gelu_f32(z).astype(x.dtype)
+    return epilogue_activation(gelu, False)(z).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array, config: TileConfig = TileConfig()) -> jax.Array:
-    """gelu(x @ w + b) for 2D bfloat16 x (M, K), w (K, N), float32 b (N,), as one Hopper kernel."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array, config: TileConfig = TileConfig(),
+               gelu: str = "exact") -> jax.Array:
+    """gelu(x @ w + b) for 2D bfloat16 x (M, K), w (K, N), float32 b (N,), as one Hopper kernel; `gelu` is
+    "exact" (erf) or "tanh" (the tanh approximation)."""
     problem = device_problem(x.dtype)
     if problem:
         raise ValueError(f"dense_gelu: {problem}")
     if not tiles(x.shape[0], x.shape[1], w.shape[1], config):
         raise ValueError(f"dense_gelu: ({x.shape[0]}x{x.shape[1]}) @ ({w.shape[0]}x{w.shape[1]}) does not tile "
                          f"with {config}")
-    return _fused(x, w.astype(x.dtype), b.astype(jnp.float32), config)
+    epilogue_activation(gelu, False)  # a misspelt form fails here, not inside the kernel's tracing
+    return _fused(x, w.astype(x.dtype), b.astype(jnp.float32), config, gelu)
 
 
-def _fwd(x, w, b, config):
-    return dense_gelu(x, w, b, config), (x, w, b)
+def _fwd(x, w, b, config, gelu):
+    return dense_gelu(x, w, b, config, gelu), (x, w, b)
 
 
-def _bwd(config, res, dy):
+def _bwd(config, gelu, res, dy):
     x, w, b = res
-    _, vjp = jax.vjp(_reference, x, w, b)  # recompute the pre-activation: correct, not fast
+    _, vjp = jax.vjp(functools.partial(_reference, gelu=gelu), x, w, b)  # recompute: correct, not fast
     return vjp(dy)
 
 

@@ -195,8 +195,8 @@ MLP_KERNELS = ("xla", "pallas")
 class Mlp(nnx.Module):
     """fc1 -> activation -> fc2.
 
-    `impl="pallas"` runs fc1 + exact GELU as one Hopper kernel (`models/kernels.py`) for inference on
-    bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or shapes that do not tile, keep the XLA
+    `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/kernels.py`) for
+    inference on bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or shapes that do not tile, keep the XLA
     path, which computes the same function. Asking for it on another device or dtype is an error.
     """
 
@@ -208,8 +208,9 @@ class Mlp(nnx.Module):
         if impl not in MLP_KERNELS:
             raise ValueError(f"unknown MLP kernel {impl!r}; choose one of {MLP_KERNELS}")
         if impl == "pallas":
-            problem = kernels.device_problem(dtype) or (None if act == "gelu" else
-                                                        f"implements exact GELU ('gelu') only, not {act!r}")
+            problem = kernels.device_problem(dtype) or (
+                None if act in kernels.EPILOGUES else
+                f"implements the GELUs {sorted(kernels.EPILOGUES)} only, not {act!r}")
             if problem:
                 raise ValueError(f"MLP kernel 'pallas' {problem}; use 'xla'")
         self.impl = impl
@@ -220,7 +221,7 @@ class Mlp(nnx.Module):
         if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n, config):
             return None
         y = kernels.dense_gelu(x.reshape(m, k).astype(self.fc1.dtype), self.fc1.kernel[...], self.fc1.bias[...],
-                               config)
+                               config, kernels.EPILOGUES[self.act])
         return y.reshape(*x.shape[:-1], n)
 
     def __call__(self, x: jax.Array, *, bias: bool = True) -> jax.Array:

@@ -192,6 +192,7 @@ class LiteFrameStudent(nnx.Module):
         if tail_kernel == "pallas" and (problem := block_tail.device_problem()):
             raise ValueError(f"student tail kernel 'pallas' {problem}; use 'xla'")
         self.cfg, self.dtype = cfg, dtype
+        self.inference_kernels = mlp_kernel == "pallas"
         t, h, w = cfg.input_grid
         cfg.output_grid  # validates the stage strides against the grid
         pt, ph, pw = cfg.patch_size
@@ -224,6 +225,11 @@ class LiteFrameStudent(nnx.Module):
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         x = self.embed(frames)
+        if self.inference_kernels:
+            # XLA would recompute the position-table add inside the first LayerNorm's reduction, a pass that
+            # ran 1.7 ms at 512 frames on an H100 where the LayerNorm alone takes 0.6 (BENCHMARKS.md seventh
+            # pass); the barrier makes it read the embedding once it is written
+            x = jax.lax.optimization_barrier(x)
         for i in range(self.num_stages):
             x = getattr(self, f"stage_{i}")(x)
         b, t, h, w, d = x.shape
