@@ -230,7 +230,8 @@ def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, c
     out = jax.ShapeDtypeStruct((b * t * s, d), x.dtype)
     stats = jax.ShapeDtypeStruct((b * t * s, 4), jnp.float32)
     outs = pl.pallas_call(
-        kernel, out_shape=(out, out, stats) if with_stats else (out, out), grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
+        kernel, out_shape=(out, out, stats) if with_stats else (out, out),
+        grid=(b, s // (config.rows * config.loop_positions)), interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=config.num_warps, num_stages=1),
         name="student_block_tail",
     )(flat(x), flat(o), o_bias, norm_t[0], norm_t[1], conv_w, conv_b, norm_2[0], norm_2[1], next_bias)
@@ -248,8 +249,8 @@ def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: flo
     `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests). Under a
     `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`over_batch`).
     """
-    # not differentiated (inference): no statistics to write, which cost the kernel ~45% more time on an
-    # H100 at stage 0 (2.04 vs 1.40 ms; their 4-byte column stores, BENCHMARKS.md seventh pass)
+    # not differentiated (inference): no statistics to write; writing them made the kernel 2.04 instead of
+    # 1.45 ms per stage-0 call at 512 frames on an H100 (BENCHMARKS.md seventh pass)
     return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh, False)
 
 
