@@ -79,6 +79,9 @@ def _teacher(init, image_size, patch_size, hidden, layers, heads, mlp, out_featu
     t.init = init  # 'random' on purpose, or a Hugging Face folder (internvl / internvl_vision)
     t.output = output  # 'vit' | 'unshuffle' | 'projector'
     t.feature_layer = -1
+    # 'pallas' on a Hopper GPU with bfloat16: each InternViT MLP's fc1 + GELU as one kernel (the teacher is
+    # frozen, so inference only; `layers.Mlp`); 'xla' elsewhere
+    t.mlp_kernel = "xla"
     t.vit = ml_collections.ConfigDict(dict(
         hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=mlp, hidden_act="gelu",
         norm_type="layer_norm", layer_norm_eps=1e-6, image_size=image_size, patch_size=patch_size,

@@ -161,7 +161,7 @@ def test_tail_kernels_on_a_mesh_split_the_batch_and_match_one_device():
         results[name] = jax.tree.leaves(fn(params, frames_in))
     for a, b in zip(results["mesh"], results["one device"]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="3 clips do not split over the 4 devices"):
+    with pytest.raises(ValueError, match="block_tail: a batch of 3 does not split over the 4 devices"):
         graph, params = nnx.split(LiteFrameStudent(cfg, rngs=nnx.Rngs(0), tail_kernel="interpret", mesh=mesh))
         nnx.merge(graph, params)(frames[:3])
 

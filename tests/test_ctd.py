@@ -133,6 +133,15 @@ def test_paper_preset_without_teacher_is_a_clear_error(videos):
         CTDTask(cfg, sharding.make_mesh(cfg.mesh), "/unused")
 
 
+def test_teacher_mlp_kernel_on_a_device_without_it_names_the_problem(videos):
+    from liteframe_jax.models import kernels
+    if kernels.device_problem(jax.numpy.bfloat16) is None:
+        pytest.skip("this device runs the kernel")
+    cfg = tiny_ctd_config(videos, **{"teacher.mlp_kernel": "pallas"})
+    with pytest.raises(ValueError, match="MLP kernel 'pallas' needs"):
+        CTDTask(cfg, sharding.make_mesh(cfg.mesh), "/unused")
+
+
 def test_teacher_targets_from_a_hugging_face_internvl_folder(videos, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

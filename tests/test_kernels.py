@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from liteframe_jax.models import kernels, layers
 from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+from liteframe_jax.train import sharding
 
 hopper = pytest.mark.skipif(kernels.device_problem(jnp.bfloat16) is not None,
                             reason="needs a Hopper GPU for the Mosaic GPU kernel")
@@ -29,6 +31,31 @@ def test_pallas_mlp_refused_where_it_cannot_run():
         layers.Mlp(64, 256, act="gelu", rngs=nnx.Rngs(0), impl="triton")
 
 
+def test_fused_mlp_on_a_mesh_runs_the_kernel_on_each_devices_examples(monkeypatch):
+    # The Mosaic kernel needs a Hopper GPU. A stand-in with its signature records the rows it is handed: under
+    # a sharded jit each device must get its own examples (a bare custom call would get all of them), and the
+    # result must equal the XLA path's.
+    seen = []
+
+    def stand_in(x, w, b, config, gelu):
+        seen.append(x.shape)
+        return kernels._reference(x, w.astype(x.dtype), b, gelu)
+
+    monkeypatch.setattr(kernels, "device_problem", lambda dtype: None)
+    monkeypatch.setattr(kernels, "dense_gelu", stand_in)
+    monkeypatch.setattr(kernels, "MIN_ROWS", 200)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=1, num_devices=4))
+    mlp = layers.Mlp(128, 512, act="gelu", rngs=nnx.Rngs(0), impl="pallas", mesh=mesh)
+    x = jax.random.normal(jax.random.key(0), (8, 100, 128))
+    got = jax.jit(lambda m, x: m(x))(mlp, jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp")))))
+    assert seen == [(200, 128)]  # 8 examples x 100 tokens over 4 devices
+    mlp.impl = "xla"
+    np.testing.assert_allclose(np.asarray(got), np.asarray(mlp(x)), rtol=1e-5, atol=1e-6)
+    mlp.impl = "pallas"
+    with pytest.raises(ValueError, match="fused MLP: a batch of 10 does not split over the 4 devices"):
+        mlp(jnp.concatenate([x, x[:2]]))
+
+
 CONFIGS = {"default": kernels.TileConfig(), "large_layers": kernels.LARGE_LAYER_CONFIG,
            "ieee_math_no_prefetch": kernels.TileConfig(approx_math=False, prefetch_across_tiles=False)}
 
@@ -36,9 +63,10 @@ CONFIGS = {"default": kernels.TileConfig(), "large_layers": kernels.LARGE_LAYER_
 @hopper
 @pytest.mark.parametrize("gelu", ["exact", "tanh"])
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("m,k,n", [(256, 128, 512), (8192, 768, 3072)])
+@pytest.mark.parametrize("m,k,n", [(256, 128, 512), (8192, 768, 3072), (1000, 128, 512), (8200, 768, 3072)])
 def test_dense_gelu_matches_xla(m, k, n, config, gelu):
-    # (8192, 768, 3072) has enough tiles for the producer to prefetch across tiles; (256, 128, 512) does not
+    # (8192, 768, 3072) has enough tiles for the producer to prefetch across tiles; (256, 128, 512) does not;
+    # 1,000 and 8,200 rows end in a partial row tile
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     w = (jax.random.normal(jax.random.key(1), (k, n)) * k ** -0.5).astype(jnp.bfloat16)
     b = jax.random.normal(jax.random.key(2), (n,)) * 0.1
@@ -73,6 +101,38 @@ def test_student_with_the_fused_mlp_matches_xla(act):
     for impl in ("xla", "pallas"):
         model = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, attn_impl="cudnn", mlp_kernel=impl)
         out[impl] = np.asarray(jax.jit(lambda m, x: m(x))(model, frames), np.float32)
+    scale = np.abs(out["xla"]).mean()
+    assert np.abs(out["pallas"] - out["xla"]).mean() < 0.02 * scale
+
+
+@hopper
+def test_mlp_rows_that_end_in_a_partial_tile():
+    # 65,600 rows = 64 frames x 1,025 InternViT tokens: the kernel's last 128-row tile is half past the end
+    mlp = layers.Mlp(128, 512, act="gelu", rngs=nnx.Rngs(0), dtype=jnp.bfloat16, impl="pallas")
+    x = jax.random.normal(jax.random.key(0), (64, 1025, 128), jnp.bfloat16)
+    fused = jax.jit(lambda m, x: m(x))
+    jaxpr = str(jax.make_jaxpr(lambda x: mlp(x))(x))
+    assert "pallas_call" in jaxpr or "custom_vjp_call" in jaxpr  # the kernel's path, not XLA's (it has neither)
+    got = np.asarray(fused(mlp, x), np.float32)
+    mlp.impl = "xla"
+    want = np.asarray(fused(mlp, x), np.float32)
+    assert got.shape == want.shape == (64, 1025, 128)
+    # bfloat16 rounding differs (the kernel applies GELU to the float32 accumulator): compare on average,
+    # over all rows and over the 64 rows of the partial tile alone
+    for rows in (slice(None), slice(-64, None)):
+        g, w = got.reshape(-1, 128)[rows], want.reshape(-1, 128)[rows]
+        assert np.abs(g - w).mean() < 0.01 * np.abs(w).mean()
+
+
+@hopper
+def test_internvit_with_the_fused_mlp_matches_xla():
+    from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig
+    cfg = InternVitConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)  # 448 px, 1,025 tokens
+    pixels = jax.random.normal(jax.random.key(0), (64, 448, 448, 3), jnp.bfloat16)
+    out = {}
+    for impl in ("xla", "pallas"):
+        tower = InternVisionTower(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, attn_impl="cudnn", mlp_kernel=impl)
+        out[impl] = np.asarray(jax.jit(lambda m, x: m(x))(tower, pixels), np.float32)
     scale = np.abs(out["xla"]).mean()
     assert np.abs(out["pallas"] - out["xla"]).mean() < 0.02 * scale
 

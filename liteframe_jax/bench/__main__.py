@@ -134,7 +134,10 @@ def bench_encoders(ceiling, small, attn_impls):
             ("LiteFrame student (paper_tubelet2), 8-frame clips",
              lambda: LiteFrameStudent(tubelet, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
              flops_lib.student_per_clip(tubelet), tubelet.num_frames, tubelet.image_size),
-        ) + tuple(
+        ) + ((("InternViT-300M 448px (teacher), fused fc1+GELU (pallas)",
+               lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel="pallas"),
+               flops_lib.internvit_per_frame(vit), 1, vit.image_size),) if kernels.device_problem(BF16) is None
+             else ()) + tuple(
             (f"{name}, fused kernels (pallas: fc1+GELU, block tail)",
              lambda cfg=cfg: LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl,
                                               mlp_kernel="pallas"),
@@ -413,12 +416,13 @@ def bench_latency(ceiling, small, impl, out_dir):
     llm_graph, llm_params = nnx.split(llm)
     llm_params = cast(llm_params)
     del llm
-    tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
+    # the fused kernels where this device runs them (BENCHMARKS.md, passes 3-8), for both models: fc1 + GELU
+    # in InternViT and the student, the block tail in the student
+    mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
+    tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
     encoders = {}
-    # the fused kernels (fc1 + GELU, block tail) where this device runs them (BENCHMARKS.md, passes 3-5)
-    mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
     student_cfgs = {"LiteFrame": student_cfg, TUBELET: tubelet_student(small)}
     for name, cfg in student_cfgs.items():
         student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
@@ -469,7 +473,7 @@ def bench_latency(ceiling, small, impl, out_dir):
                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
             continue
         rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
-                     "student_mlp_kernel": mlp_kernel if model in encoders else None,
+                     "mlp_kernel": mlp_kernel,
                      "student_act": student_cfgs[model].act if model in encoders else None,
                      "visual_tokens": int(visual.shape[1]),
                      "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,

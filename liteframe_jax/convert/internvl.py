@@ -115,7 +115,8 @@ def _nest(table, under: str):
     return [(pattern, f"{under}/{template}", fn) for pattern, template, fn in table]
 
 
-def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None) -> InternVisionTower:
+def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None,
+                  mlp_kernel: str = "xla", mesh=None) -> InternVisionTower:
     """Build and load an InternVisionTower from an `internvl_vision` or a whole `internvl` HF folder."""
     cfg = hf_folder.read_config(path)
     model_type = cfg.get("model_type")
@@ -129,7 +130,8 @@ def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None)
         raise ValueError(f"{path}: model_type {model_type!r} is not an InternVL model "
                          "(expected 'internvl_vision' or 'internvl')")
     tower = nnx.eval_shape(lambda: InternVisionTower(vit_cfg, head_cfg, rngs=nnx.Rngs(0), feature_layer=layer,
-                                                     dtype=dtype, attn_impl=attn_impl))
+                                                     dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
+                                                     mesh=mesh))
     graphdef, abstract = nnx.split(tower)
     shapes = pure_dict(abstract)
     is_vision = lambda n: "vision_tower." in n or "multi_modal_projector." in n

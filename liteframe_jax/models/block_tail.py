@@ -176,32 +176,6 @@ def device_problem() -> str | None:
     return None
 
 
-def batch_axes(mesh) -> tuple[str, ...]:
-    """The axes of `mesh` that split the batch (`sharding.BATCH_AXES`) and have more than one device."""
-    if mesh is None:
-        return ()
-    return tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-
-
-def over_batch(fn, mesh, batched: tuple, replicated: tuple):
-    """fn(*batched, *replicated), each device running it on its own clips when `mesh` splits the batch.
-
-    XLA's partitioner does not know what a Triton custom call does, so under `jax.jit` shardings it would
-    gather the operands of a bare kernel onto every device; under `shard_map` each device keeps its clips.
-    The leading (clip) dimension of `batched` and of every output is split over the batch axes.
-    """
-    axes = batch_axes(mesh)
-    if not axes:
-        return fn(*batched, *replicated)
-    from jax.sharding import PartitionSpec as P
-    split = math.prod(mesh.shape[a] for a in axes)
-    if batched[0].shape[0] % split:
-        raise ValueError(f"block_tail: {batched[0].shape[0]} clips do not split over the {split} devices of mesh "
-                         f"axes {axes}")
-    return jax.shard_map(fn, mesh=mesh, in_specs=(P(axes),) * len(batched) + (P(),) * len(replicated),
-                         out_specs=P(axes), check_vma=False)(*batched, *replicated)
-
-
 def supported(shape: tuple[int, ...], taps: int, config: TailConfig = TailConfig()) -> bool:
     """Whether (B, T, S, D) activations with a `taps`-wide temporal kernel run in the kernel."""
     _, t, s, d = shape
@@ -214,7 +188,8 @@ def _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config:
     if not supported(x.shape, conv_w.shape[0], config):
         raise ValueError(f"block_tail: unsupported shape {x.shape} / temporal taps {conv_w.shape[0]} / {config}")
     call = functools.partial(_fused_local, eps=eps, config=config, interpret=interpret, with_stats=with_stats)
-    return over_batch(call, mesh, (x, o), (o_bias, norm_t, conv_w, conv_b, norm_2, next_bias))
+    return sharding.over_batch(call, mesh, (x, o), (o_bias, norm_t, conv_w, conv_b, norm_2, next_bias),
+                               what="block_tail")
 
 
 def _fused_local(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config: TailConfig, interpret: bool,
@@ -247,7 +222,7 @@ def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: flo
 
     `norm_t` and `norm_2` are (scale, bias) pairs; `conv_w` is (taps, D); `o_bias`, `conv_b` and
     `next_bias` are (D,). `interpret=True` runs the kernel in the Pallas interpreter (CPU tests). Under a
-    `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`over_batch`).
+    `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`sharding.over_batch`).
     """
     # not differentiated (inference): no statistics to write; writing them made the kernel 2.04 instead of
     # 1.45 ms per stage-0 call at 512 frames on an H100 (BENCHMARKS.md seventh pass)

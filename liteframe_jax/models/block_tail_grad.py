@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from liteframe_jax.train import sharding
+
 # the parameter gradients' order in the kernel's partial-sum output; the conv taps follow as "w0", "w1", ...
 PARTIALS = ("o_bias", "norm_t_scale", "norm_t_bias", "conv_b", "norm_2_scale", "norm_2_bias", "next_bias")
 
@@ -143,15 +145,13 @@ def block_tail_grad(x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2_scale, c
     `stats` is the forward kernel's (B, T * S, 4) float32 output: LayerNorm_t's and LayerNorm_2's mean and
     1 / std for every row, so the forward is recomputed without its reductions. `config` is a
     `block_tail.TailConfig` read for its backward layout (`grad_view`); under a `mesh` that splits the batch each
-    device runs the kernel on its own clips (`block_tail.over_batch`).
+    device runs the kernel on its own clips (`sharding.over_batch`).
     Returns (g_y, grads): g_y is the cotangent of x and of o, in x's dtype; grads maps each name of
     `PARTIALS` and "w0", "w1", ... to a float32 (D,) gradient.
     """
-    from liteframe_jax.models.block_tail import over_batch
-
     call = functools.partial(_grad_local, config=config, interpret=interpret)
-    g_y, partial = over_batch(call, mesh, (x, o, stats, cotangents[0], cotangents[1]),
-                              (o_bias, norm_t, conv_w, conv_b, norm_2_scale))
+    g_y, partial = sharding.over_batch(call, mesh, (x, o, stats, cotangents[0], cotangents[1]),
+                                       (o_bias, norm_t, conv_w, conv_b, norm_2_scale), what="block_tail_grad")
     names = gradient_names(conv_w.shape[0])
     sums = partial.reshape(-1, len(names), x.shape[-1]).sum(0)  # per-program sums, from every device
     return g_y, dict(zip(names, sums))

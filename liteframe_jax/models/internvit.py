@@ -86,13 +86,14 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel: str = "xla", mesh=None):
         d = cfg.hidden_size
         self.norm1 = layers.make_norm(cfg.norm_type, d, rngs=rngs, eps=cfg.layer_norm_eps)
         self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
         self.ls1 = nnx.Param(jnp.full((d,), cfg.layer_scale_init_value, jnp.float32), axes=("norm",))
         self.norm2 = layers.make_norm(cfg.norm_type, d, rngs=rngs, eps=cfg.layer_norm_eps)
-        self.mlp = layers.Mlp(d, cfg.intermediate_size, act=cfg.hidden_act, rngs=rngs, dtype=dtype)
+        self.mlp = layers.Mlp(d, cfg.intermediate_size, act=cfg.hidden_act, rngs=rngs, dtype=dtype, impl=mlp_kernel,
+                              mesh=mesh)
         self.ls2 = nnx.Param(jnp.full((d,), cfg.layer_scale_init_value, jnp.float32), axes=("norm",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -101,9 +102,15 @@ class Block(nnx.Module):
 
 
 class InternViT(nnx.Module):
-    """Call on NHWC float pixels (already normalised) -> last_hidden_state (B, 1 + grid**2, width), CLS first."""
+    """Call on NHWC float pixels (already normalised) -> last_hidden_state (B, 1 + grid**2, width), CLS first.
 
-    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None):
+    `mlp_kernel="pallas"` runs each MLP's fc1 + GELU as one Hopper kernel (`layers.Mlp`), for inference: a
+    frozen teacher, the InternVL3 baseline in `bench latency`. `mesh`: the device mesh a sharded `jax.jit`
+    runs the model on, so that each device runs the kernel on its own frames.
+    """
+
+    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,
+                 mlp_kernel: str = "xla", mesh=None):
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
         if cfg.image_size % cfg.patch_size:
@@ -119,7 +126,8 @@ class InternViT(nnx.Module):
                               if cfg.use_absolute_position_embeddings else None)
         self.num_layers = cfg.num_layers
         for i in range(cfg.num_layers):
-            setattr(self, f"block_{i}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl))
+            setattr(self, f"block_{i}", Block(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl,
+                                              mlp_kernel=mlp_kernel, mesh=mesh))
         self.final_norm = (None if cfg.use_mean_pooling
                            else layers.LayerNorm(d, rngs=rngs, eps=cfg.layer_norm_eps))
 
@@ -180,8 +188,9 @@ class InternVisionTower(nnx.Module):
     """
 
     def __init__(self, vit_cfg: InternVitConfig, head_cfg: InternVLHeadConfig | None = None, *,
-                 rngs: nnx.Rngs, feature_layer: int = -1, dtype=jnp.float32, attn_impl: str | None = None):
-        self.vit = InternViT(vit_cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
+                 rngs: nnx.Rngs, feature_layer: int = -1, dtype=jnp.float32, attn_impl: str | None = None,
+                 mlp_kernel: str = "xla", mesh=None):
+        self.vit = InternViT(vit_cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
         self.head_cfg = head_cfg
         self.projector = (None if head_cfg is None else
                           InternVLProjector(vit_cfg.hidden_size * head_cfg.factor ** 2, head_cfg, rngs=rngs, dtype=dtype))

@@ -111,8 +111,10 @@ def device_problem(dtype) -> str | None:
     return None
 
 
-def tiles(m: int, k: int, n: int, config: TileConfig = TileConfig()) -> bool:
-    return not (m % config.tile_m or n % (2 * config.tile_n) or k % config.tile_k)
+def tiles(k: int, n: int, config: TileConfig = TileConfig()) -> bool:
+    """Whether (M, k) @ (k, n) tiles. Any M does: TMA zero-fills the reads of the last row tile past M and
+    drops its writes past M (InternViT's 64 x 1,025 token rows are not a multiple of 128)."""
+    return not (n % (2 * config.tile_n) or k % config.tile_k)
 
 
 def _fused(a, b, bias, config: TileConfig, gelu: str):
@@ -125,7 +127,7 @@ def _fused(a, b, bias, config: TileConfig, gelu: str):
     activation = epilogue_activation(gelu, config.approx_math)
     tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
     cta_tile_n = 2 * tile_n  # the two consumer warpgroups split N
-    m_iters, n_iters, k_iters = m // tile_m, n // cta_tile_n, k // tile_k
+    m_iters, n_iters, k_iters = pl.cdiv(m, tile_m), n // cta_tile_n, k // tile_k
     sms = jax.devices()[0].core_count  # one persistent program per SM
     if config.prefetch_across_tiles and (k_iters % config.max_concurrent_steps or m_iters * n_iters < 2 * sms):
         # a pipeline of pipelines needs whole rounds of stages per tile and a first and a last tile per SM
@@ -220,7 +222,7 @@ def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array, config: TileConfig = Ti
     problem = device_problem(x.dtype)
     if problem:
         raise ValueError(f"dense_gelu: {problem}")
-    if not tiles(x.shape[0], x.shape[1], w.shape[1], config):
+    if not tiles(x.shape[1], w.shape[1], config):
         raise ValueError(f"dense_gelu: ({x.shape[0]}x{x.shape[1]}) @ ({w.shape[0]}x{w.shape[1]}) does not tile "
                          f"with {config}")
     epilogue_activation(gelu, False)  # a misspelt form fails here, not inside the kernel's tracing

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from liteframe_jax.models import kernels
+from liteframe_jax.train import sharding
 
 Initializer = Callable[..., jax.Array]
 
@@ -196,12 +197,14 @@ class Mlp(nnx.Module):
     """fc1 -> activation -> fc2.
 
     `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/kernels.py`) for
-    inference on bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or shapes that do not tile, keep the XLA
-    path, which computes the same function. Asking for it on another device or dtype is an error.
+    inference on bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or widths that do not tile
+    (`kernels.tiles`; any number of tokens does), keep the XLA path, which computes the same function. Asking
+    for it on another device or dtype is an error. `mesh`: the device mesh a sharded `jax.jit` runs the model
+    on; each device then runs the kernel on its own examples (`sharding.over_batch`).
     """
 
     def __init__(self, features: int, hidden: int, *, act: str, rngs: nnx.Rngs, dtype=jnp.float32,
-                 impl: str = "xla"):
+                 impl: str = "xla", mesh=None):
         self.fc1 = Dense(features, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.fc2 = Dense(hidden, features, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.act = act
@@ -213,16 +216,22 @@ class Mlp(nnx.Module):
                 f"implements the GELUs {sorted(kernels.EPILOGUES)} only, not {act!r}")
             if problem:
                 raise ValueError(f"MLP kernel 'pallas' {problem}; use 'xla'")
-        self.impl = impl
+        self.impl, self.mesh = impl, mesh
 
     def _fused_fc1(self, x: jax.Array) -> jax.Array | None:
-        m, k, n = math.prod(x.shape[:-1]), x.shape[-1], self.fc1.kernel.shape[1]
-        config = kernels.config_for(m)
-        if m < kernels.MIN_ROWS or not kernels.tiles(m, k, n, config):
+        k, n = x.shape[-1], self.fc1.kernel.shape[1]
+        rows = math.prod(x.shape[:-1]) // sharding.batch_split(self.mesh)  # what each device's kernel gets
+        config = kernels.config_for(rows)
+        if rows < kernels.MIN_ROWS or not kernels.tiles(k, n, config):
             return None
-        y = kernels.dense_gelu(x.reshape(m, k).astype(self.fc1.dtype), self.fc1.kernel[...], self.fc1.bias[...],
-                               config, kernels.EPILOGUES[self.act])
-        return y.reshape(*x.shape[:-1], n)
+        form, dtype = kernels.EPILOGUES[self.act], self.fc1.dtype
+
+        def local(x, w, b):
+            y = kernels.dense_gelu(x.reshape(-1, k).astype(dtype), w, b, config, form)
+            return y.reshape(*x.shape[:-1], n)
+
+        return sharding.over_batch(local, self.mesh, (x,), (self.fc1.kernel[...], self.fc1.bias[...]),
+                                   what="fused MLP")
 
     def __call__(self, x: jax.Array, *, bias: bool = True) -> jax.Array:
         """`bias=False` leaves out fc2's bias (a caller that adds it elsewhere, `models/block_tail.py`)."""

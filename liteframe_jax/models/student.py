@@ -110,7 +110,7 @@ class Block(nnx.Module):
         self.norm_t = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
         self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
-        self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype, impl=mlp_kernel)
+        self.mlp = layers.Mlp(d, cfg.mlp_dim, act=cfg.act, rngs=rngs, dtype=dtype, impl=mlp_kernel, mesh=mesh)
         # the block's elementwise tail (forward and backward) as one kernel each (`block_tail`): "pallas", or
         # "interpret" (the Pallas interpreter, CPU tests); None / "xla": XLA's passes
         self.tail_kernel = None if tail_kernel in (None, "xla") else tail_kernel
@@ -180,7 +180,7 @@ class LiteFrameStudent(nnx.Module):
     `tail_kernel="pallas"` (GPUs; training and inference) runs each block's attention residual, LayerNorm_t,
     temporal convolution, residual and LayerNorm_2 as one kernel forward and one backward
     (`models/block_tail.py`); None follows `mlp_kernel`. `mesh`: the device mesh a sharded `jax.jit` runs the
-    model on, so that each device runs those kernels on its own clips (`block_tail.over_batch`).
+    model on, so that each device runs those kernels (both) on its own clips (`sharding.over_batch`).
     """
 
     def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,

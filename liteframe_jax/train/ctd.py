@@ -35,18 +35,18 @@ def normalise(frames_uint8: jax.Array, mean, std, dtype) -> jax.Array:
     return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
 
 
-def build_teacher(tcfg, dtype, attn_impl) -> tuple[InternVisionTower, str]:
+def build_teacher(tcfg, dtype, attn_impl, mesh=None) -> tuple[InternVisionTower, str]:
     """(tower, description). 'random' is a deliberate choice (demo); anything unset is an error."""
     if tcfg.init == "random":
         vit = InternVitConfig(**tcfg.vit.to_dict())
         head = InternVLHeadConfig(**tcfg.head.to_dict()) if tcfg.head is not None else None
         tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1234), feature_layer=tcfg.feature_layer, dtype=dtype,
-                                  attn_impl=attn_impl)
+                                  attn_impl=attn_impl, mlp_kernel=tcfg.mlp_kernel, mesh=mesh)
         return tower, "RANDOMLY INITIALISED teacher (demo): targets are features of an untrained InternViT"
     if not tcfg.init:
         raise ValueError("teacher.init is not set: give a Hugging Face InternVL folder "
                          "(--config.teacher.init=/path/to/InternVL3-8B-hf) or 'random' on purpose")
-    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl)
+    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl, mlp_kernel=tcfg.mlp_kernel, mesh=mesh)
     return tower, f"teacher loaded from {tcfg.init}"
 
 
@@ -59,7 +59,7 @@ class CTDTask(Task):
         attn_impl = config.attention_impl
 
         # Teacher first: it fixes the target grid that the student must match.
-        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl)
+        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, mesh)
         metrics_lib.log(f"[ctd] {description}")
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output

@@ -210,7 +210,7 @@ class LMATask(Task):
         if self.config.encoder.kind == "student":
             encoder = LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype,
                                        attn_impl=self.config.attention_impl,
-                                       mlp_kernel=self.config.get("student_mlp_kernel", "xla"))
+                                       mlp_kernel=self.config.get("student_mlp_kernel", "xla"), mesh=self.mesh)
         else:
             encoder = InternVisionTower(self.vit_cfg, self.head_cfg, rngs=rngs, feature_layer=self.feature_layer,
                                         dtype=self.dtype, attn_impl=self.config.attention_impl)

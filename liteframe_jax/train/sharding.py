@@ -100,6 +100,37 @@ def param_shardings(abstract_state: nnx.State, rules, mesh: Mesh) -> dict:
     return tree
 
 
+def batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
+    """The axes of `mesh` that split the batch (`BATCH_AXES`) and have more than one device."""
+    if mesh is None:
+        return ()
+    return tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def batch_split(mesh: Mesh | None) -> int:
+    """How many parts `mesh` splits the batch into (1 without a mesh)."""
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh)) if mesh is not None else 1
+
+
+def over_batch(fn, mesh: Mesh | None, batched: tuple, replicated: tuple, *, what: str):
+    """fn(*batched, *replicated), each device running it on its own examples when `mesh` splits the batch.
+
+    For custom kernels (Pallas Triton, Mosaic GPU) inside a sharded `jax.jit`: XLA's partitioner does not know
+    what a custom call does, so it would gather a bare kernel's operands onto every device; under `shard_map`
+    each device keeps its examples. The leading (batch) dimension of `batched` and of every output is split
+    over the batch axes; `replicated` operands are whole on every device. `what` names the caller in errors.
+    """
+    axes = batch_axes(mesh)
+    if not axes:
+        return fn(*batched, *replicated)
+    split = batch_split(mesh)
+    if batched[0].shape[0] % split:
+        raise ValueError(f"{what}: a batch of {batched[0].shape[0]} does not split over the {split} devices of "
+                         f"mesh axes {axes}")
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(axes),) * len(batched) + (P(),) * len(replicated),
+                         out_specs=P(axes), check_vma=False)(*batched, *replicated)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading (batch) axis over data x fsdp, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
