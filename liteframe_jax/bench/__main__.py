@@ -209,11 +209,17 @@ def default_tail_kernel(small: bool) -> str:
     return "xla" if small or block_tail.device_problem() else "pallas"
 
 
-def ctd_setup(small, impl, tail_kernel="xla", mesh=None) -> dict:
+def default_teacher_mlp_kernel(small: bool) -> str:
+    """The teacher's MLP kernel for the CTD benches: the fused fc1 + GELU where this process runs it."""
+    return "xla" if small or kernels.device_problem(BF16) else "pallas"
+
+
+def ctd_setup(small, impl, tail_kernel="xla", mesh=None, teacher_mlp_kernel="xla") -> dict:
     """The CTD bench's models, parameters, loss functions and per-sample FLOPs (shared with `bench scaling`;
-    `mesh`: the one its steps run on, for the student's kernels)."""
+    `mesh`: the one its steps run on, for the models' kernels)."""
     vit, head, student_cfg, _, window = paper_models(small)
-    teacher = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl)
+    teacher = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl,
+                                mlp_kernel=teacher_mlp_kernel, mesh=mesh)
     t_graph, t_params = nnx.split(teacher)
     student = LiteFrameStudent(student_cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, tail_kernel=tail_kernel,
                                mesh=mesh)
@@ -246,8 +252,8 @@ def ctd_setup(small, impl, tail_kernel="xla", mesh=None) -> dict:
                        "cached targets": (loss_cached, student_fl)})
 
 
-def bench_ctd(ceiling, small, impl, tail_kernel):
-    setup = ctd_setup(small, impl, tail_kernel)
+def bench_ctd(ceiling, small, impl, tail_kernel, teacher_mlp_kernel="xla"):
+    setup = ctd_setup(small, impl, tail_kernel, teacher_mlp_kernel=teacher_mlp_kernel)
     s_params, t_params, targets = setup["s_params"], setup["t_params"], setup["targets"]
     t, size = setup["frames_per_clip"], setup["size"]
     rows = []
@@ -268,6 +274,7 @@ def bench_ctd(ceiling, small, impl, tail_kernel):
                 continue
             rows.append({"bench": "ctd_step", "mode": mode, "attention": impl or "xla",
                          "student_tail_kernel": tail_kernel, "batch": batch,
+                         "teacher_mlp_kernel": teacher_mlp_kernel if mode == "online teacher" else None,
                          "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
                          "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
                          "compile_s": compile_s, "step_gib": step_gib})
@@ -539,6 +546,9 @@ def main(argv=None):
     parser.add_argument("--tail-kernel", default=None, choices=["xla", "pallas"],
                         help="the student's block-tail kernel in the CTD and scaling benches (default: 'pallas' "
                              "on a GPU, as the paper preset trains, else 'xla')")
+    parser.add_argument("--teacher-mlp-kernel", default=None, choices=["xla", "pallas"],
+                        help="the teacher's MLP in the CTD benches' online step (default: 'pallas', the fused "
+                             "fc1 + GELU, on a Hopper GPU, else 'xla')")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     from absl import flags
@@ -547,6 +557,7 @@ def main(argv=None):
     attn_impls = [None if a == "xla" else a for a in args.attention.split(",")]
     impl = attn_impls[0]
     tail_kernel = args.tail_kernel or default_tail_kernel(args.small)
+    teacher_mlp_kernel = args.teacher_mlp_kernel or default_teacher_mlp_kernel(args.small)
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
@@ -556,7 +567,7 @@ def main(argv=None):
     print(json.dumps(header), flush=True)
     rows = []
     sections = [("encoders", lambda: bench_encoders(ceiling, args.small, attn_impls)),
-                ("ctd", lambda: bench_ctd(ceiling, args.small, impl, tail_kernel)),
+                ("ctd", lambda: bench_ctd(ceiling, args.small, impl, tail_kernel, teacher_mlp_kernel)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
                 ("profile", lambda: profile_encoders(args.small, impl)),
