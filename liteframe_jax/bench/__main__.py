@@ -209,9 +209,10 @@ def default_tail_kernel(small: bool) -> str:
     return "xla" if small or block_tail.device_problem() else "pallas"
 
 
-def default_teacher_mlp_kernel(small: bool) -> str:
-    """The teacher's MLP kernel for the CTD benches: the fused fc1 + GELU where this process runs it."""
-    return "xla" if small or kernels.device_problem(BF16) else "pallas"
+def fused_mlp_kernel() -> str:
+    """The models' MLP kernel in the inference benches: the fused fc1 + GELU where this process runs it (tiny
+    `--small` layers have too few rows for it and keep XLA's path either way)."""
+    return "xla" if kernels.device_problem(BF16) else "pallas"
 
 
 def ctd_setup(small, impl, tail_kernel="xla", mesh=None, teacher_mlp_kernel="xla") -> dict:
@@ -425,7 +426,7 @@ def bench_latency(ceiling, small, impl, out_dir):
     del llm
     # the fused kernels where this device runs them (BENCHMARKS.md, passes 3-8), for both models: fc1 + GELU
     # in InternViT and the student, the block tail in the student
-    mlp_kernel = "xla" if kernels.device_problem(BF16) else "pallas"
+    mlp_kernel = fused_mlp_kernel()
     tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
@@ -557,7 +558,7 @@ def main(argv=None):
     attn_impls = [None if a == "xla" else a for a in args.attention.split(",")]
     impl = attn_impls[0]
     tail_kernel = args.tail_kernel or default_tail_kernel(args.small)
-    teacher_mlp_kernel = args.teacher_mlp_kernel or default_teacher_mlp_kernel(args.small)
+    teacher_mlp_kernel = args.teacher_mlp_kernel or fused_mlp_kernel()
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),

@@ -180,7 +180,7 @@ class LiteFrameStudent(nnx.Module):
     `tail_kernel="pallas"` (GPUs; training and inference) runs each block's attention residual, LayerNorm_t,
     temporal convolution, residual and LayerNorm_2 as one kernel forward and one backward
     (`models/block_tail.py`); None follows `mlp_kernel`. `mesh`: the device mesh a sharded `jax.jit` runs the
-    model on, so that each device runs those kernels (both) on its own clips (`sharding.over_batch`).
+    model on, so that each device runs the fused kernels on its own clips (`sharding.over_batch`).
     """
 
     def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl: str | None = None,
