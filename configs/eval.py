@@ -6,7 +6,9 @@ videomme, mlvu, longvideobench, demo.
     python -m liteframe_jax.main --config=configs/eval.py:demo --config.model.run=runs/lma_demo --workdir=runs/eval_demo
 
 The model is an LMA run (`model.run`) or the InternVL3 baseline from a whole Hugging Face folder
-(`model.internvl`, frames per question `model.internvl_frames`). Answers are written as they come
+(`model.internvl`, frames per question `model.internvl_frames`). `model.mlp_kernel=pallas` runs the encoder's
+fc1 + GELU as one kernel on Hopper GPUs in bfloat16 (the same function, faster; default: the run's own
+choice, `xla` for the baseline). Answers are written as they come
 (WORKDIR/results.jsonl): running the same command again resumes where it stopped.
 """
 
@@ -25,7 +27,7 @@ def get_config(arg=None):
     c.benchmark = bench
     c.seed = 0  # LongVideoBench's random fallback when no letter parses
     c.model = ml_collections.ConfigDict(dict(run=config_dict.placeholder(str), internvl=config_dict.placeholder(str),
-                                             internvl_frames=64))
+                                             internvl_frames=64, mlp_kernel=config_dict.placeholder(str)))
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
     c.batch_size = 8

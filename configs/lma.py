@@ -24,9 +24,6 @@ def get_config(arg=None):
     c.seed = 0
     c.dtype = "float32"
     c.attention_impl = config_dict.placeholder(str)
-    # 'pallas': the student's fc1 + GELU as one kernel on Hopper GPUs (bfloat16; faster inference, a slower
-    # backward pass, so for a frozen student and evaluation); 'xla' everywhere else.
-    c.student_mlp_kernel = "xla"
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     c.total_steps = 300
@@ -54,7 +51,10 @@ def get_config(arg=None):
     # full) or a list of regexes over parameter paths such as 'llm/layer_3/attn/q/dense/kernel'.
     c.train = ml_collections.ConfigDict(dict(trainable="full"))
 
-    c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str)))
+    # mlp_kernel 'pallas': the encoder's (student's or InternViT's) fc1 + GELU as one kernel on Hopper GPUs
+    # (bfloat16; faster inference, a slower backward pass, so for a frozen encoder and evaluation); 'xla'
+    # everywhere else.
+    c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str), mlp_kernel="xla"))
     c.student = ml_collections.ConfigDict()
     c.student.init = "demo_ctd"  # a CTD run folder | 'demo_ctd' | 'random'
     c.student.demo_ctd_steps = 200

@@ -89,3 +89,7 @@ def test_internvl_baseline_answers_like_transformers(tmp_path):
                            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
     want = vqa.task.tokenizer.decode(out[0, len(prompt):].numpy(), skip_special=True)
     assert want.strip() and ours.strip() == want.strip()  # a non-empty answer, token for token
+
+    # the eval option `model.mlp_kernel` reaches the tower: 'pallas' is refused on this device or dtype
+    with pytest.raises(ValueError, match="MLP kernel 'pallas'"):
+        internvl_baseline(str(folder), num_frames=2, dtype="float32", mlp_kernel="pallas")

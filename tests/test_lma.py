@@ -112,3 +112,7 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     assert summary["parse_failures"] < 16  # the model learned to answer with a letter
     rows = harness.read_done(str(tmp_path / "eval" / "results.jsonl"))
     assert len(rows) == 32 and all(r["frames"] == 8 and r["visual_tokens"] == 64 for r in rows.values())
+    # `--config.model.mlp_kernel` replaces the run's own choice: the fused kernels are refused here (float32,
+    # or no Hopper GPU) with the reason
+    with pytest.raises(ValueError, match="kernel 'pallas' needs"):
+        VideoQA.from_run(str(tmp_path), mlp_kernel="pallas")

@@ -1,4 +1,4 @@
-"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|profile|scaling|all] [--small]
+"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|all] [--small]
 [--out results.json]`
 
 Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
@@ -405,18 +405,24 @@ def bench_pipeline(small, workers_list):
     shutil.rmtree(folder, ignore_errors=True)  # the videos and the cache: gigabytes at 720p
 
 
+def qwen25_7b_config(small: bool) -> Qwen2Config:
+    """The LLM of InternVL3-8B and of the LiteFrame model in the latency benches, or its tiny stand-in."""
+    if small:
+        return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                           num_kv_heads=2)
+    return Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
+                       num_heads=28, num_kv_heads=4)
+
+
 def bench_latency(ceiling, small, impl, out_dir):
     """Per request on one GPU: vision encoding, LLM prefill and time to first token (their sum), for the
     InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM."""
     vit, head, student_cfg, _, _ = paper_models(small)
-    llm_cfg = Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
-                          num_heads=28, num_kv_heads=4)
+    llm_cfg = qwen25_7b_config(small)
     text = 64
     plans = ([("InternVL3-8B-style", f) for f in (16, 32, 64)] + [("LiteFrame", f) for f in (64, 128, 256, 512)]
              + [(TUBELET, f) for f in (64, 128, 256, 512)])
     if small:
-        llm_cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                              num_kv_heads=2)
         head = InternVLHeadConfig(out_features=64)
         plans = [("InternVL3-8B-style", 2), ("LiteFrame", 8), ("LiteFrame", 16), (TUBELET, 16)]
     cast = lambda tree: jax.tree.map(lambda x: x.astype(BF16), tree)
@@ -538,8 +544,8 @@ def profile_encoders(small, impl):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
-                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "profile",
-                                 "scaling"])
+                        choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "probe",
+                                 "profile", "scaling"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
@@ -550,6 +556,8 @@ def main(argv=None):
     parser.add_argument("--teacher-mlp-kernel", default=None, choices=["xla", "pallas"],
                         help="the teacher's MLP in the CTD benches' online step (default: 'pallas', the fused "
                              "fc1 + GELU, on a Hopper GPU, else 'xla')")
+    parser.add_argument("--profile-probe", action="store_true",
+                        help="probe: a kernel breakdown of the plain-JAX probe and of ours, stage by stage")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     from absl import flags
@@ -559,6 +567,7 @@ def main(argv=None):
     impl = attn_impls[0]
     tail_kernel = args.tail_kernel or default_tail_kernel(args.small)
     teacher_mlp_kernel = args.teacher_mlp_kernel or fused_mlp_kernel()
+    from liteframe_jax.bench.probe import bench_probe  # it imports this module's helpers
     import flax
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
@@ -573,6 +582,8 @@ def main(argv=None):
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
                 ("profile", lambda: profile_encoders(args.small, impl)),
                 ("scaling", lambda: bench_scaling(ceiling, args.small, impl, tail_kernel=tail_kernel)),
+                ("probe", lambda: bench_probe(args.small, impl, sorted({"xla", fused_mlp_kernel()}, reverse=True),
+                                              profile=args.profile_probe)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
     for name, fn in sections:
@@ -596,7 +607,7 @@ def table(rows, ceiling) -> str:
             continue
         what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
         figs = [f"{k}={r[k]:.3g}" for k in ("devices", "batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
-                                            "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "frames_per_s",
+                                            "tokens", "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
                                             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu",
                                             "efficiency", "peak_gib", "step_gib", "step_gib_per_device",
                                             "compile_s")

@@ -47,7 +47,7 @@ def layer_norm(x, p, one_pass=False):
     return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6) * p[0] + p[1]).astype(x.dtype)
 
 
-def block(x, p, *, heads, fused_qkv, fold_ls, gelu, ln_one_pass=False):
+def block(x, p, *, heads, fused_qkv, fold_ls, gelu, ln_one_pass=False, attn_impl="cudnn"):
     b, n, d = x.shape
     h = layer_norm(x, p["ln1"], ln_one_pass)
     if fused_qkv:
@@ -57,7 +57,8 @@ def block(x, p, *, heads, fused_qkv, fold_ls, gelu, ln_one_pass=False):
     else:
         q, k, v = (h @ p[w] + p["bqkv"][i] for i, w in enumerate(("wq", "wk", "wv")))
     split = lambda t: t.reshape(b, n, heads, d // heads)
-    y = jax.nn.dot_product_attention(split(q), split(k), split(v), implementation=None if jax.default_backend() == "cpu" else "cudnn").reshape(b, n, d)
+    impl = None if jax.default_backend() == "cpu" else attn_impl
+    y = jax.nn.dot_product_attention(split(q), split(k), split(v), implementation=impl).reshape(b, n, d)
     if fold_ls:
         x = x + (y @ (p["wo"] * p["ls1"]) + p["bo"] * p["ls1"])
     else:

@@ -48,7 +48,9 @@ class VideoQA:
         self.llm_graphdef = llm_graphdef
 
     @classmethod
-    def from_run(cls, run_dir: str) -> "VideoQA":
+    def from_run(cls, run_dir: str, mlp_kernel: str | None = None) -> "VideoQA":
+        """`mlp_kernel` ('xla' | 'pallas'), when given, replaces the run's `encoder.mlp_kernel`: the kernel
+        changes speed, not the function, so a run trained with XLA's MLP can be evaluated with the fused one."""
         path = os.path.join(run_dir, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{run_dir!r} is not an LMA run folder (no config.json)")
@@ -56,6 +58,8 @@ class VideoQA:
             config = ml_collections.ConfigDict(json.load(f))
         if config.trainer != "lma":
             raise ValueError(f"{run_dir!r} holds a {config.trainer!r} run, not an LMA run")
+        if mlp_kernel is not None:
+            config.encoder.mlp_kernel = mlp_kernel
         return cls(config, run_dir)
 
     @property
@@ -99,13 +103,15 @@ class VideoQA:
         return self.answer_batch([frames], [times], [question], **kwargs)[0]
 
 
-def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16") -> VideoQA:
+def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",
+                      mlp_kernel: str = "xla") -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder: its tower, projector, LLM and
     tokenizer; frames as "Frame{k}: <img><IMG_CONTEXT>...</img>" lines, exactly as transformers'
-    InternVLProcessor writes video prompts."""
+    InternVLProcessor writes video prompts. `mlp_kernel="pallas"`: InternViT's fc1 + GELU as one kernel
+    (Hopper GPUs, bfloat16), as `bench latency` times it."""
     from liteframe_jax.jobs import load_config_file
     c = load_config_file("lma", "demo")
-    c.encoder.kind, c.encoder.init = "internvl", folder
+    c.encoder.kind, c.encoder.init, c.encoder.mlp_kernel = "internvl", folder, mlp_kernel
     c.llm.init, c.tokenizer, c.video_token = folder, folder, "<IMG_CONTEXT>"
     c.projector.kind = "none"
     c.data.num_frames, c.data.separators, c.data.max_length = num_frames, "internvl", 65_536

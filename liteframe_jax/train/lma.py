@@ -207,13 +207,15 @@ class LMATask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs):
+        # runs written before `encoder.mlp_kernel` kept the student's choice at the top level
+        mlp_kernel = self.config.encoder.get("mlp_kernel") or self.config.get("student_mlp_kernel", "xla")
         if self.config.encoder.kind == "student":
             encoder = LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype,
-                                       attn_impl=self.config.attention_impl,
-                                       mlp_kernel=self.config.get("student_mlp_kernel", "xla"), mesh=self.mesh)
+                                       attn_impl=self.config.attention_impl, mlp_kernel=mlp_kernel, mesh=self.mesh)
         else:
             encoder = InternVisionTower(self.vit_cfg, self.head_cfg, rngs=rngs, feature_layer=self.feature_layer,
-                                        dtype=self.dtype, attn_impl=self.config.attention_impl)
+                                        dtype=self.dtype, attn_impl=self.config.attention_impl,
+                                        mlp_kernel=mlp_kernel, mesh=self.mesh)
         p = self.config.projector
         projector = None if p.kind == "none" else Projector(
             self.encoder_width, self.llm_cfg.hidden_size, ProjectorConfig(p.kind, p.hidden, p.act, p.norm),
