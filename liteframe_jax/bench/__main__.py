@@ -414,9 +414,43 @@ def qwen25_7b_config(small: bool) -> Qwen2Config:
                        num_heads=28, num_kv_heads=4)
 
 
-def bench_latency(ceiling, small, impl, out_dir):
+def synthetic_video(folder: str, seconds: int, small: bool) -> str:
+    """A 1280x720, 30 fps H.264 video with a keyframe every 2 s (web video's usual spacing), textured so the
+    codec has real work; rendered a second at a time."""
+    from liteframe_jax.data import demo
+    w, h, fps = (320, 180, 30) if small else (1280, 720, 30)
+    rng = np.random.default_rng(0)
+    # one second of moving shapes over a fixed grain texture, shifted sideways every second: rendering every
+    # second anew would take longer than the benchmark itself
+    second = demo.render(demo.random_shapes(rng, 4), fps, w, h, speed=0.01) + rng.integers(0, 24, (h, w, 3), np.uint8)
+
+    def frames():
+        for s in range(seconds):
+            yield from np.roll(second, 37 * s, axis=2)
+
+    return demo.write_video(os.path.join(folder, f"request_{w}x{h}_{seconds}s.mp4"), frames(), fps=fps,
+                            keyframe_every=2 * fps)
+
+
+def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3):
+    """(median seconds, frames): `frames_n` frames uniform over the whole video, decoded and resized by
+    `workers` threads, each over its own stretch of the file (`video.decode_frames_split`)."""
+    from liteframe_jax.data import video
+    from liteframe_jax.data.conversations import uniform_indices
+    idx = uniform_indices(video.probe(path).num_frames, frames_n)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        frames = video.decode_frames_split(path, idx, size, workers)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), frames
+
+
+def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, decode_workers: int = 0):
     """Per request on one GPU: vision encoding, LLM prefill and time to first token (their sum), for the
-    InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM."""
+    InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM.
+    `decode` (a video file, or "synthetic" for `synthetic_video`) adds the frame decoding before them, on
+    `decode_workers` threads (0: one per CPU core); the decoded frames are then the request's input."""
     vit, head, student_cfg, _, _ = paper_models(small)
     llm_cfg = qwen25_7b_config(small)
     text = 64
@@ -469,10 +503,20 @@ def bench_latency(ceiling, small, impl, out_dir):
         h, _ = m.hidden(embeds, jnp.arange(n)[None], None)  # one request, no padding: no length mask
         return jnp.argmax(m.logits(h[:, -1]), -1)  # the first token
 
+    if decode == "synthetic":
+        import tempfile
+        decode = synthetic_video(tempfile.mkdtemp(prefix="latency_video_"), 12 if small else 120, small)
+    decode_workers = decode_workers or os.cpu_count() or 1
     rows = []
     for model, frames_n in plans:
         frames = random_frames(1, frames_n, size)[0]
         tokens = jax.random.randint(jax.random.key(5), (1, text), 0, 500)
+        decoded = {}
+        if decode:  # a bad path or an unreadable file stops the bench here, naming the file
+            dec_s, array = time_decode(decode, frames_n, size, decode_workers)
+            frames = jnp.asarray(array)
+            decoded = {"decode_ms": dec_s * 1e3, "decode_workers": decode_workers,
+                       "video": os.path.basename(decode)}
         try:
             if model in encoders:
                 encode, params = encoders[model]
@@ -491,6 +535,8 @@ def bench_latency(ceiling, small, impl, out_dir):
                      "student_act": student_cfgs[model].act if model in encoders else None,
                      "visual_tokens": int(visual.shape[1]),
                      "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,
+                     **decoded, **({"ttft_with_decode_ms": decoded["decode_ms"] + (enc_s + pre_s) * 1e3}
+                                   if decoded else {}),
                      "peak_gib": peak_memory_gib()})
         print(json.dumps(rows[-1]), flush=True)  # progress: the ratio column comes with the final rows
     ok = [r for r in rows if "error" not in r]
@@ -507,7 +553,11 @@ def bench_latency(ceiling, small, impl, out_dir):
         fig, ax = plt.subplots(figsize=(7, 4))
         for model, colour in (("InternVL3-8B-style", "tab:red"), ("LiteFrame", "tab:blue"),
                               (TUBELET, "tab:green")):
-            pts = [(r["frames"], r["ttft_ms"], r["encode_ms"]) for r in ok if r["model"] == model]
+            pts = [(r["frames"], r["ttft_ms"], r["encode_ms"], r.get("ttft_with_decode_ms")) for r in ok
+                   if r["model"] == model]
+            if pts and pts[0][3] is not None:
+                ax.plot([p[0] for p in pts], [p[3] for p in pts], "s:", color=colour, alpha=0.8,
+                        label=f"{model}: decode+encode+prefill")
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{model}: encode+prefill")
                 ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", color=colour, alpha=0.6,
@@ -556,6 +606,11 @@ def main(argv=None):
     parser.add_argument("--teacher-mlp-kernel", default=None, choices=["xla", "pallas"],
                         help="the teacher's MLP in the CTD benches' online step (default: 'pallas', the fused "
                              "fc1 + GELU, on a Hopper GPU, else 'xla')")
+    parser.add_argument("--decode", nargs="?", const="synthetic", default=None, metavar="VIDEO",
+                        help="latency: decode each request's frames from VIDEO first (without VIDEO: a generated "
+                             "2-minute 720p H.264 video), timed as a stage of its own")
+    parser.add_argument("--decode-workers", type=int, default=0,
+                        help="latency: threads decoding one request's frames (default: one per CPU core)")
     parser.add_argument("--profile-probe", action="store_true",
                         help="probe: a kernel breakdown of the plain-JAX probe and of ours, stage by stage")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
@@ -585,7 +640,8 @@ def main(argv=None):
                 ("probe", lambda: bench_probe(args.small, impl, sorted({"xla", fused_mlp_kernel()}, reverse=True),
                                               profile=args.profile_probe)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
-                                                  os.path.dirname(os.path.abspath(args.out)) if args.out else None))]
+                                                  os.path.dirname(os.path.abspath(args.out)) if args.out else None,
+                                                  args.decode, args.decode_workers))]
     for name, fn in sections:
         if name in what:
             for row in fn():
@@ -606,11 +662,11 @@ def table(rows, ceiling) -> str:
                          f": ERROR {r['error'][:120]}")
             continue
         what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
-        figs = [f"{k}={r[k]:.3g}" for k in ("devices", "batch", "batch_frames", "frames", "visual_tokens", "ms", "encode_ms",
-                                            "tokens", "prefill_ms", "ttft_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
-                                            "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu",
-                                            "efficiency", "peak_gib", "step_gib", "step_gib_per_device",
-                                            "compile_s")
+        figs = [f"{k}={r[k]:.3g}" for k in (
+            "devices", "batch", "batch_frames", "frames", "visual_tokens", "tokens", "ms", "decode_ms", "encode_ms",
+            "prefill_ms", "ttft_ms", "ttft_with_decode_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
+            "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu", "efficiency", "peak_gib", "step_gib",
+            "step_gib_per_device", "compile_s")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import itertools
 import os
 
 import av
@@ -47,14 +48,18 @@ def render(shapes: list[Shape], num_frames: int, width: int = 160, height: int =
     return frames
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 12) -> str:
-    """Encode frames (T, H, W, 3) uint8; the codec follows the extension (.mp4/.mkv: H.264, .webm: VP9)."""
+def write_video(path: str, frames, fps: int = 12, keyframe_every: int | None = None) -> str:
+    """Encode frames ((T, H, W, 3) uint8, or an iterable of (H, W, 3) frames); the codec follows the extension
+    (.mp4/.mkv: H.264, .webm: VP9); `keyframe_every` frames a keyframe (default: the codec's)."""
     codec = {".webm": "libvpx-vp9"}.get(os.path.splitext(path)[1].lower(), "libx264")
     tmp = path + ".partial" + os.path.splitext(path)[1]
+    frames = iter(frames)
+    first = next(frames)
     with av.open(tmp, mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
+        options = {} if keyframe_every is None else {"g": str(keyframe_every), "keyint_min": str(keyframe_every)}
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        for f in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

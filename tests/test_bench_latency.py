@@ -1,0 +1,30 @@
+"""`bench latency` end to end at tiny sizes on a CPU: every stage timed, frame decoding included, the ratio
+column against InternVL3 at its most frames, the plot written; a wrong video path named."""
+
+import json
+
+import pytest
+
+from liteframe_jax.bench.__main__ import main
+from liteframe_jax.data import video
+
+
+def test_latency_with_decoding(tmp_path):
+    out = tmp_path / "lat" / "latency.json"
+    main(["latency", "--small", "--attention", "xla", "--decode", "--decode-workers", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"InternVL3-8B-style", "LiteFrame", "LiteFrame (paper_tubelet2)"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["decode_ms"] > 0 and r["encode_ms"] > 0 and r["prefill_ms"] > 0 and r["decode_workers"] == 2
+        assert r["ttft_ms"] == pytest.approx(r["encode_ms"] + r["prefill_ms"])
+        assert r["ttft_with_decode_ms"] == pytest.approx(r["decode_ms"] + r["ttft_ms"])
+        assert r["visual_tokens"] == r["frames"] * (4 if r["model"] == "InternVL3-8B-style" else 1)
+    ref = next(r for r in rows if r["model"] == "InternVL3-8B-style")
+    assert ref["ttft_vs_internvl_max_frames"] == 1.0
+    assert (tmp_path / "lat" / "latency.png").stat().st_size > 10_000
+
+
+def test_latency_with_a_missing_video_names_it(tmp_path):
+    with pytest.raises(video.VideoError, match="nowhere.mp4"):
+        main(["latency", "--small", "--attention", "xla", "--decode", str(tmp_path / "nowhere.mp4")])
