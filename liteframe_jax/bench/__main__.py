@@ -422,7 +422,8 @@ def synthetic_video(folder: str, seconds: int, small: bool) -> str:
     rng = np.random.default_rng(0)
     # one second of moving shapes over a fixed grain texture, shifted sideways every second: rendering every
     # second anew would take longer than the benchmark itself
-    second = demo.render(demo.random_shapes(rng, 4), fps, w, h, speed=0.01) + rng.integers(0, 24, (h, w, 3), np.uint8)
+    shapes = demo.random_shapes(rng, 4)
+    second = demo.render(shapes, fps, w, h, speed=0.01) + rng.integers(0, 24, (h, w, 3), np.uint8)
 
     def frames():
         for s in range(seconds):

@@ -1,9 +1,9 @@
 """The plain-JAX probe that the latency targets are stated against, timed beside our models on one device.
 
-The evaluation issue sets its per-stage floor as figures of "a plain-JAX probe on one H100 (bfloat16, cuDNN
-attention, scanned layers)": Qwen2.5-7B-shaped prefill at 8,192 and 16,384 tokens, an InternViT-300M-shaped
-encoder at 448 px. Those figures came from another machine; H100s differ by clock and power cap by 10% or
-more, so `python -m liteframe_jax.bench probe` writes such a probe here and times it in the same process as
+The latency benchmark's per-stage floor is stated as figures of "a plain-JAX probe on one H100 (bfloat16,
+cuDNN attention, scanned layers)": Qwen2.5-7B-shaped prefill at 8,192 and 16,384 tokens, an
+InternViT-300M-shaped encoder at 448 px. Those figures came from another machine, and H100s differ by
+clock and power cap by 10% or more, so `python -m liteframe_jax.bench probe` writes such a probe here and times it in the same process as
 our Qwen2 and InternViT on the same inputs, stage by stage.
 
 The probe is what a careful user writes in an afternoon: bfloat16 weights stacked per layer under
