@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import av
@@ -142,7 +143,6 @@ def decode_frames_split(path: str, indices, size: int, workers: int) -> np.ndarr
     """`decode_frames` with `indices` cut into `workers` consecutive runs, decoded at once by threads (each
     opens the file and seeks to its own run): one request's frames from one long video. A run past the
     end of the file repeats the frame before it, as `decode_frames` does."""
-    import concurrent.futures
     indices = [int(i) for i in indices]
     runs = [list(r) for r in np.array_split(indices, max(1, min(workers, len(indices)))) if len(r)]
 
