@@ -9,7 +9,14 @@ The model is an LMA run (`model.run`) or the InternVL3 baseline from a whole Hug
 (`model.internvl`, frames per question `model.internvl_frames`). `model.mlp_kernel=pallas` runs the encoder's
 fc1 + GELU as one kernel on Hopper GPUs in bfloat16 (the same function, faster; default: the run's own
 choice, `xla` for the baseline). Answers are written as they come
-(WORKDIR/results.jsonl): running the same command again resumes where it stopped.
+(WORKDIR/results.jsonl): running the same command again resumes where it stopped; a resume with another
+model, step, protocol or setting is refused with what differs.
+
+`protocol`: `lmms_eval` (lmms-eval's task prompts and answer extraction, the default) or `official` (the
+benchmark authors' scripts); liteframe_jax/eval/prompts.py holds both, results.json their hash.
+`preprocess.sampling` / `preprocess.resize`: which frames and which resize filter; empty means the model's
+own: `uniform` + `bilinear` for an LMA run (as it trained), `internvl` + `bicubic` for the InternVL3
+baseline (InternVL's reference video loader).
 """
 
 import ml_collections
@@ -25,9 +32,12 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.trainer = "eval"
     c.benchmark = bench
+    c.protocol = "lmms_eval"  # lmms_eval | official
     c.seed = 0  # LongVideoBench's random fallback when no letter parses
     c.model = ml_collections.ConfigDict(dict(run=config_dict.placeholder(str), internvl=config_dict.placeholder(str),
                                              internvl_frames=64, mlp_kernel=config_dict.placeholder(str)))
+    c.preprocess = ml_collections.ConfigDict(dict(sampling=config_dict.placeholder(str),  # uniform | internvl
+                                                  resize=config_dict.placeholder(str)))  # bilinear | bicubic
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
     c.batch_size = 8

@@ -77,6 +77,8 @@ def get_config(arg=None):
     c.data.train = "demo"  # LLaVA-Video style JSON/JSONL, or 'demo'
     c.data.eval = config_dict.placeholder(str)
     c.data.video_root = config_dict.placeholder(str)  # default: the annotation file's folder
+    # Where the frames go in a human turn; LLaVA-Video-178K rows write LLaVA's <image>.
+    c.data.video_markers = ("<video>", "<image>")
     c.data.num_frames = 8  # per video, uniform over its whole length; a multiple of the student's clip
     c.data.separators = "none"  # 'none' | 'frame' | 'timestamp' | 'internvl' between groups of visual tokens
     c.data.system_prompt = config_dict.placeholder(str)

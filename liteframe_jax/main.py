@@ -53,8 +53,10 @@ def evaluate(config, workdir: str) -> None:
     m = config.model
     if bool(m.run) == bool(m.internvl):
         raise app.UsageError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
-    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel) if m.run else
-             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "xla"))
+    preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize)
+    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, **preprocess) if m.run else
+             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "xla",
+                               **preprocess))
     if config.benchmark == "demo" and not config.data.root:
         config.data.root = os.path.join(m.run, "demo_qa")
     if not config.data.root:

@@ -1,6 +1,7 @@
 """LLaVA-Video rows: validation with row numbers, loss masks on answers only, the context-length rule."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_rows_are_validated_with_row_numbers_and_missing_videos_counted(tmp_path
     index = conversations.build_index(str(path))
     assert [r.id for r in index.rows] == ["a"]
     problems = "\n".join(index.bad_rows)
-    assert "row 1 (id b): expected exactly one <video> marker" in problems
+    assert "row 1 (id b): expected exactly one video marker (<video> or <image>) in a human turn" in problems
     assert "row 2 (id c): the conversation does not alternate" in problems
     assert "row 4 (id e): no 'video' path" in problems
     assert list(index.missing_videos.values()) == ["missing"]
@@ -76,3 +77,34 @@ def test_internvl_separators_match_transformers_video_prompt():
     assert builder.video_block() == "\n".join(f"Frame{i + 1}: <img>{pad}</img>" for i in range(3))
     with pytest.raises(ValueError, match="choose 'none', 'frame', 'timestamp' or 'internvl'"):
         conversations.PromptBuilder(tok, 1, 1, separators="frames").video_block()
+
+
+def test_llava_video_178k_rows_as_released(tmp_path):
+    """LLaVA-Video-178K: `<image>` opens the first human turn, several question/answer turns per row, videos
+    under <root>/<data_source>/<video>."""
+    source, name = "0_30_s_academic_v0_1", "academic_source/Charades/ZS9XR.mp4"
+    os.makedirs(tmp_path / source / os.path.dirname(name))
+    video = make_videos(tmp_path / "v", count=1)[0]
+    os.link(video, tmp_path / source / name)
+    rows = [{"id": "ZS9XR_0", "data_source": source, "video": name, "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the person holding?"}, {"from": "gpt", "value": "A broom."},
+        {"from": "human", "value": "Where are they?"}, {"from": "gpt", "value": "In a kitchen."},
+        {"from": "human", "value": "What happens next?"}, {"from": "gpt", "value": "They sweep."}]},
+        {"id": "two", "data_source": source, "video": name, "conversations": [
+            {"from": "human", "value": "<image>\n<video>\nWhat?"}, {"from": "gpt", "value": "x"}]}]
+    path = tmp_path / "0_30_s_academic_oe_v0_1_qa_processed.json"
+    path.write_text(json.dumps(rows))
+    index = conversations.build_index(str(path), str(tmp_path))
+    (row,) = index.rows
+    assert row.video == str(tmp_path / source / name) and row.get("data_source") == source
+    assert row.turns[0] == ("user", "<video>\nWhat is the person holding?") and len(row.turns) == 6
+    assert "expected exactly one video marker (<video> or <image>) in a human turn, found 2" in index.bad_rows[0]
+    builder = conversations.PromptBuilder(ByteTokenizer(), visual_groups=1, tokens_per_group=2)
+    ids, mask = builder.training_example(row.turns)
+    assert ByteTokenizer().decode(ids[mask], skip_special=False) == \
+        "A broom.<|im_end|>\nIn a kitchen.<|im_end|>\nThey sweep.<|im_end|>\n"  # loss on every answer turn
+    # with only <video> as the marker (data.video_markers), the first row has none and the second has one
+    only_video = conversations.build_index(str(path), str(tmp_path), markers=("<video>",))
+    assert [r.id for r in only_video.rows] == ["two"]
+    assert "row 0 (id ZS9XR_0): expected exactly one video marker (<video>) in a human turn, found 0" in \
+        only_video.bad_rows[0]

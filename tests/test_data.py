@@ -155,3 +155,26 @@ def test_eval_batches_cover_every_clip_once_with_padding(videos):
              for p in range(2)]
     assert len(parts[0]) == len(parts[1])
     assert sum(m.sum() for part in parts for _, m in part) == n
+
+
+def test_frame_sampling_rules():
+    from liteframe_jax.data import sampling
+    assert sampling.sample_indices("uniform", 100, 4) == (12, 37, 62, 87)
+    # InternVL's get_index: segments over the last index 99, int(seg / 2 + round(seg * i))
+    assert sampling.sample_indices("internvl", 100, 4) == (12, 37, 62, 86)
+    with pytest.raises(ValueError, match="unknown frame sampling 'middle'"):
+        sampling.sample_indices("middle", 100, 4)
+
+
+def test_bicubic_resize_is_pils(tmp_path):
+    import av
+    from PIL import Image
+    path = make_videos(tmp_path, count=1)[0]
+    bicubic = video.decode_frames(path, [0, 5], 40, resize="bicubic")
+    with av.open(path) as container:
+        decoded = [f.to_image() for f in container.decode(video=0)]
+    want = np.stack([np.asarray(decoded[i].resize((40, 40), Image.Resampling.BICUBIC)) for i in (0, 5)])
+    np.testing.assert_array_equal(bicubic, want)
+    assert not np.array_equal(bicubic, video.decode_frames(path, [0, 5], 40))  # swscale bilinear differs
+    with pytest.raises(ValueError, match="unknown resize filter 'lanczos'"):
+        video.decode_frames(path, [0], 40, resize="lanczos")

@@ -80,7 +80,20 @@ def test_internvl_baseline_answers_like_transformers(tmp_path):
     assert f"Frame1: <img>{pad}</img>\nFrame2: <img>{pad}</img>" in text  # InternVL's own video prompt
     ours = vqa.answer_batch([frames], [times], ["What moves?"], max_new_tokens=5)[0]
 
-    pixels = video.decode_frames(path, vqa.frame_plan(path)[0], 28).astype(np.float32) / 255.0
+    # InternVL's reference video loader written out: get_index over the last frame index, a PIL bicubic
+    # stretch (torchvision's Resize on a PIL image), ImageNet statistics
+    import av
+    from PIL import Image
+    seg = (video.probe(path).num_frames - 1) / 2
+    want_idx = [int(seg / 2 + np.round(seg * i)) for i in range(2)]
+    assert list(vqa.frame_plan(path)[0]) == want_idx
+    with av.open(path) as container:
+        decoded = [f.to_image() for f in container.decode(video=0)]
+    reference = np.stack([np.asarray(decoded[i].resize((28, 28), Image.Resampling.BICUBIC)) for i in want_idx])
+    np.testing.assert_array_equal(frames, reference)
+    assert vqa.preprocessing["sampling"] == "internvl" and vqa.preprocessing["resize"] == "bicubic"
+    assert vqa.preprocessing["pixel_mean"] == [0.485, 0.456, 0.406]
+    pixels = reference.astype(np.float32) / 255.0
     pixels = (pixels - np.asarray(vqa.task.pixel_mean)) / np.asarray(vqa.task.pixel_std)
     with torch.no_grad():
         out = ref.generate(input_ids=torch.from_numpy(np.asarray(prompt, np.int64))[None],

@@ -1,10 +1,14 @@
 """Instruction data in the LLaVA-Video style and its tokenization for LMA.
 
-A row is a JSON object with a video path and a `conversations` list of alternating human/gpt turns; the
-`<video>` marker in a human turn says where the frames go:
-    {"id": "q1", "video": "clips/a.mp4",
-     "conversations": [{"from": "human", "value": "<video>\\nWhat colour is the ball?"},
-                       {"from": "gpt", "value": "red"}]}
+A row is a JSON object with a video path and a `conversations` list of alternating human/gpt turns, one or
+several question/answer pairs; a marker in a human turn (`<video>`, or LLaVA's `<image>` as the
+LLaVA-Video-178K release writes it) says where the frames go:
+    {"id": "q1", "data_source": "0_30_s_academic_v0_1", "video": "academic_source/Charades/A1B2C.mp4",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the ball?"},
+                       {"from": "gpt", "value": "red"},
+                       {"from": "human", "value": "Where does it roll?"},
+                       {"from": "gpt", "value": "Off the table."}]}
+Videos resolve as `<root>/<data_source>/<video>` (the release's layout) or `<root>/<video>`.
 Files are JSON lists or JSONL. Bad rows are reported with their row number and skipped; rows whose video
 is missing or unreadable are skipped and counted.
 
@@ -26,8 +30,10 @@ import os
 import numpy as np
 
 from liteframe_jax.data import video
+from liteframe_jax.data.sampling import uniform_indices  # noqa: F401  (the training pipeline's rule)
 
 VIDEO_MARKER = "<video>"
+VIDEO_MARKERS = ("<video>", "<image>")  # LLaVA-Video-178K puts LLaVA's <image> where the frames go
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
 
@@ -63,8 +69,24 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def parse_row(i: int, row, video_root: str) -> QARow:
-    """A QARow, or ValueError naming the row number and what is wrong."""
+def resolve_video(row: dict, video_root: str) -> str:
+    """The row's video file: absolute as given, else under the root. A LLaVA-Video-178K row names its
+    subset in `data_source` and its video relative to that subset's folder (`<root>/<data_source>/<video>`);
+    where that file is absent but `<root>/<video>` exists, the latter is used."""
+    name = row["video"]
+    if os.path.isabs(name):
+        return name
+    flat = os.path.join(video_root, name)
+    source = row.get("data_source")
+    if isinstance(source, str) and source:
+        nested = os.path.join(video_root, source, name)
+        return flat if not os.path.exists(nested) and os.path.exists(flat) else nested
+    return flat
+
+
+def parse_row(i: int, row, video_root: str, markers: tuple[str, ...] = VIDEO_MARKERS) -> QARow:
+    """A QARow, or ValueError naming the row number and what is wrong. Any one of `markers` (LLaVA-Video
+    rows use `<image>`) says where the frames go; it becomes `<video>` in the returned turns."""
     where = f"row {i}" + (f" (id {row.get('id')})" if isinstance(row, dict) and "id" in row else "")
     if not isinstance(row, dict):
         raise ValueError(f"{where}: not a JSON object")
@@ -84,13 +106,15 @@ def parse_row(i: int, row, video_root: str) -> QARow:
         turns.append((role, turn["value"]))
     if turns[-1][0] != "assistant":
         raise ValueError(f"{where}: the conversation ends with a human turn (nothing to learn)")
-    markers = sum(text.count(VIDEO_MARKER) for _, text in turns)
-    if markers != 1 or any(VIDEO_MARKER in text for role, text in turns if role == "assistant"):
-        raise ValueError(f"{where}: expected exactly one {VIDEO_MARKER} marker in a human turn, found {markers}")
-    path = row["video"] if os.path.isabs(row["video"]) else os.path.join(video_root, row["video"])
+    found = sum(text.count(m) for _, text in turns for m in markers)
+    if found != 1 or any(m in text for role, text in turns if role == "assistant" for m in markers):
+        raise ValueError(f"{where}: expected exactly one video marker ({' or '.join(markers)}) in a human turn, "
+                         f"found {found}")
+    for m in markers:
+        turns = [(role, text.replace(m, VIDEO_MARKER)) for role, text in turns]
     extra = tuple((k, v) for k, v in row.items() if k not in ("video", "conversations", "id")
                   and isinstance(v, (str, int, float)))
-    return QARow(i, str(row.get("id", i)), path, tuple(turns), extra)
+    return QARow(i, str(row.get("id", i)), resolve_video(row, video_root), tuple(turns), extra)
 
 
 @dataclasses.dataclass
@@ -109,12 +133,13 @@ class QAIndex:
         return "\n".join(lines)
 
 
-def build_index(annotation: str, video_root: str | None = None) -> QAIndex:
+def build_index(annotation: str, video_root: str | None = None,
+                markers: tuple[str, ...] = VIDEO_MARKERS) -> QAIndex:
     root = video_root if video_root is not None else os.path.dirname(os.path.abspath(annotation))
     rows, bad = [], []
     for i, raw in enumerate(read_rows(annotation)):
         try:
-            rows.append(parse_row(i, raw, root))
+            rows.append(parse_row(i, raw, root, tuple(markers)))
         except ValueError as e:
             bad.append(str(e))
             logging.warning("%s: %s", annotation, e)
@@ -129,11 +154,6 @@ def build_index(annotation: str, video_root: str | None = None) -> QAIndex:
         raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(missing)} videos missing or "
                          "unreadable)" + ("\n  " + "\n  ".join(bad[:5]) if bad else ""))
     return QAIndex(kept, infos, bad, missing)
-
-
-def uniform_indices(num_video_frames: int, num_frames: int) -> tuple[int, ...]:
-    """Frames sampled uniformly over the whole video: the middle of `num_frames` equal segments."""
-    return tuple(int(x) for x in ((np.arange(num_frames) + 0.5) * num_video_frames / num_frames))
 
 
 class TooLong(ValueError):
@@ -165,9 +185,10 @@ class PromptBuilder:
         raise ValueError(f"unknown video separators {self.separators!r}; "
                          "choose 'none', 'frame', 'timestamp' or 'internvl'")
 
-    def messages(self, turns, group_times=None) -> list[dict]:
+    def messages(self, turns, group_times=None, system: str | None = None) -> list[dict]:
         block = self.video_block(group_times)
-        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        system = system or self.system_prompt
+        msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": role, "content": text.replace(VIDEO_MARKER, block)} for role, text in turns]
 
     def training_example(self, turns, group_times=None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,12 +219,16 @@ class PromptBuilder:
         self._check(ids)
         return np.asarray(ids, np.int32), np.asarray(mask, bool)
 
-    def generation_prompt(self, turns, group_times=None) -> np.ndarray:
-        """Token ids of the conversation up to (not including) the final assistant turn."""
+    def generation_prompt(self, turns, group_times=None, *, system: str | None = None,
+                          assistant_prefix: str = "") -> np.ndarray:
+        """Token ids of the conversation up to (not including) the final assistant turn, then
+        `assistant_prefix` (the start of the answer, which generation continues). `system` replaces the
+        builder's system prompt."""
         if turns and turns[-1][0] == "assistant":
             turns = turns[:-1]
-        text = self.tokenizer.apply_chat_template(self.messages(turns, group_times), add_generation_prompt=True)
-        ids = self.tokenizer.encode(text)
+        text = self.tokenizer.apply_chat_template(self.messages(turns, group_times, system),
+                                                  add_generation_prompt=True)
+        ids = self.tokenizer.encode(text + assistant_prefix)
         self._check(ids)
         return np.asarray(ids, np.int32)
 

@@ -5,9 +5,11 @@ Four question types, each with its chance rate (1 / number of plausible answers)
   direction  one shape; "Which way does the shape move?"       left / right / up / down
   count      1-3 shapes; "How many shapes are there?"          one / two / three
   order      two shapes, the second appears mid-clip; "Which colour appears first?"   2 visible colours
-Rows are written in the LLaVA-Video format (see data/conversations.py) with `task_type` and `num_options`.
-Every training clip is asked twice: open-ended, and as a lettered multiple-choice question (the format of
-`eval_mc.json`, which the benchmark harness's `:demo` preset scores).
+Rows are written in the LLaVA-Video format (see data/conversations.py) with `task_type`, `num_options` and
+`format` (`open` or `mc`). Every clip is asked twice: open-ended, and as a lettered multiple-choice question
+over the task's whole answer space (`multiple_choice`). The held-out lettered questions are also written to
+`eval_mc.json`, which the benchmark harness's `:demo` preset scores, so LMA's held-out multiple-choice figure
+and the harness's are taken on the same questions and read by the same rule.
 """
 
 from __future__ import annotations
@@ -21,26 +23,17 @@ from liteframe_jax.data.demo import COLOURS, DIRECTIONS, Shape, render, write_vi
 
 NUMBERS = ("one", "two", "three")
 TASKS = {"colour": 6, "direction": 4, "count": 3, "order": 2}
-LETTERS = "ABCD"
+LETTERS = "ABCDEF"
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
-def answer_space(task: str, shapes: list[Shape]) -> list[str]:
-    if task == "colour":
-        return list(COLOURS)
-    if task == "direction":
-        return list(DIRECTIONS)
-    if task == "count":
-        return list(NUMBERS)
-    return [s.colour for s in shapes]  # order: the two colours on screen
-
-
-def multiple_choice(task: str, shapes: list[Shape], question: str, answer: str, rng) -> tuple[str, list[str], str]:
-    """(prompt text, options, correct letter): up to 4 options from the task's answers, the right one among them."""
-    space = answer_space(task, shapes)
-    others = [a for a in space if a != answer]
-    options = [answer] + list(rng.choice(others, min(3, len(others)), replace=False))
-    options = [str(o) for o in rng.permutation(options)]
+def multiple_choice(task: str, question: str, answer: str) -> tuple[str, list[str], str]:
+    """(prompt text, options, correct letter). The options are the task's whole answer space in a fixed
+    order (for `order`, every colour), so the letter follows from what the video shows. Shuffled subsets
+    would ask a 2-layer byte-level LLM to find its answer's line among the options and read the letter
+    before it, which it does not learn in a demo's few hundred steps: such questions stay at chance
+    however well the open-ended ones are answered."""
+    options = list(NUMBERS if task == "count" else DIRECTIONS if task == "direction" else COLOURS)
     block = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return f"{question}\n{block}\n{MC_SUFFIX}", options, LETTERS[options.index(answer)]
 
@@ -95,16 +88,15 @@ def make_qa_set(folder: str, num_train: int = 320, num_eval: int = 64, num_frame
             name = f"videos/{prefix}_{i:04d}.mp4"
             speed = 0.025 if task == "direction" or task == "colour" else 0.0
             write_video(os.path.join(folder, name), render(shapes, num_frames, size, size, speed=speed), fps=8)
-            mc_text, options, letter = multiple_choice(task, shapes, question, answer, rng)
             base = {"video": name, "task_type": task}
-            rows.append({"id": f"{prefix}_{i:04d}", **base, "num_options": TASKS[task],
+            rows.append({"id": f"{prefix}_{i:04d}", **base, "num_options": TASKS[task], "format": "open",
                          "conversations": [{"from": "human", "value": f"<video>\n{question}"},
                                            {"from": "gpt", "value": answer}]})
-            if prefix == "train":
-                rows.append({"id": f"{prefix}_{i:04d}_mc", **base, "num_options": len(options),
-                             "conversations": [{"from": "human", "value": f"<video>\n{mc_text}"},
-                                               {"from": "gpt", "value": letter}]})
-            else:
+            mc_text, options, letter = multiple_choice(task, question, answer)
+            rows.append({"id": f"{prefix}_{i:04d}_mc", **base, "num_options": len(options), "format": "mc",
+                         "conversations": [{"from": "human", "value": f"<video>\n{mc_text}"},
+                                           {"from": "gpt", "value": letter}]})
+            if prefix == "eval":
                 mc_rows.append({"id": f"{prefix}_{i:04d}", **base, "question": question, "options": options,
                                 "answer": letter})
         _write(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -8,6 +8,7 @@ import dataclasses
 import av
 import numpy as np
 
+RESIZE_FILTERS = ("bilinear", "bicubic")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".gif")
 
 
@@ -85,13 +86,27 @@ def _frames_from(container, stream, first: int):
     yield from enumerate(container.decode(stream))
 
 
-def decode_frames(path: str, indices, size: int) -> np.ndarray:
+def _resized(frame, size: int, resize: str) -> np.ndarray:
+    """One decoded frame stretched to size x size RGB uint8: `bilinear` through FFmpeg's swscale (fast; the
+    training pipeline's), `bicubic` through PIL as torchvision's `Resize(BICUBIC)` does on a PIL image
+    (InternVL's reference preprocessing)."""
+    if resize == "bilinear":
+        return frame.reformat(width=size, height=size, format="rgb24").to_ndarray()
+    if resize == "bicubic":
+        from PIL import Image
+        return np.asarray(frame.to_image().resize((size, size), Image.Resampling.BICUBIC))
+    raise ValueError(f"unknown resize filter {resize!r}; choose one of {RESIZE_FILTERS}")
+
+
+def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np.ndarray:
     """Frames at `indices` (non-decreasing, may repeat) resized to size x size RGB: (len, size, size, 3) uint8.
 
-    The resize is a plain stretch to a square (as InternVL's preprocessing does), done by FFmpeg's swscale.
+    The resize is a plain stretch to a square (as InternVL's preprocessing does) with the `resize` filter.
     If the file ends before an index, the last decoded frame stands in for the missing ones. Where the
     stream can seek, gaps of more than `SEEK_GAP` frames between wanted frames are skipped by seeking.
     """
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize!r}; choose one of {RESIZE_FILTERS}")
     indices = [int(i) for i in indices]
     wanted = set(indices)
     pending = sorted(wanted)
@@ -120,7 +135,7 @@ def decode_frames(path: str, indices, size: int) -> np.ndarray:
                             hold_until = pending[k]
                         jumped_from = None
                     if i in wanted and i not in frames:
-                        last = frame.reformat(width=size, height=size, format="rgb24").to_ndarray()
+                        last = _resized(frame, size, resize)
                         frames[i] = last
                     while k < len(pending) and pending[k] <= i:
                         k += 1
@@ -139,7 +154,7 @@ def decode_frames(path: str, indices, size: int) -> np.ndarray:
     return assemble(indices, frames, last)
 
 
-def decode_frames_split(path: str, indices, size: int, workers: int) -> np.ndarray:
+def decode_frames_split(path: str, indices, size: int, workers: int, resize: str = "bilinear") -> np.ndarray:
     """`decode_frames` with `indices` cut into `workers` consecutive runs, decoded at once by threads (each
     opens the file and seeks to its own run): one request's frames from one long video. A run past the
     end of the file repeats the frame before it, as `decode_frames` does."""
@@ -148,7 +163,7 @@ def decode_frames_split(path: str, indices, size: int, workers: int) -> np.ndarr
 
     def run(r):
         try:
-            return decode_frames(path, r, size)
+            return decode_frames(path, r, size, resize)
         except NoFramesError:
             if r[0] == indices[0]:
                 raise

@@ -1,23 +1,30 @@
-"""The benchmark harness: questions -> frames (uniform over the whole video) -> greedy answer -> letter ->
-accuracy overall and per category, written as it goes so an interrupted evaluation resumes exactly.
+"""The benchmark harness: questions -> frames (uniform over the whole video) -> greedy answer under a
+protocol's prompt -> letter by the protocol's rule -> accuracy overall and per category, written as it goes
+so an interrupted evaluation resumes exactly.
 
 Outputs in the workdir: `results.jsonl` (one row per question: raw output, extracted letter, correctness,
-frame and visual-token counts), `results.json` (summary, config, checkpoint and step, package versions,
-parse-failure and degenerate-answer counts) and `categories.png` (accuracy per category).
+frame and visual-token counts), `results_fingerprint.json` (model, protocol, prompts and settings the rows
+were made with: a resume by anything else is refused), `results.json` (summary, protocol and prompt hash,
+preprocessing, config, checkpoint and step, package versions, annotation errors, parse-failure and
+degenerate-answer counts) and `categories.png` (accuracy per category).
 Missing videos are listed before the first question and scored as errors (wrong), never dropped.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import importlib.metadata
 import json
 import os
+import random
 import time
 
 import numpy as np
 
-from liteframe_jax.eval import benchmarks
+from liteframe_jax.data import benchmarks
+from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
+from liteframe_jax.eval import extraction, prompts
 from liteframe_jax.train.metrics import log
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "av", "numpy")
@@ -47,23 +54,39 @@ def read_done(path: str) -> dict[str, dict]:
     return done
 
 
-def score(benchmark: str, q: benchmarks.MCQuestion, raw: str | None, error: str | None, seed: int) -> dict:
+def score(proto: prompts.Protocol, q: MCQuestion, raw: str | None, error: str | None, seed: int) -> dict:
+    """One result row. `scored` is False where the protocol leaves an unparsed answer out of the denominator;
+    an error (missing or unreadable video) always scores as wrong."""
     row = {"id": q.id, "video": q.video, "answer": q.answer, "categories": dict(q.categories), "raw": raw,
            "error": error}
-    letter = None if raw is None else benchmarks.extract_letter(raw, len(q.options))
+    letter = None if raw is None else extraction.extract(proto.extraction, raw, len(q.options))
     row["parsed"] = letter is not None
-    row["degenerate"] = raw is not None and benchmarks.is_degenerate(raw)
-    if letter is None and raw is not None and benchmark == "longvideobench":
-        letter = benchmarks.fallback_letter(q.id, len(q.options), seed)
-        row["fallback"] = True
+    row["degenerate"] = raw is not None and extraction.is_degenerate(raw)
+    row["scored"] = True
+    if letter is None and raw is not None:
+        if proto.unparsed == "random":
+            letter = fallback_letter(q.id, len(q.options), seed)
+            row["fallback"] = True
+        elif proto.unparsed == "excluded":
+            row["scored"] = False
     row["letter"] = letter
     row["correct"] = letter == q.answer
     return row
 
 
+def fallback_letter(question_id: str, num_options: int, seed: int = 0) -> str:
+    """LongVideoBench's rule for an unparsed answer: a random option, seeded per question so it repeats."""
+    return random.Random(f"{seed}:{question_id}").choice(LETTERS[:num_options])
+
+
 def summarise(rows: list[dict], benchmark: str) -> dict:
-    acc = lambda rs: float(np.mean([r["correct"] for r in rs])) if rs else float("nan")
-    out = {"questions": len(rows), "overall": acc(rows), "errors": sum(r["error"] is not None for r in rows),
+    """Accuracy over the scored rows, overall and per category; MLVU's M-Avg is the mean over task types."""
+    def acc(rs):
+        rs = [r for r in rs if r.get("scored", True)]
+        return float(np.mean([r["correct"] for r in rs])) if rs else float("nan")
+
+    out = {"questions": len(rows), "scored": sum(r.get("scored", True) for r in rows), "overall": acc(rows),
+           "errors": sum(r["error"] is not None for r in rows),
            "parse_failures": sum(not r["parsed"] for r in rows if r["error"] is None),
            "degenerate": sum(r["degenerate"] for r in rows), "by": {}}
     names = sorted({k for r in rows for k in r["categories"]})
@@ -73,8 +96,7 @@ def summarise(rows: list[dict], benchmark: str) -> dict:
             groups.setdefault(r["categories"].get(name, ""), []).append(r)
         out["by"][name] = {value: acc(rs) for value, rs in sorted(groups.items())}
     if benchmark == "mlvu" and "task_type" in out["by"]:
-        tasks = [v for k, v in out["by"]["task_type"].items() if k in benchmarks.MLVU_MC_TASKS]
-        out["m_avg"] = float(np.mean(tasks)) if tasks else float("nan")
+        out["m_avg"] = float(np.mean(list(out["by"]["task_type"].values())))
     return out
 
 
@@ -99,22 +121,53 @@ def plot(summary: dict, path: str, title: str) -> str | None:
     return path
 
 
+def fingerprint(config, model, proto: prompts.Protocol, bench: benchmarks.Benchmark) -> dict:
+    """Everything that makes two sets of answers comparable: the model (checkpoint, step, its config), what
+    it sees (frames, preprocessing), what it is asked (protocol and prompt hash) and how it answers."""
+    return {"benchmark": bench.name, "annotation": os.path.abspath(bench.annotation), "protocol": proto.name,
+            "prompt_sha256": proto.fingerprint(), "model": model.fingerprint, "frames": model.num_frames,
+            "visual_tokens": model.visual_tokens, "preprocessing": model.preprocessing,
+            "max_new_tokens": int(config.max_new_tokens), "seed": int(config.seed)}
+
+
+def check_resumable(path: str, results_path: str, want: dict) -> None:
+    """An existing results.jsonl may only be continued by the same model, protocol and settings."""
+    if not os.path.exists(results_path) or os.path.getsize(results_path) == 0:
+        return
+    if not os.path.exists(path):
+        raise ValueError(f"{results_path} exists but has no {os.path.basename(path)}: it was written by another "
+                         "version or by hand; use another --workdir")
+    with open(path) as f:
+        have = json.load(f)
+    differ = [k for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
+    if differ:
+        lines = "\n".join(f"  {k}: answers so far {have.get(k)!r}, now {want.get(k)!r}" for k in differ)
+        raise ValueError(f"{results_path} holds answers from another evaluation; they would be mixed into this "
+                         f"one's score:\n{lines}\nUse another --workdir (or delete the folder to start over).")
+
+
 def evaluate(config, workdir: str, model) -> dict:
-    """Run `config.benchmark` with `model` (an eval.answer.VideoQA); returns the summary."""
-    bench = config.benchmark
-    questions = benchmarks.LOADERS[bench](config.data.root, config.data.annotation)
-    if config.max_questions:
-        questions = questions[:config.max_questions]
+    """Run `config.benchmark` with `model` (an eval.answer.VideoQA) under `config.protocol`; returns the summary."""
+    bench = benchmarks.load(config.benchmark, config.data.root, config.data.annotation)
+    proto = prompts.protocol(bench.name, config.protocol)
+    log("[eval] " + bench.report())
+    questions = bench.questions[:config.max_questions] if config.max_questions else bench.questions
     missing = sorted({q.video for q in questions if not os.path.isfile(q.video)})
     if missing:
         log(f"[eval] {len(missing)} videos are missing; their questions count as errors:\n  " +
             "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else ""))
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.jsonl")
+    want = fingerprint(config, model, proto, bench)
+    fingerprint_path = os.path.join(workdir, "results_fingerprint.json")
+    check_resumable(fingerprint_path, results_path, want)
+    with open(fingerprint_path, "w") as f:
+        json.dump(want, f, indent=2)
     done = read_done(results_path)
     todo = [q for q in questions if q.id not in done]
-    log(f"[eval] {bench}: {len(questions)} questions, {len(done)} already answered, {len(todo)} to go; "
-        f"{model.num_frames} frames -> {model.visual_tokens} visual tokens per question; model {model.source}")
+    log(f"[eval] {bench.name} ({proto.name} protocol, prompts {proto.fingerprint()}): {len(questions)} questions, "
+        f"{len(done)} already answered, {len(todo)} to go; {model.num_frames} frames -> {model.visual_tokens} "
+        f"visual tokens per question; model {model.source}")
     bs = int(config.batch_size)
     t0, answered = time.perf_counter(), 0
 
@@ -123,7 +176,7 @@ def evaluate(config, workdir: str, model) -> dict:
             return q, None, None, "missing video"
         try:
             frames, times = model.load_frames(q.video)
-            model.check_prompt(benchmarks.prompt(bench, q), times)
+            model.check_prompt(proto.render(q), times)
             return q, frames, times, None
         except Exception as e:  # an unreadable video or an over-long prompt is an error row, not a crash
             return q, None, None, f"{type(e).__name__}: {e}"
@@ -135,11 +188,11 @@ def evaluate(config, workdir: str, model) -> dict:
             raws = {}
             if ok:
                 answers = model.answer_batch([x[1] for x in ok], [x[2] for x in ok],
-                                             [benchmarks.prompt(bench, x[0]) for x in ok],
+                                             [proto.render(x[0]) for x in ok],
                                              max_new_tokens=int(config.max_new_tokens))
                 raws = {x[0].id: a for x, a in zip(ok, answers)}
             for q, _, _, error in loaded:
-                row = score(bench, q, raws.get(q.id), error, config.seed)
+                row = score(proto, q, raws.get(q.id), error, config.seed)
                 row.update(frames=model.num_frames, visual_tokens=model.visual_tokens)
                 out.write(json.dumps(row) + "\n")
                 done[q.id] = row
@@ -149,25 +202,28 @@ def evaluate(config, workdir: str, model) -> dict:
             log(f"[eval] {len(done)}/{len(questions)} | {rate:.2f} questions/s | "
                 f"ETA {int((len(todo) - answered) / max(rate, 1e-9))}s")
     rows = [done[q.id] for q in questions]
-    summary = summarise(rows, bench)
+    summary = summarise(rows, bench.name)
     failures = summary["parse_failures"] / max(summary["questions"], 1)
     if failures > config.parse_failure_threshold:
         log(f"[eval] WARNING: {summary['parse_failures']} of {summary['questions']} answers ({failures:.0%}) had no "
             f"parsable letter (threshold {config.parse_failure_threshold:.0%}): the score is not trustworthy")
         summary["parse_failure_warning"] = True
-    record = {"benchmark": bench, "summary": summary, "model": model.source, "step": model.step,
+    record = {"benchmark": bench.name, "protocol": proto.name, "prompt_sha256": proto.fingerprint(),
+              "prompt_template": dataclasses.asdict(proto), "summary": summary, "model": model.source,
+              "step": model.step, "fingerprint": want, "preprocessing": model.preprocessing,
               "frames_per_question": model.num_frames, "visual_tokens_per_question": model.visual_tokens,
-              "config": json.loads(config.to_json_best_effort()), "versions": _versions(),
-              "missing_videos": missing, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "annotation": bench.annotation, "annotation_errors": bench.annotation_errors,
+              "not_scored": bench.not_scored, "config": json.loads(config.to_json_best_effort()),
+              "versions": _versions(), "missing_videos": missing, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
-    chart = plot(summary, os.path.join(workdir, "categories.png"), f"{bench}: {model.source}")
-    log(table(summary, bench) + f"\nresults: {results_path}, {os.path.join(workdir, 'results.json')}, {chart}")
+    chart = plot(summary, os.path.join(workdir, "categories.png"), f"{bench.name} ({proto.name}): {model.source}")
+    log(table(summary, bench.name) + f"\nresults: {results_path}, {os.path.join(workdir, 'results.json')}, {chart}")
     return summary
 
 
 def table(summary: dict, bench: str) -> str:
-    lines = [f"{bench}: overall {summary['overall']:.1%} over {summary['questions']} questions "
+    lines = [f"{bench}: overall {summary['overall']:.1%} over {summary['scored']} of {summary['questions']} questions "
              f"({summary['errors']} errors, {summary['parse_failures']} unparsed, {summary['degenerate']} degenerate)"]
     if "m_avg" in summary:
         lines.append(f"  M-Avg (multiple-choice tasks): {summary['m_avg']:.1%}")

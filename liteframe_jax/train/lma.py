@@ -63,6 +63,38 @@ def normalise_answer(text: str) -> str:
     return text.strip().lower().strip(string.punctuation + " ").strip()
 
 
+def score_answer(row, answer: str) -> dict:
+    """A held-out row's answer, right or wrong: an open-ended answer must match the gold text (case and
+    punctuation aside); a lettered one (`format` 'mc') is read by the rule the benchmark harness uses for the
+    same questions (eval/extraction.py `letters`), so both report the same figure."""
+    from liteframe_jax.eval.extraction import letters
+    gold, fmt, n = row.turns[-1][1], row.get("format", "open"), row.get("num_options")
+    correct = (letters(answer, n) == gold) if fmt == "mc" else normalise_answer(answer) == normalise_answer(gold)
+    return {"id": row.id, "task_type": row.get("task_type", "all"), "format": fmt,
+            "question": row.turns[-2][1].replace(conversations.VIDEO_MARKER, "").strip(), "gold": gold,
+            "answer": answer, "correct": bool(correct), "chance": 1.0 / n if n else float("nan")}
+
+
+def held_out_metrics(results: list[dict]) -> dict:
+    """Accuracy (and chance) overall and per task type; for a set holding both open-ended and lettered
+    questions, each format on its own too (`accuracy_mc`, `accuracy_mc_colour`, ...)."""
+    def add(prefix, rs):
+        metrics[f"accuracy{prefix}"] = float(np.mean([r["correct"] for r in rs]))
+        chance = [r["chance"] for r in rs if not np.isnan(r["chance"])]
+        if chance:
+            metrics[f"chance{prefix}"] = float(np.mean(chance))
+        for task in sorted({r["task_type"] for r in rs}):
+            metrics[f"accuracy{prefix}_{task}"] = float(np.mean([r["correct"] for r in rs if r["task_type"] == task]))
+
+    metrics = {}
+    add("", results)
+    formats = sorted({r["format"] for r in results})
+    if len(formats) > 1:
+        for fmt in formats:
+            add(f"_{fmt}", [r for r in results if r["format"] == fmt])
+    return metrics
+
+
 class LMATask(Task):
     name = "lma"
 
@@ -181,7 +213,7 @@ class LMATask(Task):
             if not path:
                 indices.append(None)
                 continue
-            index = conversations.build_index(path, root)
+            index = conversations.build_index(path, root, tuple(d.get("video_markers", conversations.VIDEO_MARKERS)))
             index.rows = self._fitting(index)
             metrics_lib.log(f"[lma] {name} data {path}: {index.report()}")
             indices.append(index)
@@ -338,32 +370,28 @@ class LMATask(Task):
             answers = self.answer_prompts(self._embed_fn, params, llm_graphdef, llm_params, prompts, frames,
                                           max_new_tokens=int(self.config.generation.max_new_tokens))
             for row, answer in zip(chunk[:n], answers):
-                gold = row.turns[-1][1]
-                results.append({"id": row.id, "task_type": row.get("task_type", "all"),
-                                "question": row.turns[-2][1].replace(conversations.VIDEO_MARKER, "").strip(),
-                                "gold": gold, "answer": answer,
-                                "correct": normalise_answer(answer) == normalise_answer(gold),
-                                "chance": 1.0 / row.get("num_options") if row.get("num_options") else float("nan")})
+                results.append(score_answer(row, answer))
         self.samples = results
-        metrics = {"accuracy": float(np.mean([r["correct"] for r in results]))}
-        chance = [r["chance"] for r in results if not np.isnan(r["chance"])]
-        if chance:
-            metrics["chance"] = float(np.mean(chance))
-        for task in sorted({r["task_type"] for r in results}):
-            metrics[f"accuracy_{task}"] = float(np.mean([r["correct"] for r in results if r["task_type"] == task]))
-        return metrics
+        return held_out_metrics(results)
 
     def summary(self, result) -> list[str]:
         lines = []
         if result.eval:
             e = result.eval
-            chance = f" (chance {e['chance']:.3f})" if "chance" in e else ""
-            start = f"; at the start {result.eval_at_start['accuracy']:.3f}" if result.eval_at_start else ""
-            lines.append(f"held-out answer accuracy: {e['accuracy']:.3f}{chance}{start} over "
-                         f"{len(self.samples)} questions")
-            per_type = ", ".join(f"{k[9:]} {v:.2f}" for k, v in e.items() if k.startswith("accuracy_"))
-            if per_type:
-                lines.append(f"  by type: {per_type}")
+            formats = sorted({r["format"] for r in self.samples})
+            for fmt in formats:
+                key = f"_{fmt}" if len(formats) > 1 else ""
+                n = sum(r["format"] == fmt for r in self.samples)
+                chance = f" (chance {e['chance' + key]:.3f})" if "chance" + key in e else ""
+                start = (f"; at the start {result.eval_at_start['accuracy' + key]:.3f}"
+                         if result.eval_at_start else "")
+                name = {"open": "open-ended", "mc": "multiple-choice"}.get(fmt, fmt)
+                lines.append(f"held-out {name} answer accuracy: {e['accuracy' + key]:.3f}{chance}{start} over "
+                             f"{n} questions")
+                per_type = ", ".join(f"{k[len('accuracy' + key) + 1:]} {v:.2f}" for k, v in e.items()
+                                     if k.startswith(f"accuracy{key}_"))
+                if per_type:
+                    lines.append(f"  by type: {per_type}")
             lines.append("sample answers:")
             for r in self.samples[:6]:
                 lines.append(f"  [{r['task_type']}] {r['question']!r} -> {r['answer']!r} "

@@ -1,0 +1,255 @@
+"""Benchmark releases as published -> multiple-choice questions (`MCQuestion`), with the rows that do not fit
+reported by file and row, never a crash.
+
+Layouts read (ROOT is `data.root`; `data.annotation` names another annotation file):
+- Video-MME: `ROOT/videomme/test-00000-of-00001.parquet` (columns video_id, duration, domain, sub_category,
+  url, videoID, question_id, task_type, question, options ["A. ...", ...], answer "A"), or a JSON/JSONL
+  export of the same rows; videos `ROOT/data/<videoID>.mp4` (or `.MP4` / `.mkv`, as lmms-eval accepts).
+- MLVU dev, the authors' release: `ROOT/json/<n>_<task>.json` (video, duration, question, candidates,
+  answer as text, question_type; the needle task is `findNeedle`), videos `ROOT/video/<n>_<task>/<video>`.
+  Rows without candidates are the open-ended tasks (listed as not scored). A row whose answer is not among
+  its candidates is an annotation error (reported, not scored).
+- MLVU dev, lmms-eval's layout: rows with video_name, question (options inside as "(A) ..." lines),
+  answer (a letter) and task_type, in a JSON/JSONL/parquet file; videos `ROOT/<video_name>` (or under
+  `ROOT/video/`, one task folder deep).
+- LongVideoBench val: `ROOT/lvb_val.json` (candidates, correct_choice, duration_group, question_category,
+  video_path, ...) or its parquet form (option0..option4, "N/A" = absent); videos `ROOT/videos/<video_path>`.
+- demo: the generated QA set's `eval_mc.json` (data/qa_demo.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+
+LETTERS = "ABCDEFGH"
+VIDEOMME_EXTENSIONS = (".mp4", ".MP4", ".mkv")
+
+
+@dataclasses.dataclass(frozen=True)
+class MCQuestion:
+    id: str
+    video: str
+    question: str  # the question stem, without options
+    options: tuple[str, ...]  # option texts without letters
+    answer: str  # the correct letter
+    categories: tuple[tuple[str, str], ...] = ()  # (name, value): duration, domain, task_type, ...
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """What a release holds: the scored questions, the rows that could not be read, the unscored tasks."""
+
+    name: str
+    annotation: str  # the file (or folder) the questions came from
+    questions: list[MCQuestion]
+    annotation_errors: list[str] = dataclasses.field(default_factory=list)  # "file row N (id): why"
+    not_scored: dict[str, int] = dataclasses.field(default_factory=dict)  # open-ended task -> rows
+
+    def report(self) -> str:
+        lines = [f"{self.name}: {len(self.questions)} multiple-choice questions from {self.annotation}"]
+        if self.annotation_errors:
+            lines.append(f"  {len(self.annotation_errors)} annotation errors (not scored):")
+            lines += [f"    {e}" for e in self.annotation_errors[:10]]
+        if self.not_scored:
+            lines.append("  open-ended tasks, not scored: " +
+                         ", ".join(f"{k} ({v} rows)" for k, v in sorted(self.not_scored.items())))
+        return "\n".join(lines)
+
+
+class RowError(ValueError):
+    """An annotation row that does not fit its format; the message names the row and the field."""
+
+
+def _field(row: dict, key: str, where: str):
+    if not isinstance(row, dict):
+        raise RowError(f"{where}: not an object")
+    if key not in row or row[key] is None:
+        raise RowError(f"{where}: no field {key!r}")
+    return row[key]
+
+
+def _strip_letter(option: str) -> str:
+    return re.sub(r"^\s*\(?[A-H][\.\):]\s*", "", str(option))
+
+
+def read_table(path: str) -> list[dict]:
+    """Rows of a parquet, JSON (a list) or JSONL file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file {path!r} does not exist")
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        return pq.read_table(path).to_pylist()
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of rows")
+    return rows
+
+
+def _first_file(root: str, patterns, bench: str) -> str:
+    for pattern in patterns:
+        found = sorted(glob.glob(os.path.join(root, pattern), recursive=True))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"{bench}: no annotation under {root!r} (looked for {', '.join(patterns)}); "
+                            "pass --config.data.annotation=FILE")
+
+
+def _existing(candidates) -> str | None:
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def load_videomme(root: str, annotation: str | None = None) -> Benchmark:
+    path = annotation or _first_file(root, ("videomme/test-*.parquet", "**/*.parquet", "*.json", "*.jsonl"),
+                                     "Video-MME")
+    out = Benchmark("videomme", path, [])
+    for i, row in enumerate(read_table(path)):
+        where = f"{os.path.basename(path)} row {i}"
+        try:
+            where += f" (question_id {_field(row, 'question_id', where)})"
+            options = tuple(_strip_letter(o) for o in _field(row, "options", where))
+            answer = str(_field(row, "answer", where)).strip()
+            if answer not in LETTERS[:len(options)]:
+                raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
+            video_id = str(_field(row, "videoID", where))
+            stem = os.path.join(root, "data", video_id)
+            video = _existing(stem + ext for ext in VIDEOMME_EXTENSIONS) or stem + ".mp4"
+            out.questions.append(MCQuestion(
+                str(row["question_id"]), video, str(_field(row, "question", where)), options, answer,
+                tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type"))))
+        except RowError as e:
+            out.annotation_errors.append(str(e))
+    return out
+
+
+_OPTION_LINE = re.compile(r"^\s*\(([A-H])\)\s?(.*)$")
+
+
+def _split_options(text: str, where: str) -> tuple[str, tuple[str, ...]]:
+    """lmms-eval's MLVU question: the stem, then one "(A) text" line per option."""
+    stem, options = [], []
+    for line in text.split("\n"):
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) == LETTERS[len(options)]:
+            options.append(m.group(2).strip())
+        elif not options:
+            stem.append(line)
+        else:
+            raise RowError(f"{where}: text after the options in the question")
+    if not options:
+        raise RowError(f"{where}: the question holds no '(A) ...' option lines")
+    return "\n".join(stem).strip(), tuple(options)
+
+
+def load_mlvu(root: str, annotation: str | None = None) -> Benchmark:
+    """The authors' `json/<n>_<task>.json` files, or one file in lmms-eval's layout (`data.annotation`, or a
+    parquet under ROOT when there is no `json/` folder)."""
+    files = [annotation] if annotation else sorted(glob.glob(os.path.join(root, "json", "*.json")))
+    source = annotation or os.path.join(root, "json")
+    if not files:
+        files = [_first_file(root, ("**/*.parquet",), "MLVU")]
+        source = files[0]
+    out = Benchmark("mlvu", source, [])
+    for path in files:
+        folder = os.path.splitext(os.path.basename(path))[0]  # 1_plotQA: the release's video folder
+        for i, row in enumerate(read_table(path)):
+            where = f"{os.path.basename(path)} row {i}"
+            try:
+                question = _mlvu_row(root, folder, i, row, where)
+            except RowError as e:
+                out.annotation_errors.append(str(e))
+                continue
+            if isinstance(question, str):  # an open-ended task
+                out.not_scored[question] = out.not_scored.get(question, 0) + 1
+            else:
+                out.questions.append(question)
+    return out
+
+
+def _mlvu_row(root: str, folder: str, i: int, row, where: str):
+    """An MCQuestion, or the task name of an open-ended row."""
+    if isinstance(row, dict) and "video_name" in row and "candidates" not in row:  # lmms-eval's layout
+        task = str(_field(row, "task_type", where))
+        stem, options = _split_options(str(_field(row, "question", where)), where)
+        answer = str(_field(row, "answer", where)).strip().strip("()")
+        if answer not in LETTERS[:len(options)]:
+            raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
+        name = str(row["video_name"])
+        video = _existing([os.path.join(root, name), os.path.join(root, "video", name),
+                           *sorted(glob.glob(os.path.join(root, "video", "*", name)))]) or os.path.join(root, name)
+        return MCQuestion(f"{folder}#{i}", video, stem, options, answer, (("task_type", task),))
+    task = str(_field(row, "question_type", where))
+    if "candidates" not in row:
+        return task
+    options = tuple(str(c) for c in _field(row, "candidates", where))
+    answer_text = str(_field(row, "answer", where))
+    if answer_text not in options:
+        raise RowError(f"{where}: answer {answer_text!r} is not among its candidates {list(options)}")
+    name = str(_field(row, "video", where))
+    video = _existing([os.path.join(root, "video", folder, name), os.path.join(root, "video", name)]) or \
+        os.path.join(root, "video", folder, name)
+    return MCQuestion(f"{folder}#{i}", video, str(_field(row, "question", where)), options,
+                      LETTERS[options.index(answer_text)], (("task_type", task),))
+
+
+def load_longvideobench(root: str, annotation: str | None = None) -> Benchmark:
+    path = annotation or _first_file(root, ("lvb_val.json", "**/validation-*.parquet", "**/*val*.parquet"),
+                                     "LongVideoBench")
+    out = Benchmark("longvideobench", path, [])
+    for i, row in enumerate(read_table(path)):
+        where = f"{os.path.basename(path)} row {i}"
+        try:
+            where += f" (id {_field(row, 'id', where)})"
+            if row.get("candidates") is not None:
+                options = tuple(str(c) for c in row["candidates"])
+            else:
+                options = tuple(str(row[f"option{k}"]) for k in range(5)
+                                if row.get(f"option{k}") not in (None, "N/A"))
+            if not options:
+                raise RowError(f"{where}: no candidates or option0..option4")
+            choice = int(_field(row, "correct_choice", where))
+            if not 0 <= choice < len(options):
+                raise RowError(f"{where}: correct_choice {choice} is outside its {len(options)} options")
+            video = os.path.join(root, "videos", str(_field(row, "video_path", where)))
+            out.questions.append(MCQuestion(
+                str(row["id"]), video, str(_field(row, "question", where)), options, LETTERS[choice],
+                (("duration_group", str(row.get("duration_group", ""))),
+                 ("question_category", str(row.get("question_category", ""))))))
+        except RowError as e:
+            out.annotation_errors.append(str(e))
+    return out
+
+
+def load_demo(root: str, annotation: str | None = None) -> Benchmark:
+    path = annotation or os.path.join(root, "eval_mc.json")
+    out = Benchmark("demo", path, [])
+    for i, row in enumerate(read_table(path)):
+        where = f"{os.path.basename(path)} row {i}"
+        try:
+            out.questions.append(MCQuestion(
+                str(_field(row, "id", where)), os.path.join(root, str(_field(row, "video", where))),
+                str(_field(row, "question", where)), tuple(_field(row, "options", where)),
+                str(_field(row, "answer", where)), (("task_type", str(row.get("task_type", ""))),)))
+        except RowError as e:
+            out.annotation_errors.append(str(e))
+    return out
+
+
+LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "longvideobench": load_longvideobench,
+           "demo": load_demo}
+
+
+def load(benchmark: str, root: str, annotation: str | None = None) -> Benchmark:
+    if benchmark not in LOADERS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {sorted(LOADERS)}")
+    loaded = LOADERS[benchmark](root, annotation)
+    if not loaded.questions:
+        raise ValueError(f"{benchmark}: no usable question in {loaded.annotation}\n{loaded.report()}")
+    return loaded

@@ -1,0 +1,142 @@
+"""Benchmark releases read as published: fixtures written in each release's own file names, folders and
+fields (Video-MME's parquet, MLVU dev's json/ and video/<n>_<task>/ folders and lmms-eval's MLVU layout,
+LongVideoBench's lvb_val.json and parquet)."""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import make_videos
+from liteframe_jax.data import benchmarks
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return make_videos(tmp_path_factory.mktemp("v"), count=1)[0]
+
+
+def write_videomme(root, video):
+    """videomme/test-00000-of-00001.parquet with the release's columns; videos data/<videoID>.mp4 / .MP4."""
+    os.makedirs(root / "videomme")
+    os.makedirs(root / "data")
+    os.link(video, root / "data" / "fFjv93ACGo8.mp4")
+    os.link(video, root / "data" / "Xu9kxV3hH2c.MP4")
+    rows = []
+    for k, (vid, duration, domain, sub, task, answer) in enumerate([
+            ("fFjv93ACGo8", "short", "Knowledge", "Humanity & History", "Counting Problem", "B"),
+            ("fFjv93ACGo8", "short", "Knowledge", "Humanity & History", "OCR Problems", "C"),
+            ("Xu9kxV3hH2c", "medium", "Sports Competition", "Football", "Counting Problem", "A"),
+            ("gone00000ab", "long", "Life Record", "Travel", "Temporal Reasoning", "D")]):
+        rows.append({"video_id": f"{k // 3 + 1:03d}", "duration": duration, "domain": domain, "sub_category": sub,
+                     "url": f"https://www.youtube.com/watch?v={vid}", "videoID": vid,
+                     "question_id": f"{k // 3 + 1:03d}-{k % 3 + 1}", "task_type": task,
+                     "question": f"What is shown {k}?", "options": ["A. one", "B. two", "C. three", "D. four"],
+                     "answer": answer})
+    pq.write_table(pa.Table.from_pylist(rows), root / "videomme" / "test-00000-of-00001.parquet")
+    return rows
+
+
+def test_videomme_parquet_as_released(tmp_path, video):
+    write_videomme(tmp_path, video)
+    bench = benchmarks.load("videomme", str(tmp_path))
+    assert bench.annotation.endswith("videomme/test-00000-of-00001.parquet")
+    qs = {q.id: q for q in bench.questions}
+    assert set(qs) == {"001-1", "001-2", "001-3", "002-1"}
+    q = qs["001-1"]
+    assert q.options == ("one", "two", "three", "four") and q.answer == "B" and q.question == "What is shown 0?"
+    assert dict(q.categories) == {"duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
+                                  "task_type": "Counting Problem"}
+    assert q.video.endswith("data/fFjv93ACGo8.mp4") and os.path.isfile(q.video)
+    assert qs["001-3"].video.endswith("data/Xu9kxV3hH2c.MP4")  # the other spelling lmms-eval accepts
+    assert not os.path.exists(qs["002-1"].video)  # missing: scored as an error by the harness
+
+
+def write_mlvu(root, video):
+    """MLVU dev as the authors release it: json/<n>_<task>.json, videos under video/<n>_<task>/."""
+    os.makedirs(root / "json")
+    for folder, name in (("1_plotQA", "movie101_66.mp4"), ("2_needle", "needle_32.mp4"), ("3_ego", "ego_35.mp4")):
+        os.makedirs(root / "video" / folder)
+        os.link(video, root / "video" / folder / name)
+    (root / "json" / "1_plotQA.json").write_text(json.dumps([
+        {"video": "movie101_66.mp4", "duration": 246, "question": "What colour is the car?",
+         "candidates": ["red", "blue", "green", "white"], "answer": "green", "question_type": "plotQA"},
+        {"video": "movie101_66.mp4", "duration": 246, "question": "Who drives?",
+         "candidates": ["a man", "a woman", "a dog", "nobody"], "answer": "a man", "question_type": "plotQA"}]))
+    (root / "json" / "2_needle.json").write_text(json.dumps([
+        {"video": "needle_32.mp4", "duration": 467, "question": "What is inserted?",
+         "candidates": ["a cat", "a hat", "a bat", "a mat"], "answer": "a hat", "question_type": "findNeedle"},
+        # a real-release slip: the answer text is not among the candidates
+        {"video": "needle_32.mp4", "duration": 467, "question": "Which object?",
+         "candidates": ["cup", "pen", "book", "key"], "answer": "spoon", "question_type": "findNeedle"}]))
+    (root / "json" / "3_ego.json").write_text(json.dumps([
+        {"video": "ego_35.mp4", "duration": 300, "question": "Where did I put the keys?",
+         "candidates": ["table", "drawer", "bag", "floor"], "answer": "bag", "question_type": "ego"}]))
+    (root / "json" / "8_sub_scene.json").write_text(json.dumps([
+        {"video": "subPlot_1.mp4", "duration": 500, "question": "Describe the scene.",
+         "answer": "A man walks.", "question_type": "subPlot", "scoring_points": ["man", "walks"]}]))
+
+
+def test_mlvu_dev_as_released(tmp_path, video):
+    write_mlvu(tmp_path, video)
+    bench = benchmarks.load("mlvu", str(tmp_path))
+    tasks = [dict(q.categories)["task_type"] for q in bench.questions]
+    assert sorted(tasks) == ["ego", "findNeedle", "plotQA", "plotQA"]  # the needle task as the files name it
+    assert all(os.path.isfile(q.video) for q in bench.questions)  # video/<n>_<task>/<file>
+    car = next(q for q in bench.questions if q.question == "What colour is the car?")
+    assert car.answer == "C" and car.options == ("red", "blue", "green", "white")
+    assert len(bench.annotation_errors) == 1
+    assert "2_needle.json row 1" in bench.annotation_errors[0] and "'spoon'" in bench.annotation_errors[0]
+    assert bench.not_scored == {"subPlot": 1}
+    assert "open-ended tasks, not scored: subPlot (1 rows)" in bench.report()
+
+
+def test_mlvu_in_lmms_eval_layout(tmp_path, video):
+    """lmms-eval's MLVU rows: video_name, the options inside the question, the answer as a letter."""
+    os.makedirs(tmp_path / "video" / "count")
+    os.link(video, tmp_path / "video" / "count" / "count_12.mp4")
+    path = tmp_path / "mlvu_dev.json"
+    path.write_text(json.dumps([
+        {"video_name": "count_12.mp4", "duration": 300, "task_type": "count", "answer": "B",
+         "question": "How many times does he jump?\n(A) 1\n(B) 3\n(C) 5\n(D) 7"},
+        {"video_name": "count_12.mp4", "duration": 300, "task_type": "count", "answer": "E",
+         "question": "How many birds?\n(A) 2\n(B) 4"}]))
+    bench = benchmarks.load("mlvu", str(tmp_path), str(path))
+    (q,) = bench.questions
+    assert q.question == "How many times does he jump?" and q.options == ("1", "3", "5", "7") and q.answer == "B"
+    assert os.path.isfile(q.video)
+    assert "row 1" in bench.annotation_errors[0] and "'E'" in bench.annotation_errors[0]
+
+
+LVB_ROW = {"video_id": "86CxyhFV9MI", "duration_group": 600, "question": "What is the man holding?",
+           "question_wo_referring_query": "What is he holding?", "starting_timestamp_for_subtitles": 0,
+           "duration": 523.4, "view_count": 1, "video_path": "86CxyhFV9MI.mp4", "correct_choice": 1,
+           "position": [1, 2], "topic_category": "NP-News-Programs", "question_category": "TOS",
+           "level": "L2-Relation", "id": "86CxyhFV9MI_0", "subtitle_path": "86CxyhFV9MI_en.json"}
+
+
+def test_longvideobench_json_and_parquet(tmp_path, video):
+    os.makedirs(tmp_path / "videos")
+    os.link(video, tmp_path / "videos" / "86CxyhFV9MI.mp4")
+    (tmp_path / "lvb_val.json").write_text(json.dumps([{**LVB_ROW, "candidates": ["a cup", "a phone", "a pen"]}]))
+    from_json = benchmarks.load("longvideobench", str(tmp_path)).questions[0]
+    assert from_json.options == ("a cup", "a phone", "a pen") and from_json.answer == "B"
+    assert dict(from_json.categories) == {"duration_group": "600", "question_category": "TOS"}
+    assert os.path.isfile(from_json.video)
+    parquet = tmp_path / "validation-00000-of-00001.parquet"
+    row = {**LVB_ROW, "option0": "a cup", "option1": "a phone", "option2": "a pen", "option3": "N/A",
+           "option4": "N/A"}
+    bad = {**row, "id": "bad_1", "correct_choice": 3}
+    pq.write_table(pa.Table.from_pylist([row, bad]), parquet)
+    bench = benchmarks.load("longvideobench", str(tmp_path), str(parquet))
+    assert bench.questions == [from_json]
+    assert "(id bad_1): correct_choice 3 is outside its 3 options" in bench.annotation_errors[0]
+
+
+def test_missing_field_names_row_and_field(tmp_path):
+    (tmp_path / "lvb_val.json").write_text(json.dumps([{"id": "bad7", "video_path": "v.mp4", "question": "Q",
+                                                        "candidates": ["a", "b"]}]))
+    with pytest.raises(ValueError, match=r"row 0 \(id bad7\): no field 'correct_choice'"):
+        benchmarks.load("longvideobench", str(tmp_path))
