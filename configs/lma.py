@@ -26,14 +26,16 @@ def get_config(arg=None):
     c.attention_impl = config_dict.placeholder(str)
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
-    c.total_steps = 300
+    # The demo's colour and order questions are answered after ~150 steps; direction and count, which need
+    # the shapes' positions compared across tokens, take several hundred more.
+    c.total_steps = 600
     c.batch_size = 16
     c.grad_accum_steps = 1
     c.log_every = 20
-    c.eval_every = 150
+    c.eval_every = 300
     c.eval_at_start = True
     c.eval_batch_size = 16
-    c.checkpoint_every = 150
+    c.checkpoint_every = 300
     c.keep_checkpoints = 2
     c.async_checkpointing = True
     c.nan_patience = 20

@@ -115,6 +115,14 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     lma_mc = {s["id"][:-len("_mc")]: s["correct"] for s in task.samples if s["format"] == "mc"}
     agree = sum(lma_mc[i] == r["correct"] for i, r in rows.items())
     assert agree >= 31 and abs(summary["overall"] - result.eval["accuracy_mc"]) <= 1 / 32
+    # a protocol's system prompt and answer start reach the chat template (MLVU's authors' protocol)
+    from liteframe_jax.data.benchmarks import MCQuestion
+    from liteframe_jax.eval import prompts
+    q = MCQuestion("m", row.video, "What colour is the shape?", ("red", "blue"), "A")
+    ids = qa_model._prompt(prompts.protocol("mlvu", "official").render(q), [0.0] * 4)
+    text = qa_model.task.tokenizer.decode(ids, skip_special=False)
+    assert text.startswith("<|im_start|>system\nCarefully watch this video")
+    assert text.endswith("(B) blue\nOnly give the best option.<|im_end|>\n<|im_start|>assistant\nBest option:(")
     # `--config.model.mlp_kernel` replaces the run's own choice: the fused kernels are refused here (float32,
     # or no Hopper GPU) with the reason
     with pytest.raises(ValueError, match="kernel 'pallas' needs"):

@@ -106,27 +106,33 @@ def _existing(candidates) -> str | None:
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
-def load_videomme(root: str, annotation: str | None = None) -> Benchmark:
-    path = annotation or _first_file(root, ("videomme/test-*.parquet", "**/*.parquet", "*.json", "*.jsonl"),
-                                     "Video-MME")
-    out = Benchmark("videomme", path, [])
+def _collect(out: Benchmark, path: str, parse) -> Benchmark:
+    """`parse(row, where)` for every row of `path`: its MCQuestion joins the benchmark, its RowError the
+    annotation errors."""
     for i, row in enumerate(read_table(path)):
-        where = f"{os.path.basename(path)} row {i}"
         try:
-            where += f" (question_id {_field(row, 'question_id', where)})"
-            options = tuple(_strip_letter(o) for o in _field(row, "options", where))
-            answer = str(_field(row, "answer", where)).strip()
-            if answer not in LETTERS[:len(options)]:
-                raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
-            video_id = str(_field(row, "videoID", where))
-            stem = os.path.join(root, "data", video_id)
-            video = _existing(stem + ext for ext in VIDEOMME_EXTENSIONS) or stem + ".mp4"
-            out.questions.append(MCQuestion(
-                str(row["question_id"]), video, str(_field(row, "question", where)), options, answer,
-                tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type"))))
+            out.questions.append(parse(row, f"{os.path.basename(path)} row {i}"))
         except RowError as e:
             out.annotation_errors.append(str(e))
     return out
+
+
+def load_videomme(root: str, annotation: str | None = None) -> Benchmark:
+    path = annotation or _first_file(root, ("videomme/test-*.parquet", "**/*.parquet", "*.json", "*.jsonl"),
+                                     "Video-MME")
+
+    def parse(row, where):
+        where += f" (question_id {_field(row, 'question_id', where)})"
+        options = tuple(_strip_letter(o) for o in _field(row, "options", where))
+        answer = str(_field(row, "answer", where)).strip()
+        if answer not in LETTERS[:len(options)]:
+            raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
+        stem = os.path.join(root, "data", str(_field(row, "videoID", where)))
+        video = _existing(stem + ext for ext in VIDEOMME_EXTENSIONS) or stem + ".mp4"
+        return MCQuestion(str(row["question_id"]), video, str(_field(row, "question", where)), options, answer,
+                          tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type")))
+
+    return _collect(Benchmark("videomme", path, []), path, parse)
 
 
 _OPTION_LINE = re.compile(r"^\s*\(([A-H])\)\s?(.*)$")
@@ -202,44 +208,35 @@ def _mlvu_row(root: str, folder: str, i: int, row, where: str):
 def load_longvideobench(root: str, annotation: str | None = None) -> Benchmark:
     path = annotation or _first_file(root, ("lvb_val.json", "**/validation-*.parquet", "**/*val*.parquet"),
                                      "LongVideoBench")
-    out = Benchmark("longvideobench", path, [])
-    for i, row in enumerate(read_table(path)):
-        where = f"{os.path.basename(path)} row {i}"
-        try:
-            where += f" (id {_field(row, 'id', where)})"
-            if row.get("candidates") is not None:
-                options = tuple(str(c) for c in row["candidates"])
-            else:
-                options = tuple(str(row[f"option{k}"]) for k in range(5)
-                                if row.get(f"option{k}") not in (None, "N/A"))
-            if not options:
-                raise RowError(f"{where}: no candidates or option0..option4")
-            choice = int(_field(row, "correct_choice", where))
-            if not 0 <= choice < len(options):
-                raise RowError(f"{where}: correct_choice {choice} is outside its {len(options)} options")
-            video = os.path.join(root, "videos", str(_field(row, "video_path", where)))
-            out.questions.append(MCQuestion(
-                str(row["id"]), video, str(_field(row, "question", where)), options, LETTERS[choice],
-                (("duration_group", str(row.get("duration_group", ""))),
-                 ("question_category", str(row.get("question_category", ""))))))
-        except RowError as e:
-            out.annotation_errors.append(str(e))
-    return out
+
+    def parse(row, where):
+        where += f" (id {_field(row, 'id', where)})"
+        if row.get("candidates") is not None:
+            options = tuple(str(c) for c in row["candidates"])
+        else:
+            options = tuple(str(row[f"option{k}"]) for k in range(5) if row.get(f"option{k}") not in (None, "N/A"))
+        if not options:
+            raise RowError(f"{where}: no candidates or option0..option4")
+        choice = int(_field(row, "correct_choice", where))
+        if not 0 <= choice < len(options):
+            raise RowError(f"{where}: correct_choice {choice} is outside its {len(options)} options")
+        return MCQuestion(str(row["id"]), os.path.join(root, "videos", str(_field(row, "video_path", where))),
+                          str(_field(row, "question", where)), options, LETTERS[choice],
+                          (("duration_group", str(row.get("duration_group", ""))),
+                           ("question_category", str(row.get("question_category", "")))))
+
+    return _collect(Benchmark("longvideobench", path, []), path, parse)
 
 
 def load_demo(root: str, annotation: str | None = None) -> Benchmark:
     path = annotation or os.path.join(root, "eval_mc.json")
-    out = Benchmark("demo", path, [])
-    for i, row in enumerate(read_table(path)):
-        where = f"{os.path.basename(path)} row {i}"
-        try:
-            out.questions.append(MCQuestion(
-                str(_field(row, "id", where)), os.path.join(root, str(_field(row, "video", where))),
-                str(_field(row, "question", where)), tuple(_field(row, "options", where)),
-                str(_field(row, "answer", where)), (("task_type", str(row.get("task_type", ""))),)))
-        except RowError as e:
-            out.annotation_errors.append(str(e))
-    return out
+
+    def parse(row, where):
+        return MCQuestion(str(_field(row, "id", where)), os.path.join(root, str(_field(row, "video", where))),
+                          str(_field(row, "question", where)), tuple(_field(row, "options", where)),
+                          str(_field(row, "answer", where)), (("task_type", str(row.get("task_type", ""))),))
+
+    return _collect(Benchmark("demo", path, []), path, parse)
 
 
 LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "longvideobench": load_longvideobench,

@@ -51,6 +51,7 @@ class VideoQA:
         params = mapping.flatten(pure_dict(nnx.state(task.build_model(nnx.Rngs(config.seed)))))
         params.update(task.pretrained_params(paths))
         self.step, self.source = None, "pretrained parts only"
+        self.run_dir = None if run_dir is None else os.path.abspath(run_dir)
         if run_dir is not None:
             trained, self.step = checkpoint.restore_params(run_dir)
             params.update(mapping.flatten(trained))
@@ -90,12 +91,12 @@ class VideoQA:
 
     @property
     def fingerprint(self) -> dict:
-        """What identifies the model's answers: its checkpoint step and the hash of its config (the MLP kernel
-        left out: it changes speed, not the function)."""
+        """What identifies the model's answers: its run folder, checkpoint step and the hash of its config (the
+        MLP kernel left out: it changes speed, not the function)."""
         config = json.loads(self.config.to_json_best_effort())
         config.get("encoder", {}).pop("mlp_kernel", None)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        return {"source": self.source, "step": self.step, "config_sha256": digest}
+        return {"run": self.run_dir, "step": self.step, "config_sha256": digest}
 
     def frame_plan(self, video_path: str, num_frames: int | None = None):
         """(frame indices over the whole video by the sampling rule, the start time of each visual group)."""

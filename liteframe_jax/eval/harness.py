@@ -1,4 +1,4 @@
-"""The benchmark harness: questions -> frames (uniform over the whole video) -> greedy answer under a
+"""The benchmark harness: questions -> frames (over the whole video, by the model's rule) -> greedy answer under a
 protocol's prompt -> letter by the protocol's rule -> accuracy overall and per category, written as it goes
 so an interrupted evaluation resumes exactly.
 

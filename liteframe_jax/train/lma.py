@@ -20,6 +20,7 @@ from flax import nnx
 from liteframe_jax.convert import mapping
 from liteframe_jax.data import conversations, pipeline, qa_demo
 from liteframe_jax.data.tokenizer import load_tokenizer
+from liteframe_jax.eval.extraction import letters
 from liteframe_jax.models.generate import generate
 from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.layers import pure_dict
@@ -67,7 +68,6 @@ def score_answer(row, answer: str) -> dict:
     """A held-out row's answer, right or wrong: an open-ended answer must match the gold text (case and
     punctuation aside); a lettered one (`format` 'mc') is read by the rule the benchmark harness uses for the
     same questions (eval/extraction.py `letters`), so both report the same figure."""
-    from liteframe_jax.eval.extraction import letters
     gold, fmt, n = row.turns[-1][1], row.get("format", "open"), row.get("num_options")
     correct = (letters(answer, n) == gold) if fmt == "mc" else normalise_answer(answer) == normalise_answer(gold)
     return {"id": row.id, "task_type": row.get("task_type", "all"), "format": fmt,
