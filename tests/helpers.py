@@ -60,6 +60,7 @@ def tiny_lma_config(train: str, eval_: str | None = None, **overrides):
     """The LMA demo with a random student (no CTD run first), one device, no worker processes."""
     c = load_config("lma", "demo")
     c.student.init = "random"
+    c.train.trainable = "full"  # a random student learns with the LLM here
     c.data.train, c.data.eval = train, eval_
     c.mesh.num_devices = 1
     c.eval_at_start = False

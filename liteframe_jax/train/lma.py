@@ -34,6 +34,7 @@ from liteframe_jax.train.loop import Task
 TRAINABLE_PRESETS = {
     "projector": [r"^projector/"],
     "projector+student": [r"^projector/", r"^encoder/"],
+    "projector+llm": [r"^projector/", r"^llm/"],
     "projector+lora": [r"^projector/", r"/lora_[ab]$"],
     "projector+student+lora": [r"^projector/", r"^encoder/", r"/lora_[ab]$"],
     "full": [r".*"],
