@@ -26,8 +26,8 @@ def get_config(arg=None):
     c.attention_impl = config_dict.placeholder(str)
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
-    # The demo's colour and order questions are answered after ~150 steps; direction and count, which need
-    # the shapes' positions compared across tokens, take several hundred more.
+    # The demo's colour and order questions are learnt first; direction and count, which need the shapes'
+    # positions compared across tokens, take several hundred steps more (docs/METHOD.md, "The demo").
     c.total_steps = 600
     c.batch_size = 16
     c.grad_accum_steps = 1
@@ -53,8 +53,8 @@ def get_config(arg=None):
     # projector+student+lora | full) or a list of regexes over parameter paths such as
     # 'llm/layer_3/attn/q/dense/kernel'.
     # The demo trains the random LLM and the projector on a frozen CTD student: trained from the first step
-    # on the gradients of a random LLM, the student loses the spatial detail that the direction and count
-    # questions need (held-out direction 0.31 against 0.62 frozen, same data and steps; README).
+    # on the gradients of a random LLM, the student loses the spatial detail that the direction questions
+    # need (docs/METHOD.md, "The demo").
     c.train = ml_collections.ConfigDict(dict(trainable="projector+llm"))
 
     # mlp_kernel 'pallas': the encoder's (student's or InternViT's) fc1 + GELU as one kernel on Hopper GPUs

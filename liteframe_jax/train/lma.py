@@ -31,6 +31,8 @@ from liteframe_jax.train import checkpoint, metrics as metrics_lib
 from liteframe_jax.train.ctd import compute_dtype, normalise
 from liteframe_jax.train.loop import Task
 
+PROMPT_WIDTH_STEP = 64  # generation prompts are left-padded to a multiple of this many tokens
+
 TRAINABLE_PRESETS = {
     "projector": [r"^projector/"],
     "projector+student": [r"^projector/", r"^encoder/"],
@@ -332,7 +334,9 @@ class LMATask(Task):
                        temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
         """Token-id prompts (each with its frames) -> decoded answers. Prompts are left-padded so every one
         ends at the same column; `embed_fn(params, ids, frames)` splices the visual tokens in."""
-        width = max(len(p) for p in prompts)
+        # Widths rounded up to a multiple of PROMPT_WIDTH_STEP: the jitted embedding and generation compile
+        # once per width, and benchmark prompts differ in length from batch to batch.
+        width = -(-max(len(p) for p in prompts) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
         ids = np.full((len(prompts), width), self.tokenizer.pad_id, np.int32)
         valid = np.zeros((len(prompts), width), bool)
         for i, p in enumerate(prompts):
