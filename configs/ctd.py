@@ -44,7 +44,7 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.init_from = config_dict.placeholder(str)  # another run's workdir: parameters only
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
-    # logical axis -> mesh axes; the single rule table (see liteframe_jax/train/sharding.py)
+    # logical axis -> mesh axes; the single rule table (see liteframe_jax/core/sharding.py)
     c.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
                         ("norm", None))
 

@@ -6,7 +6,8 @@ Presets (`--config=configs/lma.py:NAME`):
          count, order); the LLM (random) and the projector train, the student stays frozen. CPU, minutes.
   paper  a CTD `paper` student (--config.student.init=RUN), Qwen2.5-7B-Instruct
          (--config.llm.init=FOLDER, its tokenizer too), LLaVA-Video style data (--config.data.train=FILE),
-         512 frames = 64 student clips x 128 tokens; the projector and the student train.
+         512 frames = 64 student clips x 128 tokens; the projector, the student and LoRA adapters (rank 64)
+         on every LLM projection train (`--config.train.trainable=full` trains the whole LLM instead).
 """
 
 import ml_collections
@@ -74,7 +75,7 @@ def get_config(arg=None):
     c.llm.init = "random"  # 'random' (demo) or a Hugging Face Qwen2 folder
     c.llm.arch = ml_collections.ConfigDict(dict(  # for init='random'; vocab_size comes from the tokenizer
         hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10_000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True))
+        rms_norm_eps=1e-6, tie_word_embeddings=True, vocab_size=0))  # vocab_size 0: the tokenizer's
     c.llm.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down"))
     c.tokenizer = "bytes"  # 'bytes' or a folder with tokenizer.json; empty: llm.init's folder
     c.video_token = "<|video_pad|>"
@@ -89,6 +90,9 @@ def get_config(arg=None):
     c.data.separators = "none"  # 'none' | 'frame' | 'timestamp' | 'internvl' between groups of visual tokens
     c.data.system_prompt = config_dict.placeholder(str)
     c.data.max_length = 256  # longer rows are refused (skipped and counted)
+    # The loss computes logits only at each row's answer tokens, at most this many (rows with more are refused
+    # and counted as too long, never cut).
+    c.data.max_answer_tokens = 32
     c.data.buckets = (160, 256)  # batches are right-padded to the smallest bucket that fits
     c.data.num_workers = 0
     c.data.read_threads = 4
@@ -103,7 +107,10 @@ def get_config(arg=None):
         c.student.init = config_dict.placeholder(str)
         c.llm.init = config_dict.placeholder(str)
         c.tokenizer = ""
-        c.train.trainable = "projector+student"
+        c.train.trainable = "projector+student+lora"
+        c.llm.lora.rank = 64
+        c.llm.lora.alpha = 128.0
+        c.data.max_answer_tokens = 1024
         c.data.train = config_dict.placeholder(str)
         c.data.num_frames = 512
         c.data.separators = "timestamp"

@@ -1,45 +1,108 @@
-"""Running a job from a config: dispatch on `config.trainer`, and the end-of-run summary.
+"""The jobs table: what `python -m liteframe_jax.main --config=...` can run, keyed by `config.trainer`.
 
-Kept apart from `main.py` (which defines the command-line flags) so that one job can start another, e.g.
-the LMA demo trains its CTD student first.
+Each job is a function of (config, workdir). Training jobs first resolve what they need that another job
+makes (the LMA demo's CTD student), then build their task and run the shared train loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Callable
 
-TRAINERS = ("ctd", "lma")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def load_config_file(name: str, preset: str | None = None):
-    """configs/NAME.py's get_config(preset), for code that starts one job from another."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"liteframe_configs_{name}", os.path.join(CONFIG_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.core.configs import load_config_file
+from liteframe_jax.core.log import log
 
 
-def run(config, workdir: str):
-    """Run the trainer named by `config.trainer`; returns its Result."""
-    from liteframe_jax.train import sharding
-    from liteframe_jax.train.loop import train
-    if config.trainer not in TRAINERS:
-        raise ValueError(f"config.trainer={config.trainer!r}; known trainers: {TRAINERS}")
+@dataclasses.dataclass(frozen=True)
+class Job:
+    run: Callable  # (config, workdir) -> None
+    trains: bool  # runs the train loop (multi-process capable, prints the end-of-run summary)
+    default_workdir: Callable  # config -> the run folder when --workdir is not given
+
+
+def resolve_prerequisites(config, workdir: str) -> None:
+    """Jobs another job depends on, run first: `student.init='demo_ctd'` trains the demo's CTD student in
+    WORKDIR/ctd (once; a later start reuses it) and points `student.init` at it."""
+    if config.trainer == "lma" and config.encoder.kind == "student" and config.student.init == "demo_ctd":
+        ctd_dir = os.path.join(workdir, "ctd")
+        if not checkpoint.has_checkpoint(ctd_dir):
+            log(f"[lma] student.init=demo_ctd: training the demo CTD student first in {ctd_dir}")
+            ctd = load_config_file("ctd", "demo")
+            ctd.total_steps = int(config.student.demo_ctd_steps)
+            train(ctd, ctd_dir)
+        config.student.init = ctd_dir
+
+
+def build_task(config, workdir: str):
     mesh = sharding.make_mesh(config.mesh)
     if config.trainer == "ctd":
         from liteframe_jax.train.ctd import CTDTask
-        task = CTDTask(config, mesh, workdir)
-    else:
-        from liteframe_jax.train.lma import LMATask
-        task = LMATask(config, mesh, workdir)
-    result = train(config, workdir, task)
-    return result, task
+        return CTDTask(config, mesh, workdir)
+    from liteframe_jax.train.lma import LMATask
+    return LMATask(config, mesh, workdir)
+
+
+def train(config, workdir: str):
+    """Run a training job (`ctd` or `lma`); returns (Result, task)."""
+    from liteframe_jax.train.loop import train as train_loop
+    if config.trainer not in ("ctd", "lma"):
+        raise ValueError(f"config.trainer={config.trainer!r} is not a training job; training jobs: ctd, lma")
+    resolve_prerequisites(config, workdir)
+    task = build_task(config, workdir)
+    return train_loop(config, workdir, task), task
+
+
+def _train_job(config, workdir: str) -> None:
+    result, task = train(config, workdir)
+    print_summary(result, task)
+
+
+def _generate_job(config, workdir: str) -> None:
+    from liteframe_jax.eval.answer import VideoQA
+    del workdir
+    for key in ("run", "video", "question"):
+        if not config[key]:
+            raise ValueError(f"--config.{key} is required")
+    qa = VideoQA.from_run(config.run)
+    text = qa(config.video, config.question, max_new_tokens=config.max_new_tokens,
+              temperature=config.temperature, top_k=config.top_k, seed=config.seed)
+    print(f"Q: {config.question}\nA: {text}")
+
+
+def _eval_job(config, workdir: str) -> None:
+    from liteframe_jax.eval import harness
+    from liteframe_jax.eval.answer import VideoQA, internvl_baseline
+    m = config.model
+    if bool(m.run) == bool(m.internvl):
+        raise ValueError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
+    preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize)
+    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, **preprocess) if m.run else
+             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "xla",
+                               **preprocess))
+    if config.benchmark == "demo" and not config.data.root:
+        config.data.root = os.path.join(m.run, "demo_qa")
+    if not config.data.root:
+        raise ValueError("--config.data.root is required (the benchmark's folder)")
+    harness.evaluate(config, workdir, model)
+
+
+JOBS = {
+    "ctd": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "ctd")),
+    "lma": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "lma")),
+    "eval": Job(_eval_job, trains=False, default_workdir=lambda c: os.path.join("runs", f"eval_{c.benchmark}")),
+    "generate": Job(_generate_job, trains=False, default_workdir=lambda c: "."),
+}
+
+
+def job(config) -> Job:
+    if config.trainer not in JOBS:
+        raise ValueError(f"config.trainer={config.trainer!r}; known jobs: {sorted(JOBS)}")
+    return JOBS[config.trainer]
 
 
 def print_summary(result, task) -> None:
-    from liteframe_jax.train.metrics import log
     lines = [
         "",
         f"done: step {result.step} ({result.origin}); compile {result.compile_seconds:.1f}s, "

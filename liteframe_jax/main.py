@@ -1,7 +1,8 @@
 """Entry point: `python -m liteframe_jax.main --config=configs/ctd.py[:preset] [--workdir=DIR] [--config.x=y]`.
 
 Loads the ml_collections config (locked, so a misspelt override is an error naming the key), sets up
-multi-host JAX when launched on several processes, and dispatches on `config.trainer`.
+multi-host JAX when launched on several processes, and dispatches on `config.trainer` through the jobs table
+(jobs.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from liteframe_jax.jobs import print_summary, run
+from liteframe_jax import jobs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/ctd.py:demo.",
                                           lock_config=True)
@@ -36,49 +37,21 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def answer(config) -> None:
-    from liteframe_jax.eval.answer import VideoQA
-    for key in ("run", "video", "question"):
-        if not config[key]:
-            raise app.UsageError(f"--config.{key} is required")
-    qa = VideoQA.from_run(config.run)
-    text = qa(config.video, config.question, max_new_tokens=config.max_new_tokens,
-              temperature=config.temperature, top_k=config.top_k, seed=config.seed)
-    print(f"Q: {config.question}\nA: {text}")
-
-
-def evaluate(config, workdir: str) -> None:
-    from liteframe_jax.eval import harness
-    from liteframe_jax.eval.answer import VideoQA, internvl_baseline
-    m = config.model
-    if bool(m.run) == bool(m.internvl):
-        raise app.UsageError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
-    preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize)
-    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, **preprocess) if m.run else
-             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "xla",
-                               **preprocess))
-    if config.benchmark == "demo" and not config.data.root:
-        config.data.root = os.path.join(m.run, "demo_qa")
-    if not config.data.root:
-        raise app.UsageError("--config.data.root is required (the benchmark's folder)")
-    harness.evaluate(config, workdir, model)
-
-
 def main(argv):
     del argv
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/ctd.py")
-    if config.trainer == "generate":
-        return answer(config)
-    if config.trainer == "eval":
-        return evaluate(config, _WORKDIR.value or os.path.join("runs", f"eval_{config.benchmark}"))
-    maybe_initialize_distributed()
-    workdir = _WORKDIR.value or os.path.join("runs", config.trainer)
-    os.makedirs(workdir, exist_ok=True)
-    logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
-    result, task = run(config, workdir)
-    print_summary(result, task)
+    try:
+        job = jobs.job(config)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    workdir = _WORKDIR.value or job.default_workdir(config)
+    if job.trains:
+        maybe_initialize_distributed()
+        os.makedirs(workdir, exist_ok=True)
+        logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
+    job.run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.bench import probe
-from liteframe_jax.bench.__main__ import main, paper_models, qwen25_7b_config
-from liteframe_jax.convert.mapping import flatten
+from liteframe_jax.bench.__main__ import main
+from liteframe_jax.bench.common import paper_models, qwen25_7b_config
+from liteframe_jax.core.tree import flatten, pure_dict
 from liteframe_jax.models.internvit import InternViT
-from liteframe_jax.models.layers import pure_dict
 from liteframe_jax.models.qwen2 import Qwen2
 
 

@@ -8,8 +8,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import make_videos
+
 from liteframe_jax.data import benchmarks
 
 

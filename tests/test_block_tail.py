@@ -140,9 +140,10 @@ def test_student_gradient_with_the_tail_kernels_matches_xla():
 def test_tail_kernels_on_a_mesh_split_the_batch_and_match_one_device():
     # a sharded jit of the student's gradient: each of 4 data-parallel devices (2 x 2 data x fsdp) runs the
     # kernels on its own clips (shard_map), and the result equals the unsharded one
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-    from liteframe_jax.train import sharding
+    from liteframe_jax.core import sharding
     mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=1, num_devices=4))
     cfg = StudentConfig(image_size=16, num_frames=4, patch_size=(1, 4, 4), width=32, num_heads=2, mlp_dim=64,
                         stages=((1, (1, 1, 1)),), out_dim=16)

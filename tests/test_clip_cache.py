@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from helpers import make_videos
 
 from liteframe_jax.data import clip_cache, clips, demo, pipeline, video
-from helpers import make_videos
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from helpers import make_videos
 
 from liteframe_jax.data import conversations
 from liteframe_jax.data.tokenizer import ByteTokenizer
-from helpers import make_videos
 
 
 def _rows(video):

@@ -10,10 +10,10 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from helpers import REPO, make_videos, tiny_ctd_config
-from liteframe_jax.jobs import run
-from liteframe_jax.train import checkpoint, sharding
+
+from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.jobs import train as run
 from liteframe_jax.train.ctd import CTDTask
 
 
@@ -134,8 +134,8 @@ def test_paper_preset_without_teacher_is_a_clear_error(videos):
 
 
 def test_teacher_mlp_kernel_on_a_device_without_it_names_the_problem(videos):
-    from liteframe_jax.models import kernels
-    if kernels.device_problem(jax.numpy.bfloat16) is None:
+    from liteframe_jax.models import fused_mlp
+    if fused_mlp.device_problem(jax.numpy.bfloat16) is None:
         pytest.skip("this device runs the kernel")
     cfg = tiny_ctd_config(videos, **{"teacher.mlp_kernel": "pallas"})
     with pytest.raises(ValueError, match="MLP kernel 'pallas' needs"):
@@ -170,9 +170,8 @@ def test_teacher_targets_from_a_hugging_face_internvl_folder(videos, tmp_path):
 
 def test_every_config_field_can_be_overridden_from_the_command_line():
     from absl import flags
-    from ml_collections import config_flags
-
     from helpers import load_config
+    from ml_collections import config_flags
     argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'ctd.py')}", "--config.student.patch_size=(2, 8, 8)",
             "--config.student.stages=((2, (1, 2, 2)), (2, (1, 1, 1)))"]
     fv = flags.FlagValues()

@@ -5,9 +5,9 @@ import os
 import av
 import numpy as np
 import pytest
+from helpers import make_videos
 
 from liteframe_jax.data import clips, demo, pipeline, video
-from helpers import make_videos
 
 
 def _sequential(path, size):

@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import load_config, make_videos
+from test_benchmark_formats import write_mlvu, write_videomme
+
 from liteframe_jax.data.benchmarks import MCQuestion
 from liteframe_jax.eval import extraction, harness, prompts
-from test_benchmark_formats import write_mlvu, write_videomme
 
 Q4 = MCQuestion("1", "v.mp4", "What is the color of the clothing worn by the persons in the video?",
                 ("Black.", "Gray.", "Green.", "Brown."), "A")

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from liteframe_jax.models import load_pretrained  # noqa: E402
+from liteframe_jax.convert.registry import load_pretrained  # noqa: E402
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28,
               patch_size=7)

@@ -7,7 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from liteframe_jax.models.video_llm import load_internvl_chat  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from liteframe_jax.assembly.baseline import load_internvl_video_llm  # noqa: E402
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28,
               patch_size=7, attention_bias=True)
@@ -25,7 +27,8 @@ def test_internvl_chat_logits_match_transformers(tmp_path, tie):
         for p in ref.parameters():
             p.mul_(0).add_(torch.randn(p.shape) * 0.2)
     ref.save_pretrained(tmp_path)
-    ours = load_internvl_chat(str(tmp_path))
+    _, graphdef, params = load_internvl_video_llm(str(tmp_path))
+    ours = nnx.merge(graphdef, params)
     rng = np.random.default_rng(0)
     # two frames -> 2 x 4 image tokens (28 px, patch 7 -> 4x4 -> pixel-unshuffle 2x2)
     tokens = np.concatenate([rng.integers(0, 60, 5), [63] * 8, rng.integers(0, 60, 6)])[None]
@@ -57,6 +60,7 @@ def _tiny_tokenizer(folder):
 def test_internvl_baseline_answers_like_transformers(tmp_path):
     """`eval.answer.internvl_baseline` end to end: InternVL's video prompt, frames, greedy answer == HF's."""
     from helpers import make_videos
+
     from liteframe_jax.data import video
     from liteframe_jax.eval.answer import internvl_baseline
     folder = tmp_path / "internvl"
@@ -75,7 +79,7 @@ def test_internvl_baseline_answers_like_transformers(tmp_path):
     vqa = internvl_baseline(str(folder), num_frames=2, dtype="float32")
     frames, times = vqa.load_frames(path)
     prompt = vqa._prompt("What moves?", times)
-    text = vqa.task.tokenizer.decode(prompt, skip_special=False)
+    text = vqa.tokenizer.decode(prompt, skip_special=False)
     pad = "<IMG_CONTEXT>" * 4
     assert f"Frame1: <img>{pad}</img>\nFrame2: <img>{pad}</img>" in text  # InternVL's own video prompt
     ours = vqa.answer_batch([frames], [times], ["What moves?"], max_new_tokens=5)[0]
@@ -94,13 +98,13 @@ def test_internvl_baseline_answers_like_transformers(tmp_path):
     assert vqa.preprocessing["sampling"] == "internvl" and vqa.preprocessing["resize"] == "bicubic"
     assert vqa.preprocessing["pixel_mean"] == [0.485, 0.456, 0.406]
     pixels = reference.astype(np.float32) / 255.0
-    pixels = (pixels - np.asarray(vqa.task.pixel_mean)) / np.asarray(vqa.task.pixel_std)
+    pixels = (pixels - np.asarray(vqa.spec.encoder.pixel_mean)) / np.asarray(vqa.spec.encoder.pixel_std)
     with torch.no_grad():
         out = ref.generate(input_ids=torch.from_numpy(np.asarray(prompt, np.int64))[None],
                            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32)),
                            max_new_tokens=5, do_sample=False, pad_token_id=ids["<|endoftext|>"],
                            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
-    want = vqa.task.tokenizer.decode(out[0, len(prompt):].numpy(), skip_special=True)
+    want = vqa.tokenizer.decode(out[0, len(prompt):].numpy(), skip_special=True)
     assert want.strip() and ours.strip() == want.strip()  # a non-empty answer, token for token
 
     # the eval option `model.mlp_kernel` reaches the tower: 'pallas' is refused on this device or dtype

@@ -19,24 +19,25 @@ def test_gelu_exact_matches_erf_definition():
 
 def test_kernel_epilogue_gelu_form_matches_erf_definition():
     # the form the Pallas kernel evaluates (rsqrt^2 reciprocal, exp2); on the GPU its rsqrt/exp2 are the MUFU
-    # approximations, checked against XLA by tests/test_kernels.py
-    from liteframe_jax.models import kernels
+    # approximations, checked against XLA by tests/test_fused_mlp.py
+    from liteframe_jax.models import fused_mlp
     x = jnp.linspace(-12.0, 12.0, 200_001, dtype=jnp.float32)
     ref = np.asarray(jax.nn.gelu(x, approximate=False), np.float64)
-    got = np.asarray(kernels.gelu_f32(x, fast=True), np.float64)
+    got = np.asarray(fused_mlp.gelu_f32(x, fast=True), np.float64)
     assert np.max(np.abs(got - ref)) < 2e-6
 
 
 def test_gelu_tanh_matches_torch_and_the_kernel_epilogue_form():
     # 'gelu_pytorch_tanh' (and HF's 'gelu_new' / 'gelu_fast', the same function) and the fused MLP kernel's
-    # tanh epilogue (`kernels.epilogue_activation("tanh", ...)`) against torch, float32
+    # tanh epilogue (`fused_mlp.epilogue_activation("tanh", ...)`) against torch, float32
     import torch
-    from liteframe_jax.models import kernels
+
+    from liteframe_jax.models import fused_mlp
     x = np.linspace(-12.0, 12.0, 200_001, dtype=np.float32)
     ref = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
     for name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
         np.testing.assert_allclose(np.asarray(layers.activation(name)(jnp.asarray(x))), ref, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(kernels.epilogue_activation("tanh", True)(jnp.asarray(x))), ref, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(fused_mlp.epilogue_activation("tanh", True)(jnp.asarray(x))), ref, atol=2e-6)
     assert np.max(np.abs(ref - np.asarray(layers.gelu_exact(jnp.asarray(x))))) > 1e-4  # not the erf form
 
 

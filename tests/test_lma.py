@@ -1,20 +1,21 @@
 """LMA on CPU: answer-only loss, trainable-set selection, LoRA, resume, 1 vs 8 devices, accuracy above chance."""
 
+import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import tiny_ctd_config, tiny_lma_config
 
-from helpers import tiny_lma_config
-from liteframe_jax.convert.mapping import flatten
-from liteframe_jax.data import qa_demo
-from liteframe_jax.jobs import run
-from liteframe_jax.models.layers import pure_dict
-from liteframe_jax.train import checkpoint, sharding
+from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.core.tree import flatten, pure_dict
+from liteframe_jax.data import conversations, demo, qa_demo
+from liteframe_jax.jobs import train as run
 from liteframe_jax.train.lma import LMATask
 
 
@@ -40,7 +41,7 @@ def test_loss_counts_answer_tokens_only(qa, tmp_path):
     batch = {k: jnp.asarray(v) for k, v in next(iter(task.train_dataset())).items()}
     loss, aux = task.loss(model, batch, None, None)
     tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["loss_mask"])
-    h, _ = model.llm.hidden(task.embeds(model, batch["tokens"], batch["frames"]),
+    h, _ = model.llm.hidden(task.spec.embeds(model, batch["tokens"], batch["frames"], task.dtype),
                             jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape), batch["valid"])
     logp = np.asarray(jax.nn.log_softmax(model.llm.logits(h), -1))
     picked = [-logp[b, t - 1, tokens[b, t]] for b, t in zip(*np.nonzero(mask[:, 1:])) for t in [t + 1]]
@@ -49,6 +50,12 @@ def test_loss_counts_answer_tokens_only(qa, tmp_path):
     # Changing a prompt token's label-side value outside the answers leaves the loss's targets alone.
     changed = dict(batch, loss_mask=batch["loss_mask"].at[:, :5].set(False))
     assert float(task.loss(model, changed, None, None)[0]) == pytest.approx(float(loss), rel=1e-6)
+    # logits are computed at max_answer_tokens positions per row; a row with more answer tokens is refused
+    row = task.train_index.rows[0]
+    ids, answer = task.builder.training_example(row.turns, [0.0] * task.builder.visual_groups)
+    tight = dataclasses.replace(task.builder, max_answer_tokens=int(answer.sum()) - 1)
+    with pytest.raises(conversations.TooLong, match="answer tokens"):
+        tight.training_example(row.turns, [0.0] * task.builder.visual_groups)
 
 
 def test_frozen_parts_stay_bit_identical(qa, tmp_path):
@@ -58,7 +65,11 @@ def test_frozen_parts_stay_bit_identical(qa, tmp_path):
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed and all(k.startswith("projector/") for k in changed)
     saved, _ = checkpoint.restore_params(str(tmp_path))
-    assert set(saved) == {"projector"}  # frozen parts are neither optimised nor saved
+    assert set(saved) == {"projector"}  # frozen parts are neither optimised nor saved with the state...
+    frozen = checkpoint.read_tree(checkpoint.frozen_dir(str(tmp_path)))
+    assert set(frozen) == {"encoder", "llm"}  # ...but written once, so the run folder holds the whole model
+    for k, v in flatten(frozen).items():
+        np.testing.assert_array_equal(v, after[k])
 
 
 def test_lora_trains_adapters_and_projector_only(qa, tmp_path):
@@ -104,6 +115,7 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     assert answer == task.samples[0]["answer"]
     # The benchmark harness end to end on the demo's multiple-choice questions, with the same model.
     from helpers import load_config
+
     from liteframe_jax.eval import harness
     cfg_eval = load_config("eval", "demo")
     cfg_eval.data.root = os.path.dirname(qa[0])
@@ -120,10 +132,39 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     from liteframe_jax.eval import prompts
     q = MCQuestion("m", row.video, "What colour is the shape?", ("red", "blue"), "A")
     ids = qa_model._prompt(prompts.protocol("mlvu", "official").render(q), [0.0] * 4)
-    text = qa_model.task.tokenizer.decode(ids, skip_special=False)
+    text = qa_model.tokenizer.decode(ids, skip_special=False)
     assert text.startswith("<|im_start|>system\nCarefully watch this video")
     assert text.endswith("(B) blue\nOnly give the best option.<|im_end|>\n<|im_start|>assistant\nBest option:(")
     # `--config.model.mlp_kernel` replaces the run's own choice: the fused kernels are refused here (float32,
     # or no Hopper GPU) with the reason
     with pytest.raises(ValueError, match="kernel 'pallas' needs"):
         VideoQA.from_run(str(tmp_path), mlp_kernel="pallas")
+
+
+def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):
+    """An LMA run on a CTD run's student: moved elsewhere with the CTD run deleted, it answers as before; a
+    run folder without its frozen parts is an error, never a retraining."""
+    from liteframe_jax.assembly import run_folder
+    from liteframe_jax.eval.answer import VideoQA
+    ctd_dir, lma_dir = tmp_path / "ctd", tmp_path / "lma"
+    videos = str(tmp_path / "videos")
+    demo.make_demo_videos(videos, count=2, num_frames=16)
+    run(tiny_ctd_config(videos, total_steps=1), str(ctd_dir))
+    cfg = tiny_lma_config(qa[0], total_steps=2, **{"student.init": str(ctd_dir), "train.trainable": "projector"})
+    run(cfg, str(lma_dir))
+    spec = run_folder.read_spec(str(lma_dir))
+    assert spec.encoder == run_folder.read_spec(str(ctd_dir))  # the CTD run's student, as its spec.json says
+    row = LMATask(cfg, sharding.make_mesh(cfg.mesh), str(lma_dir)).train_index.rows[0]
+    before = VideoQA.from_run(str(lma_dir))(row.video, "What colour is the shape?", max_new_tokens=4)
+
+    moved = tmp_path / "elsewhere" / "lma"
+    shutil.move(str(lma_dir), str(moved))
+    shutil.rmtree(ctd_dir)
+    assert VideoQA.from_run(str(moved))(row.video, "What colour is the shape?", max_new_tokens=4) == before
+
+    shutil.rmtree(moved / "frozen")
+    with pytest.raises(ValueError, match="neither the checkpoint nor frozen/"):
+        VideoQA.from_run(str(moved))
+    os.remove(moved / "spec.json")
+    with pytest.raises(FileNotFoundError, match="written before run folders held their whole model"):
+        VideoQA.from_run(str(moved))

@@ -9,7 +9,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from liteframe_jax.models import load_pretrained  # noqa: E402
+from liteframe_jax.convert.registry import load_pretrained  # noqa: E402
 from liteframe_jax.models.generate import generate  # noqa: E402
 
 BASE = dict(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,

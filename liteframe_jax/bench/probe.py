@@ -121,7 +121,7 @@ def _alternating(candidates, args, rounds, iters, timed):
 def bench_probe(small, impl, mlp_kernels, rounds=3, profile=False):
     """Yields one row per (stage, size, implementation); ours carry `vs_probe`, their time over the probe's
     for the same function (the exact-GELU probe for the encoder). `profile`: a kernel breakdown of each."""
-    from liteframe_jax.bench.__main__ import paper_models, qwen25_7b_config, timed
+    from liteframe_jax.bench.common import paper_models, qwen25_7b_config, timed
     from liteframe_jax.bench.profile import format_breakdown, kernel_breakdown
     vit = paper_models(small)[0]
     llm_cfg = qwen25_7b_config(small)

@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from liteframe_jax.bench.__main__ import matmul_ceiling, timed
+from liteframe_jax.bench.common import matmul_ceiling, timed
 from liteframe_jax.bench.flops import vit_block
 from liteframe_jax.models.layers import gelu_exact
 

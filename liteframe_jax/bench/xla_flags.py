@@ -34,17 +34,17 @@ def child(profile: bool) -> None:
     import jax
     from flax import nnx
 
-    from liteframe_jax.bench.__main__ import BF16, _normalise, paper_models, random_frames, timed
+    from liteframe_jax.bench.common import BF16, normalise_frames, paper_models, random_frames, timed
     from liteframe_jax.models.internvit import InternVisionTower
     from liteframe_jax.models.student import LiteFrameStudent
 
     small = jax.default_backend() == "cpu"  # tiny models: a smoke run of the script itself
     vit, _, student, _, _ = paper_models(small)
     impl = None if small else "cudnn"
-    clips = lambda n: _normalise(random_frames(n // student.num_frames, student.num_frames, student.image_size))
+    clips = lambda n: normalise_frames(random_frames(n // student.num_frames, student.num_frames, student.image_size))
     models = {  # name: (build, frames per call, input)
         "teacher": (lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl), 64,
-                    lambda n: _normalise(random_frames(1, n, vit.image_size)[0])),
+                    lambda n: normalise_frames(random_frames(1, n, vit.image_size)[0])),
         "student": (lambda: LiteFrameStudent(student, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl), 256, clips),
         # the same student with tanh GELU, the activation cuBLASLt can apply inside the fc1 GEMM
         "student_tanh": (lambda: LiteFrameStudent(dataclasses.replace(student, act="gelu_pytorch_tanh"),

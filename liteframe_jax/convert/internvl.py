@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from liteframe_jax.convert import hf_folder, mapping
+from liteframe_jax.core.tree import pure_dict
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
-from liteframe_jax.models.layers import ACTIVATIONS, pure_dict
+from liteframe_jax.models.layers import ACTIVATIONS
 
 # Options that change nothing in a frozen, inference-mode forward pass (dropout), or only matter for
 # initialisation / bookkeeping / masked-image-modelling inputs we never pass (a mask token is then unused).

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from liteframe_jax.core.tree import flatten, unflatten
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
@@ -28,28 +30,6 @@ def linear(x: np.ndarray) -> np.ndarray:
 def conv2d_hwio(x: np.ndarray) -> np.ndarray:
     """torch Conv2d weight (out, in, kh, kw) -> (kh, kw, in, out)."""
     return x.transpose(2, 3, 1, 0)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, path + "/"))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten(flat: dict[str, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
 
 
 def apply_table(table, tensors: dict[str, np.ndarray], target_shapes: dict, *, source: str,

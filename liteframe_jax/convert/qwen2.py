@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from liteframe_jax.convert import hf_folder, mapping
-from liteframe_jax.models.layers import ACTIVATIONS, pure_dict
+from liteframe_jax.core.tree import flatten, pure_dict, unflatten
+from liteframe_jax.models.layers import ACTIVATIONS
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
 
 # Anything before "layers.N." / "embed_tokens" / "norm" that a layout may put there.
@@ -73,8 +74,8 @@ def load_qwen2_params(path: str, shapes: dict) -> dict:
     LoRA adapters present in `shapes` are not part of any HF checkpoint: they are left out of the result
     (the caller keeps their initial values).
     """
-    flat = mapping.flatten(shapes)
-    base = mapping.unflatten({k: v for k, v in flat.items() if "/lora_" not in k})
+    flat = flatten(shapes)
+    base = unflatten({k: v for k, v in flat.items() if "/lora_" not in k})
     is_llm = lambda n: "vision_tower" not in n and "multi_modal_projector" not in n
     return mapping.apply_table(table(), hf_folder.read_tensors(path, keep=is_llm), base, source=path)
 

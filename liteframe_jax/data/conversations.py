@@ -170,6 +170,7 @@ class PromptBuilder:
     separators: str = "none"  # 'none' | 'frame' | 'timestamp' | 'internvl'
     max_length: int = 4096
     system_prompt: str | None = None
+    max_answer_tokens: int = 0  # > 0: rows with more loss (answer) tokens are refused, as TooLong
 
     def video_block(self, group_times: list[float] | None = None) -> str:
         pad = self.tokenizer.video_token * self.tokens_per_group
@@ -217,6 +218,8 @@ class PromptBuilder:
         ids += tail
         mask += [False] * len(tail)
         self._check(ids)
+        if self.max_answer_tokens and sum(mask) > self.max_answer_tokens:
+            raise TooLong(f"{sum(mask)} answer tokens > max_answer_tokens {self.max_answer_tokens}")
         return np.asarray(ids, np.int32), np.asarray(mask, bool)
 
     def generation_prompt(self, turns, group_times=None, *, system: str | None = None,

@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
+from liteframe_jax.core.log import log
 from liteframe_jax.data import benchmarks
 from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
 from liteframe_jax.eval import extraction, prompts
-from liteframe_jax.train.metrics import log
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "av", "numpy")
 

@@ -1,5 +1,3 @@
-"""Flax NNX models: teacher towers, compression, the LiteFrame student, and `load_pretrained`."""
+"""Flax NNX models: teacher towers, compression, the LiteFrame student, Qwen2 and the Video LLM.
 
-from liteframe_jax.models.registry import load_pretrained
-
-__all__ = ["load_pretrained"]
+Weights from files are the business of `liteframe_jax.convert` (`load_pretrained`)."""

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from liteframe_jax.train import sharding
+from liteframe_jax.core import sharding
+from liteframe_jax.models.block_tail_common import column_chunk, row_sum, vector_loader
+from liteframe_jax.models.block_tail_grad import block_tail_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,21 +81,6 @@ def reference(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: floa
     padded = jnp.pad(n, ((0, 0), (k // 2, k // 2), (0, 0), (0, 0)))
     r = r + sum(padded[:, j:j + t] * conv_w[j].astype(f32) for j in range(k)) + conv_b.astype(f32)
     return (r + next_bias.astype(f32)).astype(x.dtype), layer_norm(r, norm_2).astype(x.dtype)
-
-
-def row_sum(v):
-    """Sum over a row held as column chunks: chunks are added elementwise first, so each statistic needs one
-    cross-thread reduction."""
-    return jnp.sum(functools.reduce(jnp.add, v), axis=1, keepdims=True)
-
-
-def vector_loader(refs: dict, chunks: list, hoist: bool):
-    """name -> that (D,) parameter vector as float32 (1, chunk) pieces; with `hoist`, each is loaded once per
-    program. `refs` maps a name to (ref, leading index): Triton lowering takes one indexer per load, so no
-    `ref.at[j]` views."""
-    load = lambda name: [refs[name][0][(*refs[name][1], cols)].astype(jnp.float32)[None, :] for cols in chunks]
-    hoisted = {name: load(name) for name in refs} if hoist else {}
-    return lambda name: hoisted[name] if hoist else load(name)
 
 
 def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_ref, next_bias_ref, x_out_ref,
@@ -162,11 +148,6 @@ def _kernel(x_ref, o_ref, o_bias_ref, gt_ref, bt_ref, w_ref, cb_ref, g2_ref, b2_
         @pl.loop(0, config.loop_positions)
         def _(i):
             walk_frames(block * per_program + i * rows)
-
-
-def column_chunk(width: int) -> int:
-    """The largest power of 2 up to 256 that divides `width` (768 -> 256)."""
-    return math.gcd(width, 256)
 
 
 def device_problem() -> str | None:
@@ -237,8 +218,6 @@ def _fwd(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, i
 
 
 def _bwd(eps, config, interpret, mesh, res, cotangents):
-    from liteframe_jax.models.block_tail_grad import block_tail_grad
-
     x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias = res
     g_y, g = block_tail_grad(x, o, stats, o_bias, norm_t, conv_w, conv_b, norm_2[0], cotangents, config.grad_view(),
                              interpret, mesh)

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from liteframe_jax.train import sharding
+from liteframe_jax.core import sharding
+from liteframe_jax.models.block_tail_common import column_chunk, row_sum, vector_loader
 
 # the parameter gradients' order in the kernel's partial-sum output; the conv taps follow as "w0", "w1", ...
 PARTIALS = ("o_bias", "norm_t_scale", "norm_t_bias", "conv_b", "norm_2_scale", "norm_2_bias", "next_bias")
@@ -42,7 +43,6 @@ def _kernel(x_ref, o_ref, stats_ref, g1_ref, g2_ref, o_bias_ref, gt_ref, bt_ref,
             partial_ref, *, frames: int, positions: int, width: int, chunk: int, taps: int, config):
     import jax.experimental.pallas as pl
 
-    from liteframe_jax.models.block_tail import row_sum, vector_loader
 
     f32 = jnp.float32
     rows, half = config.rows, taps // 2
@@ -162,7 +162,6 @@ def _grad_local(x, o, stats, g1, g2, o_bias, norm_t, conv_w, conv_b, norm_2_scal
     import jax.experimental.pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    from liteframe_jax.models.block_tail import column_chunk
 
     b, t, s, d = x.shape
     taps = conv_w.shape[0]

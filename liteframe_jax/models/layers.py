@@ -1,7 +1,7 @@
 """Shared Flax NNX layers: every parameter carries its logical axis names.
 
 Parameters are created as `nnx.Param(value, axes=(...))`. The `axes` metadata is read by
-`liteframe_jax.train.sharding` and mapped to mesh axes through one rule table, so layers never name mesh
+`liteframe_jax.core.sharding` and mapped to mesh axes through one rule table, so layers never name mesh
 axes themselves. Parameters live in float32; `dtype` is the compute dtype (bfloat16 on accelerators).
 """
 
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import kernels
-from liteframe_jax.train import sharding
+from liteframe_jax.core import sharding
+from liteframe_jax.models import fused_mlp
 
 Initializer = Callable[..., jax.Array]
 
@@ -28,7 +28,7 @@ def gelu_exact(x: jax.Array) -> jax.Array:
     to ~7e-7 absolute. XLA's generic erf is a rational polynomial that made the InternViT MLP activation
     cost as much as the attention on an H100 (BENCHMARKS.md); this one is bandwidth-bound.
     """
-    return kernels.gelu_f32(x.astype(jnp.float32)).astype(x.dtype)
+    return fused_mlp.gelu_f32(x.astype(jnp.float32)).astype(x.dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -49,11 +49,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
-
-
-def pure_dict(state) -> dict:
-    """An nnx.State as nested dicts of arrays (the form kept in train states and checkpoints)."""
-    return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
 
 
 def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
@@ -196,9 +191,9 @@ MLP_KERNELS = ("xla", "pallas")
 class Mlp(nnx.Module):
     """fc1 -> activation -> fc2.
 
-    `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/kernels.py`) for
-    inference on bfloat16; layers with fewer than `kernels.MIN_ROWS` tokens, or widths that do not tile
-    (`kernels.tiles`; any number of tokens does), keep the XLA path, which computes the same function. Asking
+    `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/fused_mlp.py`) for
+    inference on bfloat16; layers with fewer than `fused_mlp.MIN_ROWS` tokens, or widths that do not tile
+    (`fused_mlp.tiles`; any number of tokens does), keep the XLA path, which computes the same function. Asking
     for it on another device or dtype is an error. `mesh`: the device mesh a sharded `jax.jit` runs the model
     on; each device then runs the kernel on its own examples (`sharding.over_batch`).
     """
@@ -211,9 +206,9 @@ class Mlp(nnx.Module):
         if impl not in MLP_KERNELS:
             raise ValueError(f"unknown MLP kernel {impl!r}; choose one of {MLP_KERNELS}")
         if impl == "pallas":
-            problem = kernels.device_problem(dtype) or (
-                None if act in kernels.EPILOGUES else
-                f"implements the GELUs {sorted(kernels.EPILOGUES)} only, not {act!r}")
+            problem = fused_mlp.device_problem(dtype) or (
+                None if act in fused_mlp.EPILOGUES else
+                f"implements the GELUs {sorted(fused_mlp.EPILOGUES)} only, not {act!r}")
             if problem:
                 raise ValueError(f"MLP kernel 'pallas' {problem}; use 'xla'")
         self.impl, self.mesh = impl, mesh
@@ -221,13 +216,13 @@ class Mlp(nnx.Module):
     def _fused_fc1(self, x: jax.Array) -> jax.Array | None:
         k, n = x.shape[-1], self.fc1.kernel.shape[1]
         rows = math.prod(x.shape[:-1]) // sharding.batch_split(self.mesh)  # what each device's kernel gets
-        config = kernels.config_for(rows)
-        if rows < kernels.MIN_ROWS or not kernels.tiles(k, n, config):
+        config = fused_mlp.config_for(rows)
+        if rows < fused_mlp.MIN_ROWS or not fused_mlp.tiles(k, n, config):
             return None
-        form, dtype = kernels.EPILOGUES[self.act], self.fc1.dtype
+        form, dtype = fused_mlp.EPILOGUES[self.act], self.fc1.dtype
 
         def local(x, w, b):
-            y = kernels.dense_gelu(x.reshape(-1, k).astype(dtype), w, b, config, form)
+            y = fused_mlp.dense_gelu(x.reshape(-1, k).astype(dtype), w, b, config, form)
             return y.reshape(*x.shape[:-1], n)
 
         return sharding.over_batch(local, self.mesh, (x,), (self.fc1.kernel[...], self.fc1.bias[...]),

@@ -85,16 +85,3 @@ class VideoLLM(nnx.Module):
         valid = jnp.ones((b, t), bool) if valid is None else valid
         h, _ = self.llm.hidden(self.embed(tokens, frames), positions, valid)
         return self.llm.logits(h)
-
-
-def load_internvl_chat(path: str, *, dtype=jnp.float32, attn_impl=None) -> VideoLLM:
-    """The InternVL3 baseline from a whole Hugging Face `internvl` folder: tower + projector + Qwen2."""
-    from liteframe_jax.convert import hf_folder
-    from liteframe_jax.convert.internvl import load_internvl
-    from liteframe_jax.convert.qwen2 import load_qwen2
-    cfg = hf_folder.read_config(path)
-    if cfg.get("model_type") != "internvl":
-        raise ValueError(f"{path}: the InternVL3 baseline needs a whole 'internvl' model, "
-                         f"got model_type {cfg.get('model_type')!r}")
-    return VideoLLM(load_internvl(path, dtype=dtype, attn_impl=attn_impl),
-                    load_qwen2(path, dtype=dtype, attn_impl=attn_impl), video_token_id=cfg.get("image_token_id", 151667))

@@ -13,26 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from liteframe_jax.data import clip_cache, clips as clips_lib, demo, pipeline
-from liteframe_jax.models import compression, load_pretrained
+from liteframe_jax.assembly.specs import StudentSpec
+from liteframe_jax.convert.registry import load_pretrained
+from liteframe_jax.core import sharding
+from liteframe_jax.core.dtypes import compute_dtype
+from liteframe_jax.core.log import log
+from liteframe_jax.core.tree import pure_dict
+from liteframe_jax.data import clip_cache
+from liteframe_jax.data import clips as clips_lib
+from liteframe_jax.data import demo, pipeline
+from liteframe_jax.models import compression
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
-from liteframe_jax.models.layers import pure_dict
-from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
-from liteframe_jax.train import losses, metrics as metrics_lib, sharding
+from liteframe_jax.models.pixels import normalise
+from liteframe_jax.models.student import StudentConfig
+from liteframe_jax.train import losses
 from liteframe_jax.train.loop import Task
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def compute_dtype(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def normalise(frames_uint8: jax.Array, mean, std, dtype) -> jax.Array:
-    x = frames_uint8.astype(jnp.float32) / 255.0
-    return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
 
 
 def build_teacher(tcfg, dtype, attn_impl, mesh=None) -> tuple[InternVisionTower, str]:
@@ -53,24 +48,26 @@ def build_teacher(tcfg, dtype, attn_impl, mesh=None) -> tuple[InternVisionTower,
 class CTDTask(Task):
     name = "ctd"
 
-    def __init__(self, config, mesh, workdir: str):
+    def __init__(self, config, mesh, workdir: str, with_data: bool = True):
         super().__init__(config, mesh)
         self.dtype = compute_dtype(config.dtype)
         attn_impl = config.attention_impl
 
         # Teacher first: it fixes the target grid that the student must match.
         teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, mesh)
-        metrics_lib.log(f"[ctd] {description}")
+        log(f"[ctd] {description}")
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output
         h, w, channels = teacher.grid_shape(self.output)
         self.teacher_image_size = teacher.vit.cfg.image_size
+        self.teacher_vit_config = teacher.vit.cfg
         self.num_frames = int(config.data.num_frames)
         self.window = tuple(config.compression.window)
         self.target_grid = compression.output_grid((self.num_frames, h, w), self.window)
         self.target_shape = (*self.target_grid, channels)
 
         self.student_cfg = StudentConfig.from_dict({**config.student.to_dict(), "num_frames": self.num_frames})
+        self.spec = StudentSpec(self.student_cfg, tuple(config.data.pixel_mean), tuple(config.data.pixel_std))
         student_shape = (*self.student_cfg.output_grid, self.student_cfg.out_dim)
         if student_shape != self.target_shape:
             raise ValueError(
@@ -78,9 +75,9 @@ class CTDTask(Task):
                 f"{self.target_shape} (teacher {self.num_frames}x{h}x{w}x{channels} '{self.output}' tokens, "
                 f"window {self.window}). Change student.stages / student.patch_size / student.out_dim or "
                 "compression.window.")
-        metrics_lib.log(f"[ctd] target: {self.num_frames} frames x {h}x{w} teacher tokens -> WAP {self.window} "
-                        f"({config.compression.weighting}) -> {self.target_grid} grid = "
-                        f"{int(np.prod(self.target_grid))} tokens of width {channels}")
+        log(f"[ctd] target: {self.num_frames} frames x {h}x{w} teacher tokens -> WAP {self.window} "
+            f"({config.compression.weighting}) -> {self.target_grid} grid = "
+            f"{int(np.prod(self.target_grid))} tokens of width {channels}")
 
         teacher_params = pure_dict(teacher_state)
         teacher_sh = sharding.param_shardings(teacher_state, config.sharding_rules, mesh)
@@ -88,19 +85,23 @@ class CTDTask(Task):
         del teacher
 
         # Data: probe every video once, skip unreadable ones, split off the held-out videos.
-        train_videos, eval_videos = self._videos(config.data, workdir)
-        d = config.data
-        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop)
-        metrics_lib.log(f"[ctd] train data: {self.train_index.report()}")
-        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop)
-                           if eval_videos else None)
-        if self.eval_index:
-            metrics_lib.log(f"[ctd] held-out data: {self.eval_index.report()}")
-        else:
-            metrics_lib.log("[ctd] no held-out videos: the held-out cosine similarity will not be measured")
+        self.train_index = self.eval_index = None
+        if with_data:
+            self._index_videos(config.data, workdir)
         if config.batch_size % jax.process_count():
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
         self.local_batch = config.batch_size // jax.process_count()
+
+    def _index_videos(self, d, workdir: str) -> None:
+        train_videos, eval_videos = self._videos(d, workdir)
+        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop)
+        log(f"[ctd] train data: {self.train_index.report()}")
+        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop)
+                           if eval_videos else None)
+        if self.eval_index:
+            log(f"[ctd] held-out data: {self.eval_index.report()}")
+        else:
+            log("[ctd] no held-out videos: the held-out cosine similarity will not be measured")
 
     @staticmethod
     def _videos(d, workdir: str) -> tuple[list[str], list[str]]:
@@ -116,8 +117,8 @@ class CTDTask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return LiteFrameStudent(self.student_cfg, rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl,
-                                tail_kernel=self.config.student_tail_kernel, mesh=self.mesh)
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl,
+                               tail_kernel=self.config.student_tail_kernel, mesh=self.mesh)
 
     def frozen(self):
         return self._frozen
@@ -132,7 +133,7 @@ class CTDTask(Task):
         if d.clip_cache:
             cache = clip_cache.open_or_build(self.train_index.clips, d.clip_cache, self.teacher_image_size,
                                              workers=d.cache_workers, may_build=jax.process_count() == 1,
-                                             log=metrics_lib.log)
+                                             log=log)
         return pipeline.train_dataset(
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),

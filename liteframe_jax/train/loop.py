@@ -13,25 +13,27 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from liteframe_jax.convert.mapping import flatten, unflatten
-from liteframe_jax.models.layers import pure_dict
-from liteframe_jax.train import checkpoint, metrics as metrics_lib, optim, sharding
+from liteframe_jax.assembly import run_folder
+from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.core.log import log
+from liteframe_jax.core.tree import flatten, unflatten
+from liteframe_jax.train import metrics as metrics_lib
+from liteframe_jax.train import state as state_lib
+from liteframe_jax.train import step as step_lib
 
 
 class Task(abc.ABC):
     """What a trainer adds to the skeleton: its model, frozen parts, data, loss and evaluation."""
 
     name: str = "task"
+    spec = None  # the spec of the model the run produces (assembly/specs.py), written to WORKDIR/spec.json
 
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
@@ -129,7 +131,7 @@ def match_params(source: dict, target: dict) -> dict:
     if taken == 0:
         raise ValueError("init_from: no parameter of the checkpoint matches this model by name and shape")
     logging.info("init_from: %d of %d parameters taken from the checkpoint", taken, len(dst))
-    metrics_lib.log(f"init_from: {taken} of {len(dst)} parameters taken from the checkpoint")
+    log(f"init_from: {taken} of {len(dst)} parameters taken from the checkpoint")
     return unflatten(out)
 
 
@@ -143,89 +145,57 @@ class _IteratorSnapshot:
         return self._state
 
 
-def _tree_norm(tree) -> jax.Array:
-    return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
-
-
-def _split(tree: dict, trainable: set[str]) -> tuple[dict, dict]:
-    flat = flatten(tree)
-    return (unflatten({k: v for k, v in flat.items() if k in trainable}),
-            unflatten({k: v for k, v in flat.items() if k not in trainable}))
-
-
-def _merge(a: dict, b: dict) -> dict:
-    return unflatten({**flatten(a), **flatten(b)})
-
-
-def _place(tree: dict, overrides: dict[str, np.ndarray], shardings: dict) -> dict:
-    """Replace leaves of a device tree by host arrays (placed with the leaf's sharding)."""
-    flat, flat_sh = flatten(tree), flatten(shardings)
-    for path, value in overrides.items():
-        if path in flat:
-            if tuple(value.shape) != tuple(flat[path].shape):
-                raise ValueError(f"pretrained parameter {path!r} has shape {value.shape}, the model's is "
-                                 f"{flat[path].shape}")
-            flat[path] = jax.device_put(np.asarray(value, flat[path].dtype), flat_sh[path])
-    return unflatten(flat)
-
-
-def _write_config(config, workdir: str) -> None:
+def _write_config(config, workdir: str, spec) -> None:
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+    if spec is not None:
+        run_folder.write_spec(workdir, spec)
+
+
+def _frozen_from_run(workdir: str, frozen_paths: set[str]) -> dict[str, np.ndarray]:
+    """A resumed run's frozen parameters from its own frozen/ folder (written at its first start)."""
+    saved = flatten(checkpoint.read_tree(checkpoint.frozen_dir(workdir)))
+    missing = sorted(frozen_paths - set(saved))
+    if missing:
+        raise ValueError(f"{workdir}/frozen does not hold {len(missing)} of the parameters that this config keeps "
+                         f"frozen, e.g. {missing[:3]}: was train.trainable changed since the run started?")
+    return {k: saved[k] for k in frozen_paths}
 
 
 def train(config, workdir: str, task: Task) -> Result:
     mesh = task.mesh
     key = jax.random.key(config.seed)
     total_steps = int(config.total_steps)
-    _write_config(config, workdir)
+    _write_config(config, workdir, task.spec)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+    own = ckpt.latest_step()
 
     # --- shapes first: the model, which of it trains, shardings of both parts and of the optimizer state ---
-    graphdef, abstract_model_state = nnx.split(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))
-    full_sh = sharding.param_shardings(abstract_model_state, config.sharding_rules, mesh)
-    paths = {k: tuple(v.shape) for k, v in flatten(pure_dict(abstract_model_state)).items()}
-    patterns = task.trainable_patterns()
-    trainable = {p for p in paths if any(re.search(pat, p) for pat in patterns)}
-    if not trainable:
-        raise ValueError(f"no parameter matches the trainable patterns {patterns}; paths look like "
-                         f"{sorted(paths)[:5]}")
-    param_sh, frozen_model_sh = _split(full_sh, trainable)
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-    replicated = sharding.replicated(mesh)
+    lay = state_lib.layout(config, task, key)
+    paths, trainable, abstract = lay.paths, lay.trainable, lay.abstract
+    log(f"[{task.name}] parameters: {lay.num_trained / 1e6:.2f}M trained of {lay.num_params / 1e6:.2f}M, "
+        f"on mesh {dict(mesh.shape)} ({jax.process_count()} process(es), {jax.device_count()} devices)")
 
-    def fresh_state(params):
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                "nonfinite_streak": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
-
-    def init_full(rng):
-        return pure_dict(nnx.state(task.build_model(nnx.Rngs(rng))))
-
-    abstract = jax.eval_shape(lambda k: fresh_state(_split(init_full(k), trainable)[0]), key)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
-                                   transform_non_params=lambda _: replicated,
-                                   is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh,
-                "nonfinite_streak": replicated, "skipped": replicated}
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    num_trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
-    num_all = sum(int(np.prod(s)) for s in paths.values())
-    metrics_lib.log(f"[{task.name}] parameters: {num_trained / 1e6:.2f}M trained of {num_all / 1e6:.2f}M, on mesh "
-                    f"{dict(mesh.shape)} ({jax.process_count()} process(es), {jax.device_count()} devices)")
-
-    # --- the model at init: random, then pretrained parts; frozen parts are rebuilt this way at every start ---
-    full = jax.jit(init_full, out_shardings=full_sh)(key)
-    full = _place(full, task.pretrained_params(paths), full_sh)
-    init_params, frozen_model = _split(full, trainable)
+    # --- the model at init: random, then pretrained parts (at a resume, the frozen ones from the run itself) ---
+    full = lay.random_model(key)
+    frozen_saved = checkpoint.has_tree(checkpoint.frozen_dir(workdir))
+    if own is not None and frozen_saved:
+        pretrained = _frozen_from_run(workdir, set(paths) - trainable)
+    else:
+        pretrained = task.pretrained_params(paths)
+    full = state_lib.place(full, pretrained, lay.full_sh)
+    del pretrained
+    init_params, frozen_model = state_lib.split(full, trainable)
     del full
+    if flatten(frozen_model) and not frozen_saved:  # the run folder keeps the whole model
+        checkpoint.save_tree(checkpoint.frozen_dir(workdir), frozen_model)
     task_frozen, task_frozen_sh = task.frozen()
-    frozen, frozen_sh = (task_frozen, frozen_model), (task_frozen_sh, frozen_model_sh)
+    frozen, frozen_sh = (task_frozen, frozen_model), (task_frozen_sh, lay.frozen_model_sh)
 
     # --- data and the resume order ---
     data_iter = iter(task.train_dataset())
-    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-    own = ckpt.latest_step()
     if own is not None:
         state = ckpt.restore(own, abstract, data_iter)
         origin = f"resumed from this workdir at step {own}"
@@ -240,77 +210,22 @@ def train(config, workdir: str, task: Task) -> Result:
     elif config.init_from:
         source, step = checkpoint.restore_params(config.init_from)
         params = task.init_from_params(source, jax.device_get(init_params))
-        params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, param_sh)
-        state = jax.jit(fresh_state, out_shardings=state_sh)(params)
+        params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, lay.param_sh)
+        state = jax.jit(lay.fresh_state, out_shardings=lay.state_sh)(params)
         origin = f"parameters initialised from {config.init_from} (step {step})"
     else:
-        state = jax.jit(fresh_state, out_shardings=state_sh, donate_argnums=0)(init_params)
+        state = jax.jit(lay.fresh_state, out_shardings=lay.state_sh, donate_argnums=0)(init_params)
         origin = "initialised from scratch"
     del init_params
     start_step = int(jax.device_get(state["step"]))
-    metrics_lib.log(f"[{task.name}] {origin}; training steps {start_step} -> {total_steps}")
+    log(f"[{task.name}] {origin}; training steps {start_step} -> {total_steps}")
 
-    # --- the step: gradient accumulation over micro-batches with lax.scan ---
-    accum = int(config.get("grad_accum_steps", 1))
+    # --- the step, compiled ahead of time for the task's batch spec ---
+    step_fn = step_lib.compile_train_step(config, task, lay, frozen, frozen_sh, key)
+    compile_seconds = step_fn.compile_seconds
+    log(f"[{task.name}] step compiled in {compile_seconds:.1f}s; {step_fn.memory_report()}")
 
-    def grads_of(params, frozen, batch, rng):
-        task_frozen, frozen_model = frozen
-        prepared = jax.lax.stop_gradient(task.prepare(task_frozen, batch, rng))
-
-        def loss_fn(p):
-            return task.loss(nnx.merge(graphdef, _merge(p, frozen_model)), batch, prepared, rng)
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-    def train_step(state, frozen, batch):
-        rng = jax.random.fold_in(key, state["step"])
-        if accum == 1:
-            (loss, aux), grads = grads_of(state["params"], frozen, batch, rng)
-        else:
-            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-
-            def body(carry, xs):
-                i, mb = xs
-                (l, a), g = grads_of(state["params"], frozen, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (l, a, g)), None
-
-            zeros = jax.eval_shape(lambda: grads_of(state["params"], frozen,
-                                                    jax.tree.map(lambda x: x[0], micro), rng))
-            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (zeros[0][0], zeros[0][1], zeros[1]))
-            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-            loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        grad_norm = _tree_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
-                     "opt_state": keep(opt_state, state["opt_state"]),
-                     "nonfinite_streak": jnp.where(ok, 0, state["nonfinite_streak"] + 1),
-                     "skipped": state["skipped"] + (~ok).astype(jnp.int32)}
-        metrics = {"loss": loss, "lr": schedule(state["step"]), "grad_norm": grad_norm,
-                   "param_norm": _tree_norm(params), "update_norm": _tree_norm(updates), **aux}
-        return new_state, metrics
-
-    batch_spec = task.batch_spec()
-    for k, v in batch_spec.items():
-        if v.shape[0] % accum:
-            raise ValueError(f"batch {k} of {v.shape[0]} rows cannot be split into {accum} micro-batches")
-    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
-    jitted = jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
-                     out_shardings=(state_sh, replicated), donate_argnums=(0,))
-    t0 = time.perf_counter()
-    spec_shapes = {k: tuple(v.shape) for k, v in batch_spec.items()}
-    compiled = jitted.lower(abstract, frozen, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
-                                               for k, v in batch_spec.items()}).compile()
-    compile_seconds = time.perf_counter() - t0
-    metrics_lib.log(f"[{task.name}] step compiled in {compile_seconds:.1f}s; {_memory_report(compiled)}")
-
-    def step_fn(state, batch):  # other batch shapes (length buckets) compile once each through jit's cache
-        same = all(tuple(batch[k].shape) == s for k, s in spec_shapes.items())
-        return (compiled if same else jitted)(state, frozen, batch)
-
-    evaluate = lambda params: task.evaluate(graphdef, _merge(params, frozen_model), task_frozen)
+    evaluate = lambda params: task.evaluate(lay.graphdef, state_lib.merge(params, frozen_model), task_frozen)
     writer = metrics_lib.MetricWriter(workdir, total_steps)
     eval_at_start = None
     if config.eval_at_start and start_step == 0:
@@ -324,7 +239,7 @@ def train(config, workdir: str, task: Task) -> Result:
     step = start_step
     for step in range(start_step + 1, total_steps + 1):
         batch = sharding.global_batch(next(data_iter), mesh)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, frozen, batch)
         if step % config.log_every == 0 or step == total_steps:
             last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             streak, skipped = (int(x) for x in jax.device_get((state["nonfinite_streak"], state["skipped"])))
@@ -352,17 +267,4 @@ def train(config, workdir: str, task: Task) -> Result:
     return Result(workdir=workdir, step=int(jax.device_get(state["step"])), origin=origin,
                   checkpoint_dir=ckpt.directory, metrics_path=writer.path, curve_path=curve, eval=eval_metrics,
                   eval_at_start=eval_at_start, last_metrics=last_metrics, compile_seconds=compile_seconds,
-                  train_seconds=train_seconds, params=_merge(state["params"], frozen_model))
-
-
-def _memory_report(compiled) -> str:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # not every backend reports memory
-        m = None
-    if m is None:
-        return "memory analysis unavailable on this backend"
-    gib = lambda b: b / 2 ** 30
-    return (f"per-device memory: arguments {gib(m.argument_size_in_bytes):.2f} GiB, outputs "
-            f"{gib(m.output_size_in_bytes):.2f} GiB, temporaries {gib(m.temp_size_in_bytes):.2f} GiB, "
-            f"aliased {gib(m.alias_size_in_bytes):.2f} GiB")
+                  train_seconds=train_seconds, params=state_lib.merge(state["params"], frozen_model))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
@@ -100,8 +99,3 @@ def plot_loss_curve(workdir: str, title: str) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, file=sys.stdout, flush=True)

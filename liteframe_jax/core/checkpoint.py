@@ -2,7 +2,9 @@
 
 Resume order (first that applies): the run's own workdir -> `config.resume_from` (another run's workdir:
 state and data position) -> `config.init_from` (parameters only, e.g. a CTD student into LMA) -> scratch.
-Frozen models (the teacher) are never part of the state and never saved.
+The teacher is never part of the state and never saved. The frozen parts of a model that a run produces
+(an LMA run's student and LLM when they do not train) are written once to `WORKDIR/frozen/`, so the run folder
+alone holds the whole model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,32 @@ import orbax.checkpoint as ocp
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def frozen_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "frozen")
+
+
+def save_tree(path: str, tree) -> None:
+    """A tree of (possibly sharded) arrays to an Orbax folder; every process takes part."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(path), tree)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def has_tree(path: str) -> bool:
+    return os.path.isdir(path) and any(name.endswith("METADATA") or name == "_METADATA" for name in os.listdir(path))
+
+
+def read_tree(path: str) -> dict:
+    """A tree written by `save_tree`, as host numpy arrays."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(os.path.abspath(path))
+    meta = getattr(meta, "item_metadata", meta)
+    meta = getattr(meta, "tree", meta)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return checkpointer.restore(os.path.abspath(path), restore_args=restore_args)
 
 
 class Checkpointer:
@@ -56,8 +84,8 @@ def has_checkpoint(workdir: str) -> bool:
         read_only=True)).latest_step() is not None
 
 
-def restore_params(workdir: str, subtree: str = "params") -> tuple[dict, int]:
-    """The parameters (as host numpy) saved at the latest step of another run's workdir."""
+def restore_params(workdir: str, subtree: str = "params", step: int | None = None) -> tuple[dict, int]:
+    """The parameters (as host numpy) saved at `step` (default: the latest) of a run's workdir."""
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
         raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
@@ -65,9 +93,12 @@ def restore_params(workdir: str, subtree: str = "params") -> tuple[dict, int]:
                                     item_names=("state", "data"),
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                    "data": grain.checkpoint.CheckpointHandler()})
-    step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"init_from: no finished checkpoint in {d}")
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"init_from: no finished checkpoint in {d}")
+    elif step not in manager.all_steps():
+        raise FileNotFoundError(f"{workdir!r} has no checkpoint at step {step} (it has {sorted(manager.all_steps())})")
     meta = manager.item_metadata(step)["state"]
     meta = getattr(meta, "tree", meta)
     if subtree not in meta:

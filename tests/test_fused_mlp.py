@@ -1,8 +1,8 @@
-"""The fused fc1 + GELU Hopper kernel (`models/kernels.py`) and the compiled student block tail
+"""The fused fc1 + GELU Hopper kernel (`models/fused_mlp.py`) and the compiled student block tail
 (`models/block_tail.py`): against XLA on a Hopper GPU, and their refusals.
 
 The GPU tests run where an H100/H200 is present and JAX may use it (`JAX_PLATFORMS=cuda python -m pytest
-tests/test_kernels.py`: conftest defaults to the CPU); elsewhere only the refusal runs.
+tests/test_fused_mlp.py`: conftest defaults to the CPU); elsewhere only the refusal runs.
 """
 
 import jax
@@ -10,18 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from liteframe_jax.models import kernels, layers
+from liteframe_jax.core import sharding
+from liteframe_jax.models import fused_mlp, layers
 from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
-from liteframe_jax.train import sharding
 
-hopper = pytest.mark.skipif(kernels.device_problem(jnp.bfloat16) is not None,
+hopper = pytest.mark.skipif(fused_mlp.device_problem(jnp.bfloat16) is not None,
                             reason="needs a Hopper GPU for the Mosaic GPU kernel")
 
 
 def test_pallas_mlp_refused_where_it_cannot_run():
-    if kernels.device_problem(jnp.bfloat16) is None:
+    if fused_mlp.device_problem(jnp.bfloat16) is None:
         with pytest.raises(ValueError, match="implements the GELUs"):
             layers.Mlp(64, 256, act="silu", rngs=nnx.Rngs(0), dtype=jnp.bfloat16, impl="pallas")
     else:
@@ -40,11 +41,11 @@ def test_fused_mlp_on_a_mesh_runs_the_kernel_on_each_devices_examples(monkeypatc
 
     def stand_in(x, w, b, config, gelu):
         seen.append(x.shape)
-        return kernels._reference(x, w.astype(x.dtype), b, gelu)
+        return fused_mlp._reference(x, w.astype(x.dtype), b, gelu)
 
-    monkeypatch.setattr(kernels, "device_problem", lambda dtype: None)
-    monkeypatch.setattr(kernels, "dense_gelu", stand_in)
-    monkeypatch.setattr(kernels, "MIN_ROWS", 200)
+    monkeypatch.setattr(fused_mlp, "device_problem", lambda dtype: None)
+    monkeypatch.setattr(fused_mlp, "dense_gelu", stand_in)
+    monkeypatch.setattr(fused_mlp, "MIN_ROWS", 200)
     mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=1, num_devices=4))
     mlp = layers.Mlp(128, 512, act="gelu", rngs=nnx.Rngs(0), impl="pallas", mesh=mesh)
     x = jax.random.normal(jax.random.key(0), (8, 100, 128))
@@ -57,8 +58,8 @@ def test_fused_mlp_on_a_mesh_runs_the_kernel_on_each_devices_examples(monkeypatc
         mlp(jnp.concatenate([x, x[:2]]))
 
 
-CONFIGS = {"default": kernels.TileConfig(), "large_layers": kernels.LARGE_LAYER_CONFIG,
-           "ieee_math_no_prefetch": kernels.TileConfig(approx_math=False, prefetch_across_tiles=False)}
+CONFIGS = {"default": fused_mlp.TileConfig(), "large_layers": fused_mlp.LARGE_LAYER_CONFIG,
+           "ieee_math_no_prefetch": fused_mlp.TileConfig(approx_math=False, prefetch_across_tiles=False)}
 
 
 @hopper
@@ -72,7 +73,7 @@ def test_dense_gelu_matches_xla(m, k, n, config, gelu):
     w = (jax.random.normal(jax.random.key(1), (k, n)) * k ** -0.5).astype(jnp.bfloat16)
     b = jax.random.normal(jax.random.key(2), (n,)) * 0.1
     want = jax.nn.gelu(jnp.dot(x, w, preferred_element_type=jnp.float32) + b, approximate=gelu == "tanh")
-    got = kernels.dense_gelu(x, w, b, CONFIGS[config], gelu).astype(jnp.float32)
+    got = fused_mlp.dense_gelu(x, w, b, CONFIGS[config], gelu).astype(jnp.float32)
     # within one bfloat16 step of the output (relative 2^-7)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2 ** -7, atol=2 ** -10)
     if gelu == "tanh":  # the two forms differ by more than the tolerance: the test tells them apart
@@ -86,8 +87,8 @@ def test_dense_gelu_gradient_is_the_reference_gradient():
     w = (jax.random.normal(jax.random.key(1), (128, 512)) * 0.09).astype(jnp.bfloat16)
     b = jax.random.normal(jax.random.key(2), (512,)) * 0.1
     loss = lambda f: lambda x, w, b: jnp.sum(f(x, w, b).astype(jnp.float32) ** 2)
-    got = jax.grad(loss(kernels.dense_gelu), argnums=(0, 1, 2))(x, w, b)
-    want = jax.grad(loss(kernels._reference), argnums=(0, 1, 2))(x, w, b)
+    got = jax.grad(loss(fused_mlp.dense_gelu), argnums=(0, 1, 2))(x, w, b)
+    want = jax.grad(loss(fused_mlp._reference), argnums=(0, 1, 2))(x, w, b)
     for g, r in zip(got, want):
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=0.05, atol=0.05)
 

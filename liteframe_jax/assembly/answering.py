@@ -1,0 +1,43 @@
+"""Answering with a built Video LLM: token-id prompts and their frames in, decoded text out.
+
+Used by LMA's held-out evaluation during training and by `eval.answer.VideoQA` (generation and benchmarks),
+so both answer the same way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from liteframe_jax.models.generate import generate
+
+# Prompts are left-padded to a multiple of this many tokens: the jitted embedding and generation compile once
+# per width, and benchmark prompts differ in length from batch to batch.
+PROMPT_WIDTH_STEP = 64
+
+
+class Answerer:
+    def __init__(self, spec, tokenizer, graphdef, dtype):
+        self.spec, self.tokenizer, self.graphdef, self.dtype = spec, tokenizer, graphdef, dtype
+        self._embed = jax.jit(lambda p, tok, fr: spec.embeds(nnx.merge(graphdef, p), tok, fr, dtype))
+
+    def __call__(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], *, max_new_tokens: int,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
+        """Prompts (token ids, each with its uint8 frames) -> answers. Prompts are left-padded so every one
+        ends at the same column."""
+        width = -(-max(len(p) for p in prompts) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
+        pad = self.tokenizer.pad_id
+        ids = np.full((len(prompts), width), pad, np.int32)
+        valid = np.zeros((len(prompts), width), bool)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], valid[i, width - len(p):] = p, True
+        embeds = self._embed(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
+        llm_graphdef, llm_params = nnx.split(nnx.merge(self.graphdef, params).llm)
+        out, lengths = generate(llm_graphdef, llm_params, embeds, jnp.asarray(valid),
+                                jnp.asarray(self.tokenizer.stop_ids), jax.random.key(seed),
+                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, pad_id=pad)
+        out, lengths = np.asarray(out), np.asarray(lengths)
+        stops = set(self.tokenizer.stop_ids)
+        return [self.tokenizer.decode([t for t in out[i, :lengths[i]] if t not in stops]) for i in range(len(prompts))]

@@ -1,0 +1,125 @@
+"""What a run folder holds beside its checkpoints, so that it alone is enough to use the model it produced:
+
+    WORKDIR/config.json    the training config (for people and for resuming; readers never parse it)
+    WORKDIR/spec.json      the model's spec (assembly/specs.py)
+    WORKDIR/tokenizer/     the tokenizer files, copied from the LLM's folder (LMA runs with a HF tokenizer)
+    WORKDIR/frozen/        the parameters that do not train, written once (LMA runs)
+    WORKDIR/checkpoints/   the trained parameters, optimizer state and data position at each saved step
+
+`load_model` builds a run's model from these alone: the CTD run and Hugging Face folders an LMA run came from
+may be moved or deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from flax import nnx
+
+from liteframe_jax.assembly.specs import SPEC_VERSION, StudentSpec, VideoLLMSpec, spec_from_dict
+from liteframe_jax.core import checkpoint
+from liteframe_jax.core.tree import flatten, pure_dict, unflatten
+from liteframe_jax.models.student import StudentConfig
+
+SPEC_FILE = "spec.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")
+
+
+def write_spec(workdir: str, spec):
+    """Write spec.json (process 0); an LMA spec's tokenizer folder is copied into the run first, and the spec
+    written names the copy. Returns the spec as written."""
+    if isinstance(spec, VideoLLMSpec) and spec.tokenizer != "bytes" and os.path.isabs(spec.tokenizer):
+        if jax.process_index() == 0:
+            target = os.path.join(workdir, TOKENIZER_DIR)
+            os.makedirs(target, exist_ok=True)
+            copied = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(spec.tokenizer, name))]
+            if "tokenizer.json" not in copied:
+                raise FileNotFoundError(f"tokenizer folder {spec.tokenizer!r} has no tokenizer.json")
+            for name in copied:
+                shutil.copyfile(os.path.join(spec.tokenizer, name), os.path.join(target, name))
+        spec = VideoLLMSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "tokenizer": TOKENIZER_DIR})
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, SPEC_FILE), "w") as f:
+            json.dump({"version": SPEC_VERSION, **spec.to_dict()}, f, indent=2)
+    return spec
+
+
+def _legacy_student_spec(workdir: str) -> StudentSpec | None:
+    """CTD runs written before spec.json: their student from config.json (the CTD config's own fields)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("trainer") != "ctd":
+        return None
+    arch = StudentConfig.from_dict({**cfg["student"], "num_frames": int(cfg["data"]["num_frames"])})
+    return StudentSpec(arch, tuple(cfg["data"]["pixel_mean"]), tuple(cfg["data"]["pixel_std"]))
+
+
+def read_spec(workdir: str, want: type | None = None):
+    """The spec of the model a run folder holds; `want` (StudentSpec or VideoLLMSpec) checks its kind."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir!r} does not exist (a run folder was expected)")
+    path = os.path.join(workdir, SPEC_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            spec = spec_from_dict(json.load(f))
+    else:
+        spec = _legacy_student_spec(workdir)
+        if spec is None:
+            if not os.path.isfile(os.path.join(workdir, "config.json")):
+                raise FileNotFoundError(f"{workdir!r} is not a run folder of liteframe_jax (no {SPEC_FILE}, no "
+                                        "config.json)")
+            raise FileNotFoundError(
+                f"{workdir!r} has no {SPEC_FILE}: it was written before run folders held their whole model. Run its "
+                "training command once more with the same --workdir (its sources must still exist): it resumes, "
+                f"writes {SPEC_FILE} and frozen/, and from then on the folder stands alone")
+    if want is not None and not isinstance(spec, want):
+        raise ValueError(f"{workdir!r} holds a {spec.kind!r} model, not a {want.kind!r}")
+    return spec
+
+
+def load_weights(workdir: str, abstract_params: dict, step: int | None = None) -> tuple[dict, int]:
+    """The whole model's parameters (host numpy, nested like `abstract_params`): the frozen parts from
+    frozen/, the trained ones from the checkpoint at `step` (default: the latest)."""
+    trained, step = checkpoint.restore_params(workdir, step=step)
+    flat = flatten(trained)
+    frozen = checkpoint.frozen_dir(workdir)
+    if checkpoint.has_tree(frozen):
+        flat.update(flatten(checkpoint.read_tree(frozen)))
+    want = flatten(abstract_params)
+    missing = sorted(set(want) - set(flat))
+    if missing:
+        hint = ("" if checkpoint.has_tree(frozen) else
+                " The run has no frozen/ folder: run its training command once more with the same --workdir "
+                "(its sources must still exist) to write it.")
+        raise ValueError(f"{workdir!r} step {step}: {len(missing)} of the model's parameters are in neither the "
+                         f"checkpoint nor frozen/, e.g. {missing[:3]}.{hint}")
+    for path, leaf in want.items():
+        if tuple(np.shape(flat[path])) != tuple(leaf.shape):
+            raise ValueError(f"{workdir!r}: parameter {path!r} has shape {np.shape(flat[path])} in the run folder, "
+                             f"but its spec.json builds {tuple(leaf.shape)}")
+    return unflatten({k: flat[k] for k in want}), step
+
+
+def load_model(workdir: str, *, step: int | None = None, **build):
+    """(spec, tokenizer or None, graphdef, params, step) of the model a run folder holds; `build`: dtype,
+    attn_impl, mlp_kernel (how it runs, not what it computes)."""
+    spec = read_spec(workdir)
+    tokenizer = None
+    if isinstance(spec, VideoLLMSpec):
+        tokenizer = spec.load_tokenizer(workdir)
+        make = lambda: spec.build(rngs=nnx.Rngs(0), video_token_id=tokenizer.video_token_id, **build)
+    else:
+        make = lambda: spec.build(rngs=nnx.Rngs(0), **build)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    params, step = load_weights(workdir, pure_dict(abstract), step)
+    return spec, tokenizer, graphdef, params, step

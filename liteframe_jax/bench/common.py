@@ -1,0 +1,122 @@
+"""What every bench shares: timing, the measured matmul ceiling, synthetic frames, and the paper's model sizes
+(or their tiny `--small` stand-ins)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from liteframe_jax.core.configs import load_config_file
+from liteframe_jax.models import block_tail, fused_mlp
+from liteframe_jax.models.internvit import InternVitConfig, InternVLHeadConfig
+from liteframe_jax.models.qwen2 import Qwen2Config
+from liteframe_jax.models.student import StudentConfig
+
+BF16 = jnp.bfloat16
+TUBELET = "LiteFrame (paper_tubelet2)"
+
+
+def timed(fn, *args, warmup: int = 2, iters: int = 10, carry: bool = False) -> float:
+    """Median seconds per call. With `carry`, the call's first output replaces the first argument
+    (a donated train state)."""
+    args = list(args)
+    for _ in range(warmup):
+        out = fn(*args)
+        jax.block_until_ready(out)
+        if carry:
+            args[0] = out[0]
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+        if carry:
+            args[0] = out[0]
+    return statistics.median(times)
+
+
+def peak_memory_gib() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 30
+
+
+def matmul_ceiling(small: bool, warmup_s: float = 2.0) -> float:
+    """bfloat16 FLOP/s of a large `jnp.dot`, timed after `warmup_s` of the same work: a GPU that starts idle
+    needs about a second under load to reach its sustained clock, and timing it cold understates the ceiling
+    (and so overstates every MFU)."""
+    n = 1024 if small else 8192
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(k1, (n, n), BF16)
+    b = jax.random.normal(k2, (n, n), BF16)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=BF16))
+    jax.block_until_ready(f(a, b))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < (0.1 if small else warmup_s):
+        jax.block_until_ready(f(a, b))
+    return 2 * n ** 3 / timed(f, a, b, iters=30)
+
+
+def random_frames(batch, t, size, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, t, size, size, 3), 0, 256, jnp.int32).astype(jnp.uint8)
+
+
+def normalise_frames(frames):
+    return ((frames.astype(jnp.float32) / 255.0 - 0.45) / 0.225).astype(BF16)
+
+
+def paper_models(small: bool):
+    ctd = load_config_file("ctd", "paper")
+    vit = InternVitConfig(**ctd.teacher.vit.to_dict())
+    head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
+    student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
+    siglip = InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=378,
+                             patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh")
+    window = tuple(ctd.compression.window)
+    if small:
+        vit = InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
+                              patch_size=14)
+        siglip = vit
+        head = InternVLHeadConfig(out_features=64)
+        student = StudentConfig(image_size=56, num_frames=8, patch_size=(1, 14, 14), width=64, num_heads=4,
+                                mlp_dim=128, stages=((1, (2, 2, 2)), (1, (2, 1, 1))), out_dim=64)
+        window = (4, 1, 1)
+    return vit, head, student, siglip, window
+
+
+def tubelet_student(small: bool) -> StudentConfig:
+    """The `paper_tubelet2` student (2-frame tubelets), or its tiny stand-in."""
+    if small:
+        return StudentConfig(image_size=56, num_frames=8, patch_size=(2, 14, 14), width=64, num_heads=4,
+                             mlp_dim=128, stages=((1, (1, 2, 2)), (1, (2, 1, 1))), out_dim=64)
+    ctd = load_config_file("ctd", "paper_tubelet2")
+    return StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
+
+
+def is_oom(e: Exception) -> bool:
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def default_tail_kernel(small: bool) -> str:
+    """The student's block-tail kernel the `paper` CTD preset trains with where this process can run it."""
+    return "xla" if small or block_tail.device_problem() else "pallas"
+
+
+def fused_mlp_kernel() -> str:
+    """The models' MLP kernel in the inference benches: the fused fc1 + GELU where this process runs it (tiny
+    `--small` layers have too few rows for it and keep XLA's path either way)."""
+    return "xla" if fused_mlp.device_problem(BF16) else "pallas"
+
+
+def qwen25_7b_config(small: bool) -> Qwen2Config:
+    """The LLM of InternVL3-8B and of the LiteFrame model in the latency benches, or its tiny stand-in."""
+    if small:
+        return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                           num_kv_heads=2)
+    return Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
+                       num_heads=28, num_kv_heads=4)

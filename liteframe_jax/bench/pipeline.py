@@ -1,0 +1,103 @@
+"""`bench pipeline`: 720p H.264 decoding and resizing per core, and the Grain input pipeline with worker
+processes; the synthetic 720p video the latency bench decodes too."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def bench_pipeline(small, workers_list):
+    """720p H.264 decode + resize to 448 (per core), and the Grain pipeline with worker processes."""
+    import tempfile
+
+    import av
+
+    from liteframe_jax.data import clips as clips_lib
+    from liteframe_jax.data import demo, pipeline
+    folder = tempfile.mkdtemp()
+    w, h, n = (320, 180, 48) if small else (1280, 720, 120)
+    rng = np.random.default_rng(0)
+    frames = demo.render(demo.random_shapes(rng, 3), n, w, h, speed=0.01)
+    noise = rng.integers(0, 40, frames.shape, np.uint8)  # texture, so the codec has real work
+    path = demo.write_video(os.path.join(folder, "clip.mp4"), frames + noise, fps=30)
+    size = 112 if small else 448
+    t0 = time.perf_counter()
+    count = 0
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        for f in c.decode(s):
+            f.reformat(width=size, height=size, format="rgb24").to_ndarray()
+            count += 1
+    sec = time.perf_counter() - t0
+    yield {"bench": "decode", "source": f"{w}x{h} H.264", "to": size, "threads": 1, "frames_per_s": count / sec}
+    copies = [os.path.join(folder, f"c{i}.mp4") for i in range(16)]
+    for c in copies:
+        os.link(path, c)
+    index = clips_lib.build_index(copies, num_frames=8, stride=4)
+    def delivered(workers, batches, cache=None):
+        """(clips/s, frames/s) of 8-clip batches after the first, which waits for the workers to start."""
+        ds = iter(pipeline.train_dataset(index.clips, size=size, batch_size=8, seed=0, num_workers=workers,
+                                         read_threads=2, cache=cache))
+        next(ds)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(ds)
+        sec = time.perf_counter() - t0
+        if hasattr(ds, "close"):
+            ds.close()
+        return {"workers": workers, "clips_per_s": batches * 8 / sec, "frames_per_s": batches * 64 / sec}
+
+    for workers in workers_list:
+        yield {"bench": "pipeline", **delivered(workers, 6 if small else 10)}
+    # The decoded-clip cache: built once (each video decoded front to back), then read instead of decoding.
+    from liteframe_jax.data import clip_cache
+    cache_workers = max(workers_list) or 1
+    t0 = time.perf_counter()
+    cache = clip_cache.build(index.clips, os.path.join(folder, "cache"), size, workers=cache_workers,
+                             log=lambda msg: None)
+    sec = time.perf_counter() - t0
+    yield {"bench": "clip_cache_build", "workers": cache_workers, "source": f"{w}x{h} H.264",
+           "clips_per_s": len(index.clips) / sec, "frames_per_s": len(index.clips) * 8 / sec,
+           "decoded_frames_per_s": len(copies) * n / sec}
+    for workers in sorted({0, min(4, cache_workers)}):
+        yield {"bench": "pipeline_cached", **delivered(workers, 6 if small else 40, cache)}
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)  # the videos and the cache: gigabytes at 720p
+
+
+def synthetic_video(folder: str, seconds: int, small: bool) -> str:
+    """A 1280x720, 30 fps H.264 video with a keyframe every 2 s (web video's usual spacing), textured so the
+    codec has real work; rendered a second at a time."""
+    from liteframe_jax.data import demo
+    w, h, fps = (320, 180, 30) if small else (1280, 720, 30)
+    rng = np.random.default_rng(0)
+    # one second of moving shapes over a fixed grain texture, shifted sideways every second: rendering every
+    # second anew would take longer than the benchmark itself
+    shapes = demo.random_shapes(rng, 4)
+    second = demo.render(shapes, fps, w, h, speed=0.01) + rng.integers(0, 24, (h, w, 3), np.uint8)
+
+    def frames():
+        for s in range(seconds):
+            yield from np.roll(second, 37 * s, axis=2)
+
+    return demo.write_video(os.path.join(folder, f"request_{w}x{h}_{seconds}s.mp4"), frames(), fps=fps,
+                            keyframe_every=2 * fps)
+
+
+def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3):
+    """(median seconds, frames): `frames_n` frames uniform over the whole video, decoded and resized by
+    `workers` threads, each over its own stretch of the file (`video.decode_frames_split`)."""
+    from liteframe_jax.data import video
+    from liteframe_jax.data.conversations import uniform_indices
+    idx = uniform_indices(video.probe(path).num_frames, frames_n)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        frames = video.decode_frames_split(path, idx, size, workers)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), frames

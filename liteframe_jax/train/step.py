@@ -1,0 +1,118 @@
+"""The jitted train step (gradient accumulation, the non-finite guard, metrics) and its ahead-of-time compile
+with a memory report. Training runs it; the benches time exactly it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from liteframe_jax.core import sharding
+from liteframe_jax.train.state import StateLayout, merge
+
+
+def _tree_norm(tree) -> jax.Array:
+    return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def make_train_step(config, task, layout: StateLayout, key):
+    """(state, frozen, batch) -> (state, metrics); `frozen` is (the task's frozen parts, the model's)."""
+    accum = int(config.get("grad_accum_steps", 1))
+    graphdef, tx, schedule = layout.graphdef, layout.tx, layout.schedule
+
+    def grads_of(params, frozen, batch, rng):
+        task_frozen, frozen_model = frozen
+        prepared = jax.lax.stop_gradient(task.prepare(task_frozen, batch, rng))
+
+        def loss_fn(p):
+            return task.loss(nnx.merge(graphdef, merge(p, frozen_model)), batch, prepared, rng)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def train_step(state, frozen, batch):
+        rng = jax.random.fold_in(key, state["step"])
+        if accum == 1:
+            (loss, aux), grads = grads_of(state["params"], frozen, batch, rng)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                (l, a), g = grads_of(state["params"], frozen, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (l, a, g)), None
+
+            zeros = jax.eval_shape(lambda: grads_of(state["params"], frozen,
+                                                    jax.tree.map(lambda x: x[0], micro), rng))
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (zeros[0][0], zeros[0][1], zeros[1]))
+            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+            loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        grad_norm = _tree_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+                     "opt_state": keep(opt_state, state["opt_state"]),
+                     "nonfinite_streak": jnp.where(ok, 0, state["nonfinite_streak"] + 1),
+                     "skipped": state["skipped"] + (~ok).astype(jnp.int32)}
+        metrics = {"loss": loss, "lr": schedule(state["step"]), "grad_norm": grad_norm,
+                   "param_norm": _tree_norm(params), "update_norm": _tree_norm(updates), **aux}
+        return new_state, metrics
+
+    return train_step
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    jitted: object  # for batch shapes other than the spec's (length buckets), compiled once each by jit
+    compiled: object
+    batch_spec: dict
+    batch_sh: dict
+    compile_seconds: float
+    memory: dict | None  # bytes: arguments, outputs, temporaries, aliased; None where the backend says nothing
+
+    def __call__(self, state, frozen, batch):
+        same = all(tuple(batch[k].shape) == tuple(v.shape) for k, v in self.batch_spec.items())
+        return (self.compiled if same else self.jitted)(state, frozen, batch)
+
+    @property
+    def step_gib(self) -> float | None:
+        """What one step needs on a device: arguments + outputs + temporaries, less donated buffers."""
+        m = self.memory
+        return None if m is None else (m["arguments"] + m["outputs"] + m["temporaries"] - m["aliased"]) / 2 ** 30
+
+    def memory_report(self) -> str:
+        if self.memory is None:
+            return "memory analysis unavailable on this backend"
+        gib = {k: v / 2 ** 30 for k, v in self.memory.items()}
+        return (f"per-device memory: arguments {gib['arguments']:.2f} GiB, outputs {gib['outputs']:.2f} GiB, "
+                f"temporaries {gib['temporaries']:.2f} GiB, aliased {gib['aliased']:.2f} GiB")
+
+
+def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key) -> CompiledStep:
+    """The train step, jitted with donated state and compiled ahead of time for the task's batch spec."""
+    mesh = task.mesh
+    accum = int(config.get("grad_accum_steps", 1))
+    batch_spec = task.batch_spec()
+    for k, v in batch_spec.items():
+        if v.shape[0] % accum:
+            raise ValueError(f"batch {k} of {v.shape[0]} rows cannot be split into {accum} micro-batches")
+    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
+    jitted = jax.jit(make_train_step(config, task, layout, key),
+                     in_shardings=(layout.state_sh, frozen_sh, batch_sh),
+                     out_shardings=(layout.state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = jitted.lower(layout.abstract, frozen, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
+                                                      for k, v in batch_spec.items()}).compile()
+    seconds = time.perf_counter() - t0
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend reports memory
+        m = None
+    memory = None if m is None else {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+                                     "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes}
+    return CompiledStep(jitted, compiled, batch_spec, batch_sh, seconds, memory)
