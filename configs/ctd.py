@@ -6,13 +6,19 @@ Presets (`--config=configs/ctd.py:NAME`):
          (8 frames x 256 tokens -> 128 tokens), ViT-B-scale student. Needs --config.teacher.init and
          --config.data.videos.
   paper_tubelet2  `paper` with a student that embeds 2-frame tubelets (patch 2x14x14, as ViViT / VideoMAE):
-         half the tokens in its first and most expensive stage, about 1.9x fewer FLOPs per clip, same
+         half the tokens in its first and most expensive stage, fewer FLOPs per clip, the same
          output grid. The faster option for long-video latency (BENCHMARKS.md).
 Any field can be overridden: --config.optimizer.lr=3e-4. A misspelt key is an error naming the key.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from liteframe_jax.core import defaults
+from liteframe_jax.models.internvit import InternVitConfig
+from liteframe_jax.models.student import StudentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,11 +30,8 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.preset = preset
     c.seed = 0
     c.dtype = "float32"  # compute dtype; parameters and losses stay float32
-    c.attention_impl = config_dict.placeholder(str)  # None: XLA decides; 'cudnn': flash attention on GPU
-    # 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU kernel forward and one
-    # backward (models/block_tail.py, block_tail_grad.py; the paper CTD step 194 -> 164-168 ms on an H100,
-    # BENCHMARKS.md sixth pass); 'xla' elsewhere (a CPU refuses 'pallas')
-    c.student_tail_kernel = "xla"
+    # kernels.attention / .mlp (the teacher's) / .block_tail (the student's): core/defaults.py
+    c.kernels = defaults.kernels()
 
     c.total_steps = 300
     c.batch_size = 8  # global, across all processes
@@ -43,10 +46,8 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.resume_from = config_dict.placeholder(str)  # another run's workdir: state + data position
     c.init_from = config_dict.placeholder(str)  # another run's workdir: parameters only
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
-    # logical axis -> mesh axes; the single rule table (see liteframe_jax/core/sharding.py)
-    c.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"),
-                        ("norm", None))
+    c.mesh = defaults.mesh()
+    c.sharding_rules = defaults.SHARDING_RULES
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8,
@@ -74,30 +75,22 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     return c
 
 
-def _teacher(init, image_size, patch_size, hidden, layers, heads, mlp, out_features, output):
+def _teacher(init, vit: str, out_features: int) -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.init = init  # 'random' on purpose, or a Hugging Face folder (internvl / internvl_vision)
-    t.output = output  # 'vit' | 'unshuffle' | 'projector'
+    t.output = "projector"  # 'vit' | 'unshuffle' | 'projector'
     t.feature_layer = -1
-    # 'pallas' on a Hopper GPU with bfloat16: each InternViT MLP's fc1 + GELU as one kernel (the teacher is
-    # frozen, so inference only; `layers.Mlp`); 'xla' elsewhere
-    t.mlp_kernel = "xla"
-    t.vit = ml_collections.ConfigDict(dict(
-        hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=mlp, hidden_act="gelu",
-        norm_type="layer_norm", layer_norm_eps=1e-6, image_size=image_size, patch_size=patch_size,
-        num_channels=3, attention_bias=True, use_qk_norm=False, use_absolute_position_embeddings=True,
-        layer_scale_init_value=0.1, use_mean_pooling=True, initializer_range=0.02))
+    t.vit = ml_collections.ConfigDict(dataclasses.asdict(InternVitConfig.preset(vit)))  # for init='random'
     t.head = ml_collections.ConfigDict(dict(downsample_ratio=0.5, out_features=out_features, act="gelu"))
     return t
 
 
-def _student(image_size, patch_size, width, heads, mlp, stages, out_dim):
+def _student(preset: str) -> ml_collections.ConfigDict:
     # Tuples, not lists: ml_collections overrides tuple fields from the command line
     # (--config.student.stages='((2, (1, 2, 2)), (2, (1, 1, 1)))') and refuses list fields.
-    stages = tuple((int(n), tuple(stride)) for n, stride in stages)
-    return ml_collections.ConfigDict(dict(
-        image_size=image_size, patch_size=tuple(patch_size), width=width, num_heads=heads, mlp_dim=mlp,
-        stages=stages, temporal_kernel=3, out_dim=out_dim, act="gelu", norm_eps=1e-6))
+    fields = dataclasses.asdict(StudentConfig.preset(preset))
+    del fields["num_frames"]  # data.num_frames
+    return ml_collections.ConfigDict(fields)
 
 
 def get_config(arg=None):
@@ -105,25 +98,21 @@ def get_config(arg=None):
     c = _common(preset)
     if preset == "demo":
         # 64 px frames, 8x8 ViT patches -> 4x4 after pixel-unshuffle -> WAP (2, 1, 1): 4x4x4 = 64 tokens / clip.
-        c.teacher = _teacher("random", 64, 8, 64, 4, 4, 256, 128, "projector")
-        c.student = _student(64, (1, 8, 8), 64, 4, 256, [(2, (2, 2, 2)), (2, (1, 1, 1))], 128)
+        c.teacher = _teacher("random", "demo", 128)
+        c.student = _student("demo")
         c.compression.window = (2, 1, 1)
     elif preset in ("paper", "paper_tubelet2"):
         # InternVL3-8B: InternViT-300M-448px (32x32 patches) -> pixel-unshuffle 16x16 -> projector (3584).
         # 16x compression vs InternVL3's 256 tokens per frame: WAP (4, 2, 2) over 8 frames -> 2x8x8 = 128.
-        c.teacher = _teacher(config_dict.placeholder(str), 448, 14, 1024, 24, 16, 4096, 3584, "projector")
-        c.student = _student(448, (1, 14, 14), 768, 12, 3072,
-                             [(4, (2, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))], 3584)
-        if preset == "paper_tubelet2":  # 4x32x32 tokens in, (1, 2, 2) then (2, 2, 2): the same 2x8x8 out
-            c.student = _student(448, (2, 14, 14), 768, 12, 3072,
-                                 [(4, (1, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))], 3584)
+        c.teacher = _teacher(config_dict.placeholder(str), "internvit-300m-448", 3584)
+        c.student = _student(preset)
         c.compression.window = (4, 2, 2)
         c.data.videos = config_dict.placeholder(str)
         c.data.eval_every_nth_video = 50
         c.data.num_workers = 12
         c.data.frame_stride = 4
         c.dtype = "bfloat16"
-        c.student_tail_kernel = "pallas"  # a GPU; --config.student_tail_kernel=xla elsewhere
+        c.kernels.block_tail = "pallas"  # a GPU; --config.kernels.block_tail=xla elsewhere
         c.batch_size = 256
         c.eval_batch_size = 64
         c.total_steps = 50_000

@@ -10,8 +10,14 @@ Presets (`--config=configs/lma.py:NAME`):
          on every LLM projection train (`--config.train.trainable=full` trains the whole LLM instead).
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from liteframe_jax.core import defaults
+from liteframe_jax.models.qwen2 import Qwen2Config
+from liteframe_jax.models.student import StudentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +30,9 @@ def get_config(arg=None):
     c.preset = preset
     c.seed = 0
     c.dtype = "float32"
-    c.attention_impl = config_dict.placeholder(str)
+    # kernels.attention / .mlp (the encoder's, student or InternViT) / .block_tail (a student encoder's; unset:
+    # as .mlp): core/defaults.py. The fused MLP is inference-only: for a frozen encoder and evaluation.
+    c.kernels = defaults.kernels(block_tail=None)
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     # The demo's colour and order questions are learnt first; direction and count, which need the shapes'
@@ -43,9 +51,8 @@ def get_config(arg=None):
     c.resume_from = config_dict.placeholder(str)
     c.init_from = config_dict.placeholder(str)
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
-    c.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
-                        ("vocab", "tensor"), ("norm", None))
+    c.mesh = defaults.mesh()
+    c.sharding_rules = defaults.SHARDING_RULES
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=2e-3, warmup_fraction=0.05, warmup_steps=-1, decay_steps=-1, end_lr_fraction=0.0, b1=0.9, b2=0.98,
         eps=1e-8, weight_decay=0.0, grad_clip=1.0))
@@ -58,24 +65,20 @@ def get_config(arg=None):
     # need (docs/METHOD.md, "The demo").
     c.train = ml_collections.ConfigDict(dict(trainable="projector+llm"))
 
-    # mlp_kernel 'pallas': the encoder's (student's or InternViT's) fc1 + GELU as one kernel on Hopper GPUs
-    # (bfloat16; faster inference, a slower backward pass, so for a frozen encoder and evaluation); 'xla'
-    # everywhere else.
-    c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str), mlp_kernel="xla"))
+    c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str)))
     c.student = ml_collections.ConfigDict()
     c.student.init = "demo_ctd"  # a CTD run folder | 'demo_ctd' | 'random'
     c.student.demo_ctd_steps = 200
     c.student.num_frames = 8  # only for init='random'
-    c.student.arch = ml_collections.ConfigDict(dict(
-        image_size=64, patch_size=(1, 8, 8), width=64, num_heads=4, mlp_dim=256,
-        stages=((2, (2, 2, 2)), (2, (1, 1, 1))), temporal_kernel=3, out_dim=128, act="gelu", norm_eps=1e-6))
+    arch = dataclasses.asdict(StudentConfig.preset("demo"))
+    del arch["num_frames"]
+    c.student.arch = ml_collections.ConfigDict(arch)
     c.projector = ml_collections.ConfigDict(dict(kind="mlp", hidden=0, act="gelu", norm=True))
 
     c.llm = ml_collections.ConfigDict()
     c.llm.init = "random"  # 'random' (demo) or a Hugging Face Qwen2 folder
-    c.llm.arch = ml_collections.ConfigDict(dict(  # for init='random'; vocab_size comes from the tokenizer
-        hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10_000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, vocab_size=0))  # vocab_size 0: the tokenizer's
+    # for init='random'; vocab_size 0: the tokenizer's
+    c.llm.arch = ml_collections.ConfigDict({**dataclasses.asdict(Qwen2Config.preset("demo")), "vocab_size": 0})
     c.llm.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down"))
     c.tokenizer = "bytes"  # 'bytes' or a folder with tokenizer.json; empty: llm.init's folder
     c.video_token = "<|video_pad|>"

@@ -47,10 +47,10 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     workdir = _WORKDIR.value or job.default_workdir(config)
+    logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
     if job.trains:
         maybe_initialize_distributed()
         os.makedirs(workdir, exist_ok=True)
-        logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
     job.run(config, workdir)
 
 

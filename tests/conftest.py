@@ -1,11 +1,16 @@
-"""Test setup: 8 fake CPU devices before jax loads, Hugging Face offline, float32 matmuls."""
+"""Test setup: 8 fake CPU devices before jax loads, Hugging Face offline, float32 matmuls, and one persistent
+compilation cache for the session (its subprocesses included): many tests compile the same tiny steps."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="liteframe_jax_tests_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

@@ -137,7 +137,7 @@ def test_teacher_mlp_kernel_on_a_device_without_it_names_the_problem(videos):
     from liteframe_jax.models import fused_mlp
     if fused_mlp.device_problem(jax.numpy.bfloat16) is None:
         pytest.skip("this device runs the kernel")
-    cfg = tiny_ctd_config(videos, **{"teacher.mlp_kernel": "pallas"})
+    cfg = tiny_ctd_config(videos, **{"kernels.mlp": "pallas"})
     with pytest.raises(ValueError, match="MLP kernel 'pallas' needs"):
         CTDTask(cfg, sharding.make_mesh(cfg.mesh), "/unused")
 

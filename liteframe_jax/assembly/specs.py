@@ -173,9 +173,11 @@ class VideoLLMSpec:
         return self.visual_groups * self.tokens_per_group
 
     # --- building ---
-    def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", mesh=None,
-              remat="none", video_token_id: int) -> VideoLLM:
-        encoder = self.encoder.build(rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
+    def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,
+              mesh=None, remat="none", video_token_id: int) -> VideoLLM:
+        """`tail_kernel` (a student encoder's block tail): None follows `mlp_kernel`."""
+        encoder = self.encoder.build(rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
+                                     tail_kernel=tail_kernel, mesh=mesh)
         width = self.encoder.token_grid[2]
         projector = None if self.projector is None else Projector(width, self.llm.hidden_size, self.projector,
                                                                   rngs=rngs, dtype=dtype)

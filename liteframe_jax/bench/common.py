@@ -70,12 +70,13 @@ def normalise_frames(frames):
 
 
 def paper_models(small: bool):
+    """(teacher ViT, its head, student, a SigLIP-shaped ViT, WAP window) as configs/ctd.py:paper trains them, or
+    tiny stand-ins."""
     ctd = load_config_file("ctd", "paper")
     vit = InternVitConfig(**ctd.teacher.vit.to_dict())
     head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
     student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
-    siglip = InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=378,
-                             patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh")
+    siglip = InternVitConfig.preset("so400m-378")
     window = tuple(ctd.compression.window)
     if small:
         vit = InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
@@ -118,5 +119,4 @@ def qwen25_7b_config(small: bool) -> Qwen2Config:
     if small:
         return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                            num_kv_heads=2)
-    return Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
-                       num_heads=28, num_kv_heads=4)
+    return Qwen2Config.preset("qwen2.5-7b")

@@ -27,9 +27,7 @@ def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, bat
     `devices`."""
     c = load_config_file("ctd", "paper")
     c.teacher.init = "random"
-    c.teacher.mlp_kernel = teacher_mlp_kernel
-    c.attention_impl = impl
-    c.student_tail_kernel = tail_kernel
+    c.kernels.update(attention=impl, mlp=teacher_mlp_kernel, block_tail=tail_kernel)
     c.batch_size = batch
     c.mesh.num_devices = devices
     if small:
@@ -62,7 +60,7 @@ def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None 
                       rope_theta=llm.rope_theta, tie_word_embeddings=llm.tie_word_embeddings,
                       vocab_size=llm.vocab_size)
     c.tokenizer = "bytes"  # the prompt's layout needs only the video placeholder; the vocabulary is the LLM's
-    c.attention_impl = impl
+    c.kernels.attention = impl
     c.remat = remat
     c.batch_size = batch
     c.mesh.num_devices = 1

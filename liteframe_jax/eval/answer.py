@@ -129,7 +129,9 @@ def _run_settings(run_dir: str) -> dict:
         return {}
     with open(path) as f:
         cfg = json.load(f)
-    return {"dtype": cfg.get("dtype"), "mlp_kernel": (cfg.get("encoder") or {}).get("mlp_kernel")}
+    # runs written before `kernels` kept the encoder's MLP kernel in `encoder.mlp_kernel`
+    mlp = (cfg.get("kernels") or {}).get("mlp") or (cfg.get("encoder") or {}).get("mlp_kernel")
+    return {"dtype": cfg.get("dtype"), "mlp_kernel": mlp}
 
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",

@@ -38,6 +38,13 @@ class InternVitConfig:
     def grid(self) -> int:
         return self.image_size // self.patch_size
 
+    @classmethod
+    def preset(cls, name: str, **changes) -> "InternVitConfig":
+        """A named size (VIT_PRESETS), with `changes` on top."""
+        if name not in VIT_PRESETS:
+            raise ValueError(f"unknown InternViT preset {name!r}; known: {sorted(VIT_PRESETS)}")
+        return dataclasses.replace(VIT_PRESETS[name], **changes)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
@@ -54,6 +61,17 @@ class InternVLHeadConfig:
     @property
     def factor(self) -> int:
         return int(round(1 / self.downsample_ratio))
+
+
+VIT_PRESETS = {
+    "demo": InternVitConfig(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256, image_size=64,
+                            patch_size=8),
+    # InternVL3-8B's vision tower
+    "internvit-300m-448": InternVitConfig(),
+    # a SigLIP-So400m-384-shaped tower (27x27 patches), for the encoder benches
+    "so400m-378": InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=378,
+                                  patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh"),
+}
 
 
 class Attention(nnx.Module):

@@ -39,6 +39,24 @@ class Qwen2Config:
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @classmethod
+    def preset(cls, name: str, **changes) -> "Qwen2Config":
+        """A named size (QWEN2_PRESETS), with `changes` on top."""
+        if name not in QWEN2_PRESETS:
+            raise ValueError(f"unknown Qwen2 preset {name!r}; known: {sorted(QWEN2_PRESETS)}")
+        return dataclasses.replace(QWEN2_PRESETS[name], **changes)
+
+
+QWEN2_PRESETS = {
+    "demo": Qwen2Config(vocab_size=261, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                        num_kv_heads=2, rope_theta=10_000.0, tie_word_embeddings=True),
+    "qwen2.5-1.5b": Qwen2Config(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_layers=28,
+                                num_heads=12, num_kv_heads=2, tie_word_embeddings=True),
+    # the LLM of InternVL3-8B and of the paper's LiteFrame model
+    "qwen2.5-7b": Qwen2Config(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
+                              num_heads=28, num_kv_heads=4),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:

@@ -37,6 +37,13 @@ class StudentConfig:
     norm_eps: float = 1e-6
 
     @classmethod
+    def preset(cls, name: str, **changes) -> "StudentConfig":
+        """A named size (STUDENT_PRESETS), with `changes` on top."""
+        if name not in STUDENT_PRESETS:
+            raise ValueError(f"unknown student preset {name!r}; known: {sorted(STUDENT_PRESETS)}")
+        return dataclasses.replace(STUDENT_PRESETS[name], **changes)
+
+    @classmethod
     def from_dict(cls, d) -> "StudentConfig":
         d = dict(d)
         d["patch_size"] = tuple(d["patch_size"])
@@ -58,6 +65,19 @@ class StudentConfig:
                 raise ValueError(f"student stage {i}: token grid {grid} is not divisible by its stride {stride}")
             grid = tuple(g // st for g, st in zip(grid, stride))
         return grid
+
+
+STUDENT_PRESETS = {
+    # 64 px frames, 8x8 patches: 8x8x8 tokens -> (2, 2, 2) -> 4x4x4 = 64 tokens of width 128 per clip
+    "demo": StudentConfig(image_size=64, patch_size=(1, 8, 8), width=64, num_heads=4, mlp_dim=256,
+                          stages=((2, (2, 2, 2)), (2, (1, 1, 1))), out_dim=128),
+    # ViT-B scale at 448 px: 8x32x32 tokens -> 2x8x8 = 128 tokens of InternVL3-8B's width 3584 per clip
+    "paper": StudentConfig(image_size=448, patch_size=(1, 14, 14), width=768, num_heads=12, mlp_dim=3072,
+                           stages=((4, (2, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))), out_dim=3584),
+    # `paper` on 2-frame tubelets: 4x32x32 tokens in, the same 2x8x8 out
+    "paper_tubelet2": StudentConfig(image_size=448, patch_size=(2, 14, 14), width=768, num_heads=12, mlp_dim=3072,
+                                    stages=((4, (1, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))), out_dim=3584),
+}
 
 
 class SpatialAttention(nnx.Module):

@@ -30,18 +30,18 @@ from liteframe_jax.train import losses
 from liteframe_jax.train.loop import Task
 
 
-def build_teacher(tcfg, dtype, attn_impl, mesh=None) -> tuple[InternVisionTower, str]:
+def build_teacher(tcfg, dtype, attn_impl, mlp_kernel="xla", mesh=None) -> tuple[InternVisionTower, str]:
     """(tower, description). 'random' is a deliberate choice (demo); anything unset is an error."""
     if tcfg.init == "random":
         vit = InternVitConfig(**tcfg.vit.to_dict())
         head = InternVLHeadConfig(**tcfg.head.to_dict()) if tcfg.head is not None else None
         tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1234), feature_layer=tcfg.feature_layer, dtype=dtype,
-                                  attn_impl=attn_impl, mlp_kernel=tcfg.mlp_kernel, mesh=mesh)
+                                  attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
         return tower, "RANDOMLY INITIALISED teacher (demo): targets are features of an untrained InternViT"
     if not tcfg.init:
         raise ValueError("teacher.init is not set: give a Hugging Face InternVL folder "
                          "(--config.teacher.init=/path/to/InternVL3-8B-hf) or 'random' on purpose")
-    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl, mlp_kernel=tcfg.mlp_kernel, mesh=mesh)
+    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
     return tower, f"teacher loaded from {tcfg.init}"
 
 
@@ -51,10 +51,10 @@ class CTDTask(Task):
     def __init__(self, config, mesh, workdir: str, with_data: bool = True):
         super().__init__(config, mesh)
         self.dtype = compute_dtype(config.dtype)
-        attn_impl = config.attention_impl
+        attn_impl = config.kernels.attention
 
         # Teacher first: it fixes the target grid that the student must match.
-        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, mesh)
+        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, config.kernels.mlp, mesh)
         log(f"[ctd] {description}")
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output
@@ -117,8 +117,8 @@ class CTDTask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl,
-                               tail_kernel=self.config.student_tail_kernel, mesh=self.mesh)
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.config.kernels.attention,
+                               tail_kernel=self.config.kernels.block_tail, mesh=self.mesh)
 
     def frozen(self):
         return self._frozen

@@ -214,8 +214,9 @@ class LMATask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs):
-        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.config.attention_impl,
-                               mlp_kernel=self.config.encoder.mlp_kernel, mesh=self.mesh,
+        k = self.config.kernels
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=k.attention, mlp_kernel=k.mlp,
+                               tail_kernel=k.block_tail, mesh=self.mesh,
                                remat=self.config.get("remat", "none"), video_token_id=self.tokenizer.video_token_id)
 
     def trainable_patterns(self):
