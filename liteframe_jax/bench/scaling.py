@@ -27,12 +27,13 @@ def device_counts(available: int) -> list[int]:
     return counts
 
 
-def bench_scaling(ceiling, small, impl, tail_kernel="xla", teacher_mlp_kernel="xla"):
-    """Yields one row per device count; `ceiling` is one device's bfloat16 matmul FLOP/s."""
+def bench_scaling(ceiling, small, impl, tail_kernel="xla", teacher_mlp_kernel="xla", counts=None):
+    """Yields one row per device count (`counts`, default: powers of 2 up to all); `ceiling` is one device's
+    bfloat16 matmul FLOP/s."""
     from liteframe_jax.train.ctd import CTDTask
     per_device = 1 if small else 16
     single = None
-    for n in device_counts(len(jax.devices())):
+    for n in counts or device_counts(len(jax.devices())):
         batch = per_device * n
         config = ctd_config(small, impl, tail_kernel, teacher_mlp_kernel, batch, devices=n)
         try:
