@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 from flax import nnx  # noqa: E402
 
 from liteframe_jax.assembly.baseline import load_internvl_video_llm  # noqa: E402
+from liteframe_jax.assembly.specs import VideoLLMSpec  # noqa: E402
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28,
               patch_size=7, attention_bias=True)
@@ -27,7 +28,7 @@ def test_internvl_chat_logits_match_transformers(tmp_path, tie):
         for p in ref.parameters():
             p.mul_(0).add_(torch.randn(p.shape) * 0.2)
     ref.save_pretrained(tmp_path)
-    _, graphdef, params = load_internvl_video_llm(str(tmp_path))
+    graphdef, params = load_internvl_video_llm(VideoLLMSpec.internvl(str(tmp_path)), str(tmp_path))
     ours = nnx.merge(graphdef, params)
     rng = np.random.default_rng(0)
     # two frames -> 2 x 4 image tokens (28 px, patch 7 -> 4x4 -> pixel-unshuffle 2x2)

@@ -12,14 +12,13 @@ from liteframe_jax.convert.qwen2 import load_qwen2
 from liteframe_jax.core.tree import pure_dict
 
 
-def load_internvl_video_llm(folder: str, *, frames: int = 64, dtype=jnp.float32, mlp_kernel: str = "xla",
+def load_internvl_video_llm(spec: VideoLLMSpec, folder: str, *, dtype=jnp.float32, mlp_kernel: str = "xla",
                             video_token_id: int | None = None):
-    """(spec, graphdef, params): InternVL3's tower + projector + Qwen2 as a Video LLM. `video_token_id`
-    defaults to the folder's `image_token_id` (<IMG_CONTEXT>)."""
-    spec = VideoLLMSpec.internvl(folder, frames=frames)
+    """(graphdef, params) of InternVL3's tower + projector + Qwen2 as the Video LLM `spec`
+    (`VideoLLMSpec.internvl(folder)`). `video_token_id` defaults to the folder's `image_token_id`."""
     if video_token_id is None:
         video_token_id = hf_folder.read_config(folder).get("image_token_id", 151667)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: spec.build(rngs=nnx.Rngs(0), dtype=dtype, mlp_kernel=mlp_kernel,
                                                               video_token_id=video_token_id)))
     params = {"encoder": pure_dict(nnx.state(load_internvl(folder))), "llm": pure_dict(nnx.state(load_qwen2(folder)))}
-    return spec, graphdef, params
+    return graphdef, params

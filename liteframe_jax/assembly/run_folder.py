@@ -12,6 +12,7 @@ may be moved or deleted afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ def write_spec(workdir: str, spec):
                 raise FileNotFoundError(f"tokenizer folder {spec.tokenizer!r} has no tokenizer.json")
             for name in copied:
                 shutil.copyfile(os.path.join(spec.tokenizer, name), os.path.join(target, name))
-        spec = VideoLLMSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "tokenizer": TOKENIZER_DIR})
+        spec = dataclasses.replace(spec, tokenizer=TOKENIZER_DIR)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, SPEC_FILE), "w") as f:
@@ -110,10 +111,10 @@ def load_weights(workdir: str, abstract_params: dict, step: int | None = None) -
     return unflatten({k: flat[k] for k in want}), step
 
 
-def load_model(workdir: str, *, step: int | None = None, **build):
-    """(spec, tokenizer or None, graphdef, params, step) of the model a run folder holds; `build`: dtype,
-    attn_impl, mlp_kernel (how it runs, not what it computes)."""
-    spec = read_spec(workdir)
+def load_model(workdir: str, *, step: int | None = None, want: type | None = None, **build):
+    """(spec, tokenizer or None, graphdef, params, step) of the model a run folder holds (`want`: its spec
+    class, checked); `build`: dtype, attn_impl, mlp_kernel (how it runs, not what it computes)."""
+    spec = read_spec(workdir, want)
     tokenizer = None
     if isinstance(spec, VideoLLMSpec):
         tokenizer = spec.load_tokenizer(workdir)

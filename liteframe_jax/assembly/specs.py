@@ -74,10 +74,6 @@ class StudentSpec:
         return LiteFrameStudent(self.arch, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
                                 tail_kernel=tail_kernel, mesh=mesh)
 
-    def encode(self, model, frames_uint8: jax.Array, dtype) -> jax.Array:
-        """uint8 clips (B, T, S, S, 3) -> student tokens (B, N, C)."""
-        return model(normalise(frames_uint8, self.pixel_mean, self.pixel_std, dtype))
-
     def to_dict(self) -> dict:
         return {"kind": self.kind, "arch": dataclasses.asdict(self.arch), "pixel_mean": list(self.pixel_mean),
                 "pixel_std": list(self.pixel_std)}
@@ -106,9 +102,10 @@ class InternVitSpec:
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
-        tower = nnx.eval_shape(lambda: InternVisionTower(self.vit, self.head, rngs=nnx.Rngs(0)))
-        h, w, width = tower.grid_shape("projector")
-        return 1, h * w, width
+        if self.head is None:
+            raise ValueError("a Video LLM's InternViT encoder needs the InternVL3 head (a whole `internvl` folder)")
+        side = self.vit.grid // self.head.factor  # pixel-unshuffle, as InternVisionTower.grid_shape('projector')
+        return 1, side * side, self.head.out_features
 
     def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,
               mesh=None) -> InternVisionTower:
@@ -189,9 +186,12 @@ class VideoLLMSpec:
         if folder != "bytes" and not os.path.isabs(folder) and run_dir is not None:
             folder = os.path.join(run_dir, folder)
         tokenizer = load_tokenizer(folder, self.video_token)
+        self.check_tokenizer(tokenizer)
+        return tokenizer
+
+    def check_tokenizer(self, tokenizer) -> None:
         if tokenizer.vocab_size > self.llm.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the LLM only {self.llm.vocab_size}")
-        return tokenizer
 
     def prompt_builder(self, tokenizer, *, max_length: int | None = None,
                        max_answer_tokens: int = 0) -> conversations.PromptBuilder:

@@ -8,6 +8,7 @@ from call to call.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import jax
@@ -22,6 +23,11 @@ from liteframe_jax.train import state as state_lib
 from liteframe_jax.train.step import compile_train_step
 
 
+def _student_fields(student) -> dict:
+    """A StudentConfig as the configs hold it: without num_frames (which is `data.num_frames`)."""
+    return {k: v for k, v in dataclasses.asdict(student).items() if k != "num_frames"}
+
+
 def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, batch: int, devices: int = 1):
     """configs/ctd.py:paper with a random teacher (or its tiny stand-in), `batch` clips, data-parallel over
     `devices`."""
@@ -32,13 +38,9 @@ def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, bat
     c.mesh.num_devices = devices
     if small:
         vit, head, student, _, window = paper_models(True)
-        c.teacher.vit.update(hidden_size=vit.hidden_size, num_layers=vit.num_layers, num_heads=vit.num_heads,
-                             intermediate_size=vit.intermediate_size, image_size=vit.image_size,
-                             patch_size=vit.patch_size)
+        c.teacher.vit.update(dataclasses.asdict(vit))
         c.teacher.head.out_features = head.out_features
-        c.student.update(image_size=student.image_size, patch_size=student.patch_size, width=student.width,
-                         num_heads=student.num_heads, mlp_dim=student.mlp_dim, stages=student.stages,
-                         out_dim=student.out_dim)
+        c.student.update(_student_fields(student))
         c.compression.window = window
     return c
 
@@ -51,14 +53,9 @@ def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None 
     llm = qwen25_7b_config(small)
     c.student.init = "random"
     c.student.num_frames = student.num_frames
-    c.student.arch.update(image_size=student.image_size, patch_size=student.patch_size, width=student.width,
-                          num_heads=student.num_heads, mlp_dim=student.mlp_dim, stages=student.stages,
-                          out_dim=student.out_dim)
+    c.student.arch.update(_student_fields(student))
     c.llm.init = "random"
-    c.llm.arch.update(hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size,
-                      num_layers=llm.num_layers, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
-                      rope_theta=llm.rope_theta, tie_word_embeddings=llm.tie_word_embeddings,
-                      vocab_size=llm.vocab_size)
+    c.llm.arch.update(dataclasses.asdict(llm))
     c.tokenizer = "bytes"  # the prompt's layout needs only the video placeholder; the vocabulary is the LLM's
     c.kernels.attention = impl
     c.remat = remat
@@ -106,7 +103,7 @@ def time_train_step(config, task, answer_tokens: int = 0, iters: int = 10) -> di
     seconds = timed(lambda s: step(s, frozen, batch), state, iters=iters, carry=True)
     return {"sec": seconds, "compile_s": step.compile_seconds, "step_gib": step.step_gib,
             "trained_params": layout.num_trained, "params": layout.num_params,
-            "batch_devices": len(next(iter(step.batch_sh.values())).device_set)}
+            "batch_devices": len(next(iter(step.batch_sh.values())).device_set), "trainable": layout.trainable}
 
 
 def bench_ctd(ceiling, small, impl, tail_kernel, teacher_mlp_kernel="xla"):
@@ -169,12 +166,12 @@ def bench_lma(ceiling, small, impl, plans: list[tuple] | None = None):
         spec, seq = task.spec, config.data.buckets[0]
         llm = spec.llm
         student = spec.encoder.arch
-        llm_full = "llm/" in "".join(task.trainable_patterns()) or name == "full"
+        llm_full = any(p.startswith("llm/") and "/lora_" not in p for p in r["trainable"])
         # forward + the gradient of the activations; + the gradient of the weights where the LLM itself trains
         llm_fl = (3 if llm_full else 2) * flops_lib.qwen2_per_sequence(llm, seq, answer_tokens)
         width = spec.encoder.token_grid[2]
         proj_fl = 3 * 2 * spec.num_visual_tokens * (width + llm.hidden_size) * llm.hidden_size
-        student_trains = "encoder" in "".join(task.trainable_patterns()) or name == "full"
+        student_trains = any(p.startswith("encoder/") for p in r["trainable"])
         student_fl = (3 if student_trains else 1) * spec.clips * flops_lib.student_per_clip(student)
         per_sample = llm_fl + proj_fl + student_fl
         sec = r["sec"]

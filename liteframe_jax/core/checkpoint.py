@@ -35,7 +35,7 @@ def save_tree(path: str, tree) -> None:
 
 
 def has_tree(path: str) -> bool:
-    return os.path.isdir(path) and any(name.endswith("METADATA") or name == "_METADATA" for name in os.listdir(path))
+    return os.path.isfile(os.path.join(path, "_METADATA"))
 
 
 def read_tree(path: str) -> dict:

@@ -45,15 +45,13 @@ class VideoQA:
         and `dtype` change how it runs, not what it computes; by default the run's own (from its config.json,
         or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`."""
         run_dir = os.path.abspath(run_dir)
-        spec = run_folder.read_spec(run_dir, VideoLLMSpec)
         trained = _run_settings(run_dir)
         dtype = dtype or trained.get("dtype", "float32")
         mlp_kernel = mlp_kernel or trained.get("mlp_kernel", "xla")
         spec, tokenizer, graphdef, params, step = run_folder.load_model(
-            run_dir, step=step, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel)
-        digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+            run_dir, step=step, want=VideoLLMSpec, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel)
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
-                   resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": digest})
+                   resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)})
 
     @property
     def step(self) -> int | None:
@@ -121,6 +119,10 @@ class VideoQA:
         return self.answer_batch([frames], [times], [question], **kwargs)[0]
 
 
+def _digest(spec: VideoLLMSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _run_settings(run_dir: str) -> dict:
     """How the run trained (dtype, encoder MLP kernel), the defaults for how it answers; readers of the model
     itself use spec.json only."""
@@ -140,11 +142,11 @@ def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat
     preprocessed as InternVL's reference video loader does by default: its frame indices
     (`sampling="internvl"`), a PIL bicubic stretch to 448x448 (`resize="bicubic"`) and ImageNet normalisation.
     `mlp_kernel="pallas"`: InternViT's fc1 + GELU as one kernel (Hopper GPUs, bfloat16)."""
-    tokenizer = VideoLLMSpec.internvl(folder, frames=num_frames).load_tokenizer()
+    spec = VideoLLMSpec.internvl(folder, frames=num_frames)
+    tokenizer = spec.load_tokenizer()
     compute = compute_dtype(dtype)
-    spec, graphdef, params = load_internvl_video_llm(folder, frames=num_frames, dtype=compute, mlp_kernel=mlp_kernel,
-                                                     video_token_id=tokenizer.video_token_id)
-    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    graphdef, params = load_internvl_video_llm(spec, folder, dtype=compute, mlp_kernel=mlp_kernel,
+                                               video_token_id=tokenizer.video_token_id)
     return VideoQA(spec, tokenizer, graphdef, params, dtype=compute, sampling=sampling or "internvl",
                    resize=resize or "bicubic", identity={"internvl": os.path.abspath(folder), "step": None,
-                                                         "spec_sha256": digest})
+                                                         "spec_sha256": _digest(spec)})

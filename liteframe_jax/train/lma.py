@@ -170,7 +170,7 @@ class LMATask(Task):
             llm=llm, lora=LoraConfig(rank=l.lora.rank, alpha=l.lora.alpha, targets=l.lora.targets) if l.lora.rank else None,
             tokenizer=tokenizer_source, video_token=config.video_token, num_frames=int(config.data.num_frames),
             separators=config.data.separators, system_prompt=config.data.system_prompt)
-        spec.load_tokenizer()  # the vocabulary fits the LLM
+        spec.check_tokenizer(tokenizer)
         return spec, tokenizer, sources
 
     def _data(self, d):
