@@ -10,8 +10,11 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # room -> floor; a file may import its own room and any room on a lower floor. Rooms on one floor know
 # nothing of each other (models and data).
-FLOORS = {"core": 0, "models": 1, "data": 1, "convert": 2, "assembly": 3, "eval": 4, "train": 5, "bench": 6,
-          "jobs": 7, "main": 8}
+FLOORS = {"core": 0, "pytorch": 0, "models": 1, "data": 1, "convert": 2, "assembly": 3, "eval": 4, "export": 4,
+          "train": 5, "bench": 6, "jobs": 7, "main": 8}
+# the PyTorch side of an export runs where JAX is not installed: these are all it may import beside the
+# standard library and its own room
+PYTORCH_IMPORTS = {"encoder": {"torch"}, "weights": {"torch"}, "video_llm": {"torch", "transformers"}, "__init__": set()}
 ALLOWED_CYCLES: list[set[str]] = []  # none: the block-tail kernels share their helpers through a third file
 
 
@@ -98,6 +101,22 @@ def test_no_import_circles_between_files(graph):
             visit(v)
     circles = [c for c in components if len(c) > 1 and c not in ALLOWED_CYCLES]
     assert not circles, f"import circles: {circles}"
+
+
+def test_the_pytorch_room_needs_neither_jax_nor_the_rest_of_the_package(graph):
+    import sys
+    folder = os.path.join(PACKAGE, "pytorch")
+    assert {f[:-3] for f in os.listdir(folder) if f.endswith(".py")} == set(PYTORCH_IMPORTS)
+    for name, allowed in PYTORCH_IMPORTS.items():
+        tops = set()
+        for node in ast.walk(ast.parse(open(os.path.join(folder, f"{name}.py")).read())):
+            if isinstance(node, ast.Import):
+                tops |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops.add(node.module.split(".")[0])
+        third_party = tops - set(sys.stdlib_module_names) - {"__future__", "liteframe_jax"}
+        assert third_party <= allowed, (name, third_party)
+        assert {_room(m) for m in graph[f"liteframe_jax.pytorch.{name}".replace(".__init__", "")]} <= {"pytorch"}
 
 
 def test_the_checker_sees_a_wrong_import(tmp_path):

@@ -5,7 +5,6 @@ The kernel runs in the Pallas interpreter here, with the same program structure 
 column chunks) that the GPU compiles; its speed is measured by `bench encoders` on a GPU.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import make_videos
 
-from liteframe_jax.data import conversations
+from liteframe_jax.data import conversations, sampling
 from liteframe_jax.data.tokenizer import ByteTokenizer
 
 
@@ -62,7 +62,7 @@ def test_too_long_rows_are_refused():
 
 
 def test_timestamps_and_uniform_sampling():
-    assert conversations.uniform_indices(100, 4) == (12, 37, 62, 87)
+    assert sampling.uniform_indices(100, 4) == (12, 37, 62, 87)
     builder = conversations.PromptBuilder(ByteTokenizer(), visual_groups=2, tokens_per_group=1,
                                           separators="timestamp")
     assert builder.video_block([0.0, 2.5]) == "0.0s: <|video_pad|>\n2.5s: <|video_pad|>\n"

@@ -4,14 +4,17 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import tiny_ctd_config, tiny_lma_config
+from helpers import REPO, tiny_ctd_config, tiny_lma_config
 
+from liteframe_jax.assembly import run_folder
 from liteframe_jax.core import checkpoint, sharding
 from liteframe_jax.core.tree import flatten, pure_dict
 from liteframe_jax.data import conversations, demo, qa_demo
@@ -100,6 +103,15 @@ def test_one_and_eight_devices_give_the_same_loss(qa, tmp_path):
     a, b = _losses(str(tmp_path / "one")), _losses(str(tmp_path / "eight"))
     for step in (1, 2):
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    # the run saved from eight devices exports from a process with one, as a user on a laptop would
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "liteframe_jax.export", "--run", str(tmp_path / "eight"), "--out",
+                          str(tmp_path / "exported")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from liteframe_jax.pytorch.weights import read_folder
+    exported = read_folder(str(tmp_path / "exported" / "llm"))
+    _, _, _, params, _ = run_folder.load_model(str(tmp_path / "eight"))
+    np.testing.assert_array_equal(exported["model.embed_tokens.weight"].numpy(), params["llm"]["embed"])
 
 
 def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
@@ -140,12 +152,19 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     # or no Hopper GPU) with the reason
     with pytest.raises(ValueError, match="kernel 'pallas' needs"):
         VideoQA.from_run(str(tmp_path), mlp_kernel="pallas")
+    # the demo chain ends in PyTorch: exported, the model answers the same held-out question with the same words
+    from liteframe_jax.export.__main__ import main as export_main
+    from liteframe_jax.pytorch import LiteFrameVideoLLM
+    exported = f"{tmp_path}_exported"
+    assert export_main(["--run", str(tmp_path), "--out", exported]) == 0
+    frames, times = qa_model.load_frames(row.video)
+    torch_model = LiteFrameVideoLLM.from_pretrained(exported)
+    assert torch_model.generate(frames, row.turns[0][1], times=times, max_new_tokens=8) == answer
 
 
 def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):
     """An LMA run on a CTD run's student: moved elsewhere with the CTD run deleted, it answers as before; a
     run folder without its frozen parts is an error, never a retraining."""
-    from liteframe_jax.assembly import run_folder
     from liteframe_jax.eval.answer import VideoQA
     ctd_dir, lma_dir = tmp_path / "ctd", tmp_path / "lma"
     videos = str(tmp_path / "videos")

@@ -98,7 +98,6 @@ def test_unsupported_rope_is_rejected(tmp_path):
 
 def test_remat_policies_give_the_same_loss_and_gradients():
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config

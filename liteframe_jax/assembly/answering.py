@@ -23,10 +23,10 @@ class Answerer:
         self.spec, self.tokenizer, self.graphdef, self.dtype = spec, tokenizer, graphdef, dtype
         self._embed = jax.jit(lambda p, tok, fr: spec.embeds(nnx.merge(graphdef, p), tok, fr, dtype))
 
-    def __call__(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], *, max_new_tokens: int,
-                 temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[str]:
-        """Prompts (token ids, each with its uint8 frames) -> answers. Prompts are left-padded so every one
-        ends at the same column."""
+    def token_ids(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], *, max_new_tokens: int,
+                  temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[list[int]]:
+        """Prompts (token ids, each with its uint8 frames) -> each answer's token ids, up to and including its
+        stop token. Prompts are left-padded so every one ends at the same column."""
         width = -(-max(len(p) for p in prompts) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
         pad = self.tokenizer.pad_id
         ids = np.full((len(prompts), width), pad, np.int32)
@@ -39,5 +39,10 @@ class Answerer:
                                 jnp.asarray(self.tokenizer.stop_ids), jax.random.key(seed),
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, pad_id=pad)
         out, lengths = np.asarray(out), np.asarray(lengths)
+        return [[int(t) for t in out[i, :lengths[i]]] for i in range(len(prompts))]
+
+    def __call__(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], **generation) -> list[str]:
+        """Prompts and their frames -> the answers as text (stop tokens left out); `generation` as `token_ids`."""
         stops = set(self.tokenizer.stop_ids)
-        return [self.tokenizer.decode([t for t in out[i, :lengths[i]] if t not in stops]) for i in range(len(prompts))]
+        return [self.tokenizer.decode([t for t in answer if t not in stops])
+                for answer in self.token_ids(params, prompts, frames, **generation)]

@@ -88,14 +88,9 @@ def read_spec(workdir: str, want: type | None = None):
     return spec
 
 
-def load_weights(workdir: str, abstract_params: dict, step: int | None = None) -> tuple[dict, int]:
-    """The whole model's parameters (host numpy, nested like `abstract_params`): the frozen parts from
-    frozen/, the trained ones from the checkpoint at `step` (default: the latest)."""
-    trained, step = checkpoint.restore_params(workdir, step=step)
-    flat = flatten(trained)
+def _complete(workdir: str, step: int, flat: dict, abstract_params: dict) -> dict:
+    """`flat` restricted to the model's parameters, checked: every one present, every shape as the spec builds."""
     frozen = checkpoint.frozen_dir(workdir)
-    if checkpoint.has_tree(frozen):
-        flat.update(flatten(checkpoint.read_tree(frozen)))
     want = flatten(abstract_params)
     missing = sorted(set(want) - set(flat))
     if missing:
@@ -108,12 +103,31 @@ def load_weights(workdir: str, abstract_params: dict, step: int | None = None) -
         if tuple(np.shape(flat[path])) != tuple(leaf.shape):
             raise ValueError(f"{workdir!r}: parameter {path!r} has shape {np.shape(flat[path])} in the run folder, "
                              f"but its spec.json builds {tuple(leaf.shape)}")
-    return unflatten({k: flat[k] for k in want}), step
+    return unflatten({k: flat[k] for k in want})
 
 
-def load_model(workdir: str, *, step: int | None = None, want: type | None = None, **build):
+def load_weights(workdir: str, abstract_params: dict, step: int | None = None, *,
+                 lazy: bool = False) -> tuple[dict, int]:
+    """The whole model's parameters (host numpy, nested like `abstract_params`): the frozen parts from
+    frozen/, the trained ones from the checkpoint at `step` (default: the latest). `lazy`: `LazyArray`s that
+    are read when used, a layer at a time (for a pass over a model larger than the memory to spare)."""
+    frozen = checkpoint.frozen_dir(workdir)
+    if lazy:
+        flat, step = checkpoint.lazy_params(workdir, step=step)
+        if checkpoint.has_tree(frozen):
+            flat.update(checkpoint.LazyTree(frozen).leaves())
+    else:
+        trained, step = checkpoint.restore_params(workdir, step=step)
+        flat = flatten(trained)
+        if checkpoint.has_tree(frozen):
+            flat.update(flatten(checkpoint.read_tree(frozen)))
+    return _complete(workdir, step, flat, abstract_params), step
+
+
+def load_model(workdir: str, *, step: int | None = None, want: type | None = None, lazy: bool = False, **build):
     """(spec, tokenizer or None, graphdef, params, step) of the model a run folder holds (`want`: its spec
-    class, checked); `build`: dtype, attn_impl, mlp_kernel (how it runs, not what it computes)."""
+    class, checked); `lazy`: parameters read when used (`load_weights`); `build`: dtype, attn_impl, mlp_kernel
+    (how it runs, not what it computes)."""
     spec = read_spec(workdir, want)
     tokenizer = None
     if isinstance(spec, VideoLLMSpec):
@@ -122,5 +136,5 @@ def load_model(workdir: str, *, step: int | None = None, want: type | None = Non
     else:
         make = lambda: spec.build(rngs=nnx.Rngs(0), **build)
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    params, step = load_weights(workdir, pure_dict(abstract), step)
+    params, step = load_weights(workdir, pure_dict(abstract), step, lazy=lazy)
     return spec, tokenizer, graphdef, params, step

@@ -1,5 +1,5 @@
-"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|all] [--small]
-[--out results.json]`
+"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|export|all]
+[--small] [--out results.json]`
 
 Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
 timed runs after warm-up (`jax.block_until_ready` around each), beside the bfloat16 matmul ceiling measured
@@ -19,6 +19,7 @@ import jax
 
 from liteframe_jax.bench.common import default_tail_kernel, fused_mlp_kernel, matmul_ceiling
 from liteframe_jax.bench.encoders import bench_encoders, profile_encoders
+from liteframe_jax.bench.export import bench_export
 from liteframe_jax.bench.latency import bench_latency
 from liteframe_jax.bench.pipeline import bench_pipeline
 from liteframe_jax.bench.probe import bench_probe
@@ -26,12 +27,11 @@ from liteframe_jax.bench.scaling import bench_scaling
 from liteframe_jax.bench.training import bench_ctd, bench_lma, parse_plans
 
 
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
                         choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "probe",
-                                 "profile", "scaling"])
+                                 "profile", "scaling", "export"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
@@ -65,7 +65,8 @@ def main(argv=None):
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(sys.argv)}
-    ceiling = matmul_ceiling(args.small)
+    # the export bench measures host memory, not FLOP/s: no matmul ceiling for it alone
+    ceiling = matmul_ceiling(args.small) if what - {"export"} else 0.0
     header["bf16_matmul_tflops"] = ceiling / 1e12
     print(json.dumps(header), flush=True)
     rows = []
@@ -81,7 +82,8 @@ def main(argv=None):
                                               profile=args.profile_probe)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None,
-                                                  args.decode, args.decode_workers))]
+                                                  args.decode, args.decode_workers)),
+                ("export", lambda: bench_export(small=args.small))]
     for name, fn in sections:
         if name in what:
             for row in fn():
@@ -95,18 +97,20 @@ def main(argv=None):
 
 
 def table(rows, ceiling) -> str:
-    lines = [f"bf16 matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s"]
+    lines = [f"bf16 matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s"] if ceiling else []
     for r in rows:
         if "error" in r:
             lines.append(f"{r['bench']:9s} {r.get('model', r.get('mode', ''))} batch {r.get('batch', r.get('batch_frames'))}"
                          f": ERROR {r['error'][:120]}")
             continue
-        what = r.get("model") or r.get("mode") or r.get("source") or f"workers={r.get('workers')}"
+        what = r.get("model") or r.get("mode") or r.get("source") or (
+            f"{r['dtype']} lora={r['lora']}" if r["bench"] == "export" else f"workers={r.get('workers')}")
         figs = [f"{k}={r[k]:.3g}" for k in (
             "devices", "batch", "batch_frames", "frames", "visual_tokens", "tokens", "ms", "decode_ms", "encode_ms",
             "prefill_ms", "ttft_ms", "ttft_with_decode_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu", "efficiency", "peak_gib", "step_gib",
-            "step_gib_per_device", "compile_s")
+            "step_gib_per_device", "compile_s", "seconds", "peak_rss_gb", "weights_float32_gb",
+            "peak_over_float32_weights", "peak_over_written")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)

@@ -93,7 +93,7 @@ def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3
     """(median seconds, frames): `frames_n` frames uniform over the whole video, decoded and resized by
     `workers` threads, each over its own stretch of the file (`video.decode_frames_split`)."""
     from liteframe_jax.data import video
-    from liteframe_jax.data.conversations import uniform_indices
+    from liteframe_jax.data.sampling import uniform_indices
     idx = uniform_indices(video.probe(path).num_frames, frames_n)
     times = []
     for _ in range(runs):

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from liteframe_jax.core.tree import flatten, unflatten
+
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -84,21 +86,29 @@ def has_checkpoint(workdir: str) -> bool:
         read_only=True)).latest_step() is not None
 
 
-def restore_params(workdir: str, subtree: str = "params", step: int | None = None) -> tuple[dict, int]:
-    """The parameters (as host numpy) saved at `step` (default: the latest) of a run's workdir."""
-    d = checkpoint_dir(workdir)
-    if not os.path.isdir(d):
-        raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
-    manager = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "data"),
-                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                   "data": grain.checkpoint.CheckpointHandler()})
+def _manager_for_reading(d: str):
+    return ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(read_only=True), item_names=("state", "data"),
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                "data": grain.checkpoint.CheckpointHandler()})
+
+
+def _resolve_step(manager, d: str, workdir: str, step: int | None) -> int:
     if step is None:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"init_from: no finished checkpoint in {d}")
     elif step not in manager.all_steps():
         raise FileNotFoundError(f"{workdir!r} has no checkpoint at step {step} (it has {sorted(manager.all_steps())})")
+    return step
+
+
+def restore_params(workdir: str, subtree: str = "params", step: int | None = None) -> tuple[dict, int]:
+    """The parameters (as host numpy) saved at `step` (default: the latest) of a run's workdir."""
+    d = checkpoint_dir(workdir)
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
+    manager = _manager_for_reading(d)
+    step = _resolve_step(manager, d, workdir, step)
     meta = manager.item_metadata(step)["state"]
     meta = getattr(meta, "tree", meta)
     if subtree not in meta:
@@ -109,3 +119,74 @@ def restore_params(workdir: str, subtree: str = "params", step: int | None = Non
         state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
     logging.info("read %s of %s step %d", subtree, d, step)
     return restored["state"][subtree], step
+
+
+class LazyArray:
+    """A saved array known by its shape and dtype, read when numpy asks for it (`np.asarray(x)`)."""
+
+    def __init__(self, shape, dtype, load):
+        self.shape, self.dtype, self._load = tuple(shape), np.dtype(dtype), load
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __array__(self, dtype=None, copy=None):
+        value = self._load()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+
+class LazyTree:
+    """An Orbax PyTree folder (a `save_tree` folder, or a checkpoint step's `state` item) read on demand: every
+    leaf's shape and dtype at once from the metadata, the values one group at a time (the leaves that share
+    their first `group_depth` keys, e.g. one LLM layer), keeping only the last group read. Reading a whole
+    model this way in order holds about one layer in memory, not the model."""
+
+    def __init__(self, path: str, subtree: str | None = None, group_depth: int = 2):
+        self.path, self.subtree, self.depth = os.path.abspath(path), subtree, group_depth
+        meta = ocp.PyTreeCheckpointer().metadata(self.path)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        if subtree is not None:
+            if subtree not in meta:
+                raise ValueError(f"{path}: no {subtree!r} in the saved tree (has {sorted(meta)})")
+            meta = meta[subtree]
+        self.meta = flatten(meta)
+        self._group, self._values = None, {}
+
+    def _group_of(self, path: str) -> str:
+        return "/".join(path.split("/")[:self.depth])
+
+    def _read_group(self, group: str) -> dict:
+        leaves = {p: m for p, m in self.meta.items() if self._group_of(p) == group}
+        item = unflatten({p: np.zeros(m.shape, m.dtype) for p, m in leaves.items()})  # shape templates (not filled)
+        if self.subtree is not None:
+            item = {self.subtree: item}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = ocp.PyTreeCheckpointer().restore(self.path, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+        return flatten(restored[self.subtree] if self.subtree is not None else restored)
+
+    def read(self, path: str) -> np.ndarray:
+        group = self._group_of(path)
+        if group != self._group:
+            self._group, self._values = None, {}  # drop the last group before reading the next
+            self._values, self._group = self._read_group(group), group
+        return self._values[path]
+
+    def leaves(self) -> dict[str, LazyArray]:
+        return {p: LazyArray(m.shape, m.dtype, lambda p=p: self.read(p)) for p, m in self.meta.items()}
+
+
+def lazy_params(workdir: str, step: int | None = None) -> tuple[dict[str, LazyArray], int]:
+    """`restore_params` that reads nothing yet: {path: LazyArray} of the parameters saved at `step` (default: the
+    latest), each read when used, one group at a time."""
+    d = checkpoint_dir(workdir)
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"{workdir!r} has no checkpoints folder ({d})")
+    step = _resolve_step(_manager_for_reading(d), d, workdir, step)
+    return LazyTree(os.path.join(d, str(step), "state"), subtree="params").leaves(), step

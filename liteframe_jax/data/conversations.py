@@ -30,7 +30,6 @@ import os
 import numpy as np
 
 from liteframe_jax.data import video
-from liteframe_jax.data.sampling import uniform_indices  # noqa: F401  (the training pipeline's rule)
 
 VIDEO_MARKER = "<video>"
 VIDEO_MARKERS = ("<video>", "<image>")  # LLaVA-Video-178K puts LLaVA's <image> where the frames go

@@ -103,7 +103,7 @@ class QAExample:
     fps: dict  # path -> frames per second
 
     def frame_plan(self, row) -> tuple[tuple[int, ...], list[float]]:
-        from liteframe_jax.data.conversations import uniform_indices
+        from liteframe_jax.data.sampling import uniform_indices
         idx = uniform_indices(self.num_video_frames[row.video], self.num_frames)
         per_group = self.num_frames // self.builder.visual_groups
         fps = self.fps[row.video] or 1.0

@@ -48,6 +48,8 @@ class ByteTokenizer:
     def stop_ids(self) -> list[int]:
         return [self.special_ids["<|im_end|>"], self.special_ids["<|endoftext|>"]]
 
+    bos_id = None  # prompts start with no beginning-of-sequence token
+
     @property
     def video_token_id(self) -> int:
         return self.special_ids["<|video_pad|>"]
@@ -123,6 +125,10 @@ class HFTokenizer:
     def pad_id(self) -> int:
         pad = self._id(self.config.get("pad_token")) or self._id("<|endoftext|>")
         return 0 if pad is None else pad
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._id(self.config.get("bos_token"))
 
     @property
     def stop_ids(self) -> list[int]:

@@ -21,6 +21,9 @@ from liteframe_jax.models.qwen2 import Qwen2
 from liteframe_jax.models.student import LiteFrameStudent
 
 
+PROJECTOR_NORM_EPS = 1e-5
+
+
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
     kind: str = "mlp"  # 'mlp' (norm -> fc -> act -> fc), 'linear', or 'none' (widths must already match)
@@ -34,7 +37,7 @@ class Projector(nnx.Module):
         if cfg.kind not in ("mlp", "linear"):
             raise ValueError(f"unknown projector kind {cfg.kind!r}; choose 'mlp', 'linear' or 'none'")
         hidden = cfg.hidden or out_features
-        self.norm = layers.LayerNorm(in_features, rngs=rngs, eps=1e-5) if cfg.norm else None
+        self.norm = layers.LayerNorm(in_features, rngs=rngs, eps=PROJECTOR_NORM_EPS) if cfg.norm else None
         self.fc1 = layers.Dense(in_features, hidden if cfg.kind == "mlp" else out_features, axes=("embed", "mlp"),
                                 rngs=rngs, dtype=dtype)
         self.fc2 = (layers.Dense(hidden, out_features, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
