@@ -30,7 +30,7 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.preset = preset
     c.seed = 0
     c.dtype = "float32"  # compute dtype; parameters and losses stay float32
-    # kernels.attention / .mlp (the teacher's) / .block_tail (the student's): core/defaults.py
+    # kernels.attention / .mlp (the teacher's) / .block_tail (the student's): core/defaults.py, 'auto' by default
     c.kernels = defaults.kernels()
 
     c.total_steps = 300
@@ -112,7 +112,6 @@ def get_config(arg=None):
         c.data.num_workers = 12
         c.data.frame_stride = 4
         c.dtype = "bfloat16"
-        c.kernels.block_tail = "pallas"  # a GPU; --config.kernels.block_tail=xla elsewhere
         c.batch_size = 256
         c.eval_batch_size = 64
         c.total_steps = 50_000

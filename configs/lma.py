@@ -31,8 +31,9 @@ def get_config(arg=None):
     c.seed = 0
     c.dtype = "float32"
     # kernels.attention / .mlp (the encoder's, student or InternViT) / .block_tail (a student encoder's; unset:
-    # as .mlp): core/defaults.py. The fused MLP is inference-only: for a frozen encoder and evaluation.
-    c.kernels = defaults.kernels(block_tail=None)
+    # as .mlp): core/defaults.py, 'auto' by default. The fused MLP is inference-only: 'auto' picks it for a
+    # frozen encoder only.
+    c.kernels = defaults.kernels()
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     # The demo's colour and order questions are learnt first; direction and count, which need the shapes'

@@ -17,7 +17,7 @@ from liteframe_jax.core.log import log
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    run: Callable  # (config, workdir) -> None
+    run: Callable  # (config, workdir) -> the exit status (None: 0)
     trains: bool  # runs the train loop (multi-process capable, prints the end-of-run summary)
     default_workdir: Callable  # config -> the run folder when --workdir is not given
 
@@ -54,9 +54,16 @@ def train(config, workdir: str):
     return train_loop(config, workdir, task), task
 
 
-def _train_job(config, workdir: str) -> None:
+def _train_job(config, workdir: str) -> int | None:
+    """The exit status: None when done, `EXIT_PREEMPTED` when a preemption notice stopped the run early."""
+    from liteframe_jax.train.preemption import EXIT_PREEMPTED
     result, task = train(config, workdir)
+    if result.preempted:
+        log(f"preempted at step {result.step}: its checkpoint is in {result.checkpoint_dir}; run the same command "
+            f"again to continue (exit status {EXIT_PREEMPTED})")
+        return EXIT_PREEMPTED
     print_summary(result, task)
+    return None
 
 
 def _generate_job(config, workdir: str) -> None:
@@ -79,7 +86,7 @@ def _eval_job(config, workdir: str) -> None:
         raise ValueError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
     preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize)
     model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, **preprocess) if m.run else
-             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "xla",
+             internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "auto",
                                **preprocess))
     if config.benchmark == "demo" and not config.data.root:
         config.data.root = os.path.join(m.run, "demo_qa")

@@ -1,8 +1,10 @@
 """Entry point: `python -m liteframe_jax.main --config=configs/ctd.py[:preset] [--workdir=DIR] [--config.x=y]`.
 
 Loads the ml_collections config (locked, so a misspelt override is an error naming the key), sets up
-multi-host JAX when launched on several processes, and dispatches on `config.trainer` through the jobs table
-(jobs.py).
+multi-host JAX when launched on several processes and the persistent compilation cache, and dispatches on
+`config.trainer` through the jobs table (jobs.py). Exit status 0 when done; 75 when a preemption notice
+(SIGTERM) stopped a training run after a checkpoint of its last step (train/preemption.py): run the same
+command again to continue.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs (or set by the cluster).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "Folder of JAX's persistent compilation cache for training "
+                             "jobs (default: WORKDIR/compilation_cache; 'off' turns it off).")
+
+
+def enable_compilation_cache(workdir: str) -> None:
+    """JAX's persistent compilation cache, so a resumed or repeated run loads its compiled step instead of
+    compiling it again: `--compilation_cache` (default WORKDIR/compilation_cache; 'off': none). A
+    JAX_COMPILATION_CACHE_DIR in the environment is left as it is."""
+    import jax
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or _CACHE.value == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value or os.path.join(os.path.abspath(workdir),
+                                                                               "compilation_cache"))
 
 
 def maybe_initialize_distributed() -> None:
@@ -51,7 +66,8 @@ def main(argv):
     if job.trains:
         maybe_initialize_distributed()
         os.makedirs(workdir, exist_ok=True)
-    job.run(config, workdir)
+        enable_compilation_cache(workdir)
+    return job.run(config, workdir)
 
 
 if __name__ == "__main__":

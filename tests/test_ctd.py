@@ -77,37 +77,59 @@ def _cli(workdir, videos, *extra):
     return [sys.executable, "-m", "liteframe_jax.main", "--config=configs/ctd.py", f"--workdir={workdir}",
             f"--config.data.videos={videos}", "--config.data.eval_every_nth_video=0", "--config.eval_at_start=False",
             "--config.eval_every=0", "--config.log_every=1", "--config.optimizer.decay_steps=400",
+            "--config.optimizer.warmup_steps=2",  # a schedule that does not follow total_steps: one compiled step
             "--config.data.num_workers=1", *extra]
 
 
-def test_killed_run_resumes_bit_identical(videos, tmp_path):
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
+def _start_and_wait_for(workdir, videos, ready, *extra):
+    """A CTD run in its own process, returned once `ready()` holds (it must not have ended before)."""
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    proc = subprocess.Popen(_cli(killed, videos, "--config.total_steps=400", "--config.checkpoint_every=2"),
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli(workdir, videos, "--config.total_steps=400", *extra), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while checkpoint.Checkpointer(str(killed), keep=3).latest_step() is None:
+    while not ready():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
+        assert time.time() < deadline, "the run did not get there in time"
         time.sleep(0.5)
+    return proc
+
+
+def test_killed_and_preempted_runs_resume_bit_identical(videos, tmp_path):
+    """kill -9 loses the steps since the last periodic checkpoint; SIGTERM (a preemption notice) stops after the
+    step in flight with a checkpoint of it and exit status 75. Either way the same command continues with the
+    exact next batches, to the same parameters as a run never interrupted."""
+    killed, preempted, reference = tmp_path / "killed", tmp_path / "preempted", tmp_path / "reference"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    latest = lambda d: checkpoint.Checkpointer(str(d), keep=3).latest_step()
+    proc = _start_and_wait_for(killed, videos, lambda: latest(killed) is not None, "--config.checkpoint_every=2")
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = checkpoint.Checkpointer(str(killed), keep=3).latest_step()
+    saved = latest(killed)
     assert saved is not None and saved < 400
-    total = saved + 3
+
+    # no periodic checkpoint at all: what the preempted run keeps is the checkpoint its SIGTERM handler wrote
+    logged = lambda: os.path.isfile(preempted / "metrics.jsonl") and len(_losses(str(preempted))) >= 2
+    proc = _start_and_wait_for(preempted, videos, logged, "--config.checkpoint_every=1000")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75, proc.stderr.read().decode()[-3000:]
+    stopped = latest(preempted)
+    assert stopped == max(_losses(str(preempted))) and 2 <= stopped < 400
+
+    total = max(saved, stopped) + 3
     # The same command with a larger total_steps resumes; the reference trains the same steps in one go.
-    subprocess.run(_cli(killed, videos, f"--config.total_steps={total}", "--config.checkpoint_every=2"),
-                   cwd=REPO, env=env, check=True, capture_output=True)
-    subprocess.run(_cli(reference, videos, f"--config.total_steps={total}", "--config.checkpoint_every=2"),
-                   cwd=REPO, env=env, check=True, capture_output=True)
-    resumed_params, s1 = checkpoint.restore_params(str(killed))
+    for workdir in (killed, preempted, reference):
+        subprocess.run(_cli(workdir, videos, f"--config.total_steps={total}", "--config.checkpoint_every=2"),
+                       cwd=REPO, env=env, check=True, capture_output=True)
     reference_params, s2 = checkpoint.restore_params(str(reference))
-    assert s1 == s2 == total
-    jax.tree.map(np.testing.assert_array_equal, resumed_params, reference_params)
-    resumed, ref = _losses(str(killed)), _losses(str(reference))
-    for step in range(saved + 1, total + 1):  # the exact next batches: same losses after the resume
-        assert resumed[step] == ref[step], (step, resumed[step], ref[step])
+    ref = _losses(str(reference))
+    for workdir, resumed_from in ((killed, saved), (preempted, stopped)):
+        resumed_params, s1 = checkpoint.restore_params(str(workdir))
+        assert s1 == s2 == total
+        jax.tree.map(np.testing.assert_array_equal, resumed_params, reference_params)
+        resumed = _losses(str(workdir))
+        for step in range(resumed_from + 1, total + 1):  # the exact next batches: same losses after the resume
+            assert resumed[step] == ref[step], (workdir.name, step, resumed[step], ref[step])
 
 
 def test_config_typo_is_an_error_naming_the_key(tmp_path):

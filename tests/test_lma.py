@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -86,12 +87,32 @@ def test_lora_trains_adapters_and_projector_only(qa, tmp_path):
     assert not any("attn/k/lora" in k for k in before)  # only the targeted projections carry adapters
 
 
-def test_resume_continues_bit_identical(qa, tmp_path):
+def test_preempted_run_resumes_bit_identical(qa, tmp_path, monkeypatch):
+    """A SIGTERM during step 2 (a preemption notice): the run stops after it with a checkpoint of step 2, and the
+    same config continues to the parameters of a run never interrupted."""
+    from liteframe_jax.train import step as step_lib
+    compile_step = step_lib.compile_train_step
+
+    def signalling_step(*args, **kwargs):
+        compiled, calls = compile_step(*args, **kwargs), []
+
+        def step_fn(*step_args):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return compiled(*step_args)
+        step_fn.compile_seconds, step_fn.memory_report = compiled.compile_seconds, compiled.memory_report
+        return step_fn
+
     opts = {"optimizer.decay_steps": 10}
-    run(tiny_lma_config(qa[0], total_steps=2, **opts), str(tmp_path / "split"))
+    with monkeypatch.context() as patch:
+        patch.setattr(step_lib, "compile_train_step", signalling_step)
+        stopped, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "split"))
+    assert stopped.preempted and stopped.step == 2
+    assert checkpoint.Checkpointer(str(tmp_path / "split"), keep=2).latest_step() == 2
     resumed, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "split"))
     straight, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "straight"))
-    assert resumed.origin.startswith("resumed from this workdir at step 2")
+    assert resumed.origin.startswith("resumed from this workdir at step 2") and not resumed.preempted
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(straight.params))
     assert _losses(str(tmp_path / "split"))[4] == _losses(str(tmp_path / "straight"))[4]
 

@@ -11,20 +11,22 @@ SHARDING_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("k
 
 
 def mesh() -> ml_collections.ConfigDict:
-    """('data', 'fsdp', 'tensor') sizes; -1: the remaining devices; num_devices > 0: only the first N."""
-    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
+    """('data', 'fsdp', 'tensor') sizes; -1: the remaining devices; num_devices > 0: only the first N;
+    slices: TPU slices (or processes) that `data` spans over DCN, -1: as many as the devices span."""
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1, slices=-1))
 
 
-def kernels(block_tail: str | None = "xla") -> ml_collections.ConfigDict:
-    """How the models run (not what they compute):
-    attention   None: XLA decides; 'cudnn': flash attention on GPU (`jax.nn.dot_product_attention`)
-    mlp         'xla' | 'pallas': the frozen vision tower's fc1 + GELU as one Hopper kernel (bfloat16, inference
-                only: the CTD teacher, the LMA encoder; models/fused_mlp.py)
-    block_tail  'xla' | 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU kernel,
-                forward and backward (models/block_tail.py); unset: the same as `mlp`
-    A CPU refuses 'pallas' with the reason."""
+def kernels(block_tail: str | None = "auto") -> ml_collections.ConfigDict:
+    """How the models run (not what they compute); 'auto' (the default) picks what this platform runs best and
+    says so at start (models/kernel_choice.py):
+    attention   'auto' | None: XLA decides | 'cudnn': flash attention on GPU (`jax.nn.dot_product_attention`)
+    mlp         'auto' | 'xla' | 'pallas': a frozen vision tower's fc1 + GELU as one Hopper kernel (bfloat16,
+                inference only: the CTD teacher, the LMA encoder; models/fused_mlp.py)
+    block_tail  'auto' | 'xla' | 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU
+                kernel, forward and backward (models/block_tail.py); unset: the same as `mlp`
+    A platform that cannot run an explicit 'pallas' or 'cudnn' refuses it with the reason."""
     c = ml_collections.ConfigDict()
-    c.attention = config_dict.placeholder(str)
-    c.mlp = "xla"
+    c.attention = config_dict.FieldReference("auto", field_type=str)  # None allowed: XLA's own attention
+    c.mlp = "auto"
     c.block_tail = block_tail if block_tail is not None else config_dict.placeholder(str)
     return c

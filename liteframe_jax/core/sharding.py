@@ -14,6 +14,7 @@ import math
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -22,12 +23,19 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(mesh_cfg) -> Mesh:
-    """Sizes from config (-1: all remaining devices); `num_devices` > 0 uses only the first N devices."""
+    """Sizes from config (-1: all remaining devices); `num_devices` > 0 uses only the first N devices.
+
+    The devices are laid out by JAX's topology-aware `mesh_utils` (on a TPU slice the mesh axes follow the
+    chips' physical torus). Over several slices (`slices`, -1: as many as the devices span), `data` is split
+    into an outer part across slices (DCN) and an inner part within each (ICI), so only data-parallel gradient
+    reductions cross the slower network. A subset of the devices (`num_devices`) is laid out in device order.
+    """
     devices = jax.devices()
     n = mesh_cfg.get("num_devices", -1)
-    if n and n > 0:
-        if n > len(devices):
-            raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
+    subset = bool(n and 0 < n < len(devices))
+    if n and n > len(devices):
+        raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
+    if subset:
         devices = devices[:n]
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
     if sizes.count(-1) > 1:
@@ -40,12 +48,44 @@ def make_mesh(mesh_cfg) -> Mesh:
     if math.prod(sizes) != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                          f"{len(devices)} are in use")
-    grid = np.asarray(devices).reshape(sizes)
+    slices = num_slices(devices, int(mesh_cfg.get("slices", -1)))
+    grid = np.asarray(devices).reshape(sizes) if subset and slices == 1 else device_grid(sizes, devices, slices)
     try:  # Auto axes: jax >= 0.7 would otherwise default jax.make_mesh to Explicit
         from jax.sharding import AxisType
         return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     except (ImportError, TypeError):
         return Mesh(grid, MESH_AXES)
+
+
+def _granule(devices) -> str:
+    """What one slice is: TPU devices carry `slice_index`; elsewhere each process is one."""
+    return "slice_index" if hasattr(devices[0], "slice_index") else "process_index"
+
+
+def num_slices(devices, requested: int = -1) -> int:
+    """The number of slices (TPU slices, or processes where devices have no slice) the mesh spans over DCN:
+    `requested`, or -1 for as many TPU slices as the devices span (1 off TPU)."""
+    found = len({getattr(d, "slice_index", 0) for d in devices})
+    if requested in (-1, 0):
+        return found
+    granules = len({getattr(d, _granule(devices)) for d in devices})
+    if requested != granules:
+        raise ValueError(f"mesh.slices={requested}, but the devices span {granules} "
+                         f"{'slices' if _granule(devices) == 'slice_index' else 'processes'}")
+    return requested
+
+
+def device_grid(sizes: list[int], devices, slices: int) -> np.ndarray:
+    """The devices as an array of shape `sizes`, topology-aware; over `slices` > 1 the data axis spans them."""
+    if slices <= 1:
+        return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    if sizes[0] % slices:
+        raise ValueError(f"mesh.data={sizes[0]} is not a multiple of the {slices} slices: data parallelism is what "
+                         "crosses slices, so each slice holds mesh.data / slices of it")
+    within = [sizes[0] // slices, *sizes[1:]]
+    return mesh_utils.create_hybrid_device_mesh(within, [slices, 1, 1], devices,
+                                                process_is_granule=_granule(devices) == "process_index",
+                                                allow_split_physical_axes=True)
 
 
 def logical_to_spec(axes, shape, rules: dict, mesh: Mesh, name: str = "", notes: list | None = None) -> P:

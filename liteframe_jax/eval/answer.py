@@ -21,6 +21,7 @@ from liteframe_jax.data import video
 from liteframe_jax.data.conversations import VIDEO_MARKER
 from liteframe_jax.data.sampling import sample_indices
 from liteframe_jax.eval.prompts import Prompt
+from liteframe_jax.models import kernel_choice
 
 
 class VideoQA:
@@ -47,7 +48,9 @@ class VideoQA:
         run_dir = os.path.abspath(run_dir)
         trained = _run_settings(run_dir)
         dtype = dtype or trained.get("dtype", "float32")
-        mlp_kernel = mlp_kernel or trained.get("mlp_kernel", "xla")
+        mlp_kernel = mlp_kernel or trained.get("mlp_kernel") or "xla"
+        if mlp_kernel == kernel_choice.AUTO:  # answering never trains the encoder
+            mlp_kernel = kernel_choice.resolve({"mlp": mlp_kernel}, compute_dtype(dtype))[0]["mlp"]
         spec, tokenizer, graphdef, params, step = run_folder.load_model(
             run_dir, step=step, want=VideoLLMSpec, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel)
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
@@ -137,7 +140,7 @@ def _run_settings(run_dir: str) -> dict:
 
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",
-                      mlp_kernel: str = "xla", sampling: str | None = None, resize: str | None = None) -> VideoQA:
+                      mlp_kernel: str = "auto", sampling: str | None = None, resize: str | None = None) -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder (`VideoLLMSpec.internvl`). Frames are
     preprocessed as InternVL's reference video loader does by default: its frame indices
     (`sampling="internvl"`), a PIL bicubic stretch to 448x448 (`resize="bicubic"`) and ImageNet normalisation.
@@ -145,6 +148,8 @@ def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat
     spec = VideoLLMSpec.internvl(folder, frames=num_frames)
     tokenizer = spec.load_tokenizer()
     compute = compute_dtype(dtype)
+    if mlp_kernel == kernel_choice.AUTO:
+        mlp_kernel = kernel_choice.resolve({"mlp": mlp_kernel}, compute)[0]["mlp"]
     graphdef, params = load_internvl_video_llm(spec, folder, dtype=compute, mlp_kernel=mlp_kernel,
                                                video_token_id=tokenizer.video_token_id)
     return VideoQA(spec, tokenizer, graphdef, params, dtype=compute, sampling=sampling or "internvl",

@@ -22,7 +22,7 @@ from liteframe_jax.core.tree import pure_dict
 from liteframe_jax.data import clip_cache
 from liteframe_jax.data import clips as clips_lib
 from liteframe_jax.data import demo, pipeline
-from liteframe_jax.models import compression
+from liteframe_jax.models import compression, kernel_choice
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.pixels import normalise
 from liteframe_jax.models.student import StudentConfig
@@ -51,10 +51,13 @@ class CTDTask(Task):
     def __init__(self, config, mesh, workdir: str, with_data: bool = True):
         super().__init__(config, mesh)
         self.dtype = compute_dtype(config.dtype)
-        attn_impl = config.kernels.attention
+        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype)  # the teacher's MLP is frozen
+        for line in said:
+            log(f"[ctd] {line}")
+        attn_impl = self.kernels["attention"]
 
         # Teacher first: it fixes the target grid that the student must match.
-        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, config.kernels.mlp, mesh)
+        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, self.kernels["mlp"], mesh)
         log(f"[ctd] {description}")
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output
@@ -117,8 +120,8 @@ class CTDTask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.config.kernels.attention,
-                               tail_kernel=self.config.kernels.block_tail, mesh=self.mesh)
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.kernels["attention"],
+                               tail_kernel=self.kernels["block_tail"], mesh=self.mesh)
 
     def frozen(self):
         return self._frozen

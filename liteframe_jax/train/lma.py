@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import string
 
 import jax
@@ -30,6 +31,7 @@ from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.data import conversations, pipeline, qa_demo
 from liteframe_jax.data.tokenizer import load_tokenizer
 from liteframe_jax.eval.extraction import letters
+from liteframe_jax.models import kernel_choice
 from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.models.video_llm import ProjectorConfig
@@ -96,6 +98,10 @@ class LMATask(Task):
         super().__init__(config, mesh)
         self.workdir = workdir
         self.dtype = compute_dtype(config.dtype)
+        encoder_trains = any(re.search(p, "encoder/head/kernel") for p in trainable_patterns(config.train.trainable))
+        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, tower_trains=encoder_trains)
+        for line in said:
+            log(f"[lma] {line}")
         if os.path.isfile(os.path.join(workdir, run_folder.SPEC_FILE)):  # a resumed run: its own spec, no sources
             self.spec = run_folder.read_spec(workdir, VideoLLMSpec)
             self.tokenizer = self.spec.load_tokenizer(workdir)
@@ -214,9 +220,9 @@ class LMATask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs):
-        k = self.config.kernels
-        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=k.attention, mlp_kernel=k.mlp,
-                               tail_kernel=k.block_tail, mesh=self.mesh,
+        k = self.kernels
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=k["attention"], mlp_kernel=k["mlp"],
+                               tail_kernel=k["block_tail"], mesh=self.mesh,
                                remat=self.config.get("remat", "none"), video_token_id=self.tokenizer.video_token_id)
 
     def trainable_patterns(self):

@@ -25,6 +25,7 @@ from liteframe_jax.core import checkpoint, sharding
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, unflatten
 from liteframe_jax.train import metrics as metrics_lib
+from liteframe_jax.train import preemption
 from liteframe_jax.train import state as state_lib
 from liteframe_jax.train import step as step_lib
 
@@ -116,6 +117,7 @@ class Result:
     compile_seconds: float
     train_seconds: float
     params: dict | None = None  # the whole model's final parameters (trained and frozen parts)
+    preempted: bool = False  # stopped early by a preemption notice, with a checkpoint of the last step
 
 
 def match_params(source: dict, target: dict) -> dict:
@@ -233,29 +235,19 @@ def train(config, workdir: str, task: Task) -> Result:
         if eval_at_start:
             writer.write(0, {f"eval_{k}": v for k, v in eval_at_start.items()})
 
-    # --- the loop: no host sync except at log, eval and checkpoint steps ---
+    # --- the loop: no host sync except at log, eval and checkpoint steps (and a preemption notice) ---
     writer.start(start_step)
-    last_metrics, eval_metrics, t_train = {}, {}, time.perf_counter()
-    step = start_step
-    for step in range(start_step + 1, total_steps + 1):
-        batch = sharding.global_batch(next(data_iter), mesh)
-        state, metrics = step_fn(state, frozen, batch)
-        if step % config.log_every == 0 or step == total_steps:
-            last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            streak, skipped = (int(x) for x in jax.device_get((state["nonfinite_streak"], state["skipped"])))
-            if streak >= config.nan_patience:
-                raise FloatingPointError(
-                    f"step {step}: the loss or gradients were non-finite for {streak} steps in a row "
-                    f"({skipped} skipped in all); last metrics {last_metrics}. Lower optimizer.lr or check the data.")
-            last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped)
-            writer.write(step, last_metrics)
-        if config.eval_every and step % config.eval_every == 0 and step != total_steps:
-            eval_metrics = evaluate(state["params"])
-            writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-        if step % config.checkpoint_every == 0 or step == total_steps:
-            ckpt.save(step, state, _IteratorSnapshot(data_iter))
+    t_train = time.perf_counter()
+    with preemption.PreemptionWatch() as watch:
+        state, step, last_metrics, eval_metrics = _loop(
+            config, state, start_step, total_steps, step_fn=step_fn, frozen=frozen, data_iter=data_iter, mesh=mesh,
+            writer=writer, ckpt=ckpt, evaluate=evaluate, watch=watch)
     train_seconds = time.perf_counter() - t_train
-    if step == total_steps:
+    preempted = watch.noticed and step < total_steps
+    if preempted:
+        log(f"[{task.name}] preempted: stopped after step {step} with a checkpoint of it; the same command "
+            "continues from there")
+    elif step == total_steps:
         eval_metrics = evaluate(state["params"])
         if eval_metrics:
             writer.write(total_steps, {f"eval_{k}": v for k, v in eval_metrics.items()})
@@ -267,4 +259,33 @@ def train(config, workdir: str, task: Task) -> Result:
     return Result(workdir=workdir, step=int(jax.device_get(state["step"])), origin=origin,
                   checkpoint_dir=ckpt.directory, metrics_path=writer.path, curve_path=curve, eval=eval_metrics,
                   eval_at_start=eval_at_start, last_metrics=last_metrics, compile_seconds=compile_seconds,
-                  train_seconds=train_seconds, params=state_lib.merge(state["params"], frozen_model))
+                  train_seconds=train_seconds, params=state_lib.merge(state["params"], frozen_model),
+                  preempted=preempted)
+
+
+def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, data_iter, mesh, writer, ckpt,
+          evaluate, watch):
+    """Steps `start_step + 1` .. `total_steps`, or until a preemption notice (then a checkpoint of the last step):
+    (state, last step, last logged metrics, last held-out metrics)."""
+    last_metrics, eval_metrics, step = {}, {}, start_step
+    for step in range(start_step + 1, total_steps + 1):
+        batch = sharding.global_batch(next(data_iter), mesh)
+        state, metrics = step_fn(state, frozen, batch)
+        stop = watch.reached(step)
+        if step % config.log_every == 0 or step == total_steps or stop:
+            last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            streak, skipped = (int(x) for x in jax.device_get((state["nonfinite_streak"], state["skipped"])))
+            if streak >= config.nan_patience:
+                raise FloatingPointError(
+                    f"step {step}: the loss or gradients were non-finite for {streak} steps in a row "
+                    f"({skipped} skipped in all); last metrics {last_metrics}. Lower optimizer.lr or check the data.")
+            last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped)
+            writer.write(step, last_metrics)
+        if config.eval_every and step % config.eval_every == 0 and step != total_steps:
+            eval_metrics = evaluate(state["params"])
+            writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+        if step % config.checkpoint_every == 0 or step == total_steps or stop:
+            ckpt.save(step, state, _IteratorSnapshot(data_iter))
+        if stop:
+            break
+    return state, step, last_metrics, eval_metrics
