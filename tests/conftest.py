@@ -20,3 +20,4 @@ from absl import flags  # noqa: E402
 
 # Grain's worker processes read absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
+
