@@ -43,6 +43,7 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.nan_patience = 20  # stop after this many non-finite steps in a row (each one is skipped)
+    c.check_memory = True  # stop before step 1 if the compiled step needs more device memory than there is
     c.resume_from = config_dict.placeholder(str)  # another run's workdir: state + data position
     c.init_from = config_dict.placeholder(str)  # another run's workdir: parameters only
 
@@ -61,6 +62,10 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.data.num_frames = 8
     c.data.frame_stride = 2
     c.data.clip_hop = 0  # 0: consecutive clips do not overlap
+    # Frame counts / unreadable files, probed once: '' keeps them in WORKDIR/video_index, a path shares them
+    # between runs (a folder, local or gs://), 'off' probes at every start.
+    c.data.video_index = ""
+    c.data.probe_threads = 8
     # Decoded-clip cache (liteframe_jax/data/clip_cache.py): a folder; built at the first start (each video
     # decoded once, `cache_workers` processes, 0 = one per core), then read instead of decoding.
     c.data.clip_cache = config_dict.placeholder(str)

@@ -49,6 +49,7 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.async_checkpointing = True
     c.nan_patience = 20
+    c.check_memory = True  # stop before step 1 if the compiled step needs more device memory than there is
     c.resume_from = config_dict.placeholder(str)
     c.init_from = config_dict.placeholder(str)
 
@@ -100,6 +101,8 @@ def get_config(arg=None):
     c.data.buckets = (160, 256)  # batches are right-padded to the smallest bucket that fits
     c.data.num_workers = 0
     c.data.read_threads = 4
+    c.data.video_index = ""  # as in CTD: '' WORKDIR/video_index, a shared folder, or 'off'
+    c.data.probe_threads = 8
     c.data.pixel_mean = IMAGENET_MEAN  # for a 'random' student; a CTD student brings its own
     c.data.pixel_std = IMAGENET_STD
 

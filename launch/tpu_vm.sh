@@ -101,7 +101,7 @@ else
 fi
 quoted=$(printf '%q ' "$@")
 setup="mkdir -p ~/liteframe_jax && tar -xzf ~/liteframe_jax.tgz -C ~/liteframe_jax && cd ~/liteframe_jax"
-setup+=" && python3 -m pip install -q -r requirements.txt 'jax[tpu]'"
+setup+=" && python3 -m pip install -q -r requirements.txt 'jax[tpu]' gcsfs"
 job="cd ~/liteframe_jax && LITEFRAME_DISTRIBUTED=auto python3 -m liteframe_jax.main $quoted"
 for node in "${nodes[@]}"; do
   run gcloud compute tpus tpu-vm scp "$bundle" "$node:~/liteframe_jax.tgz" --worker=all "${common[@]}"

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from liteframe_jax import jobs
+from liteframe_jax.core import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/ctd.py:demo.",
                                           lock_config=True)
@@ -35,8 +36,7 @@ def enable_compilation_cache(workdir: str) -> None:
     import jax
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or _CACHE.value == "off":
         return
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value or os.path.join(os.path.abspath(workdir),
-                                                                               "compilation_cache"))
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value or os.path.join(workdir, "compilation_cache"))
 
 
 def maybe_initialize_distributed() -> None:
@@ -61,11 +61,14 @@ def main(argv):
         job = jobs.job(config)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    workdir = _WORKDIR.value or job.default_workdir(config)
+    try:
+        workdir = paths.resolve(_WORKDIR.value or job.default_workdir(config))
+    except (ValueError, ModuleNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
     logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
     if job.trains:
         maybe_initialize_distributed()
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         enable_compilation_cache(workdir)
     return job.run(config, workdir)
 

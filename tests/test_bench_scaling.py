@@ -1,4 +1,4 @@
-"""`bench scaling` on the 8 fake CPU devices: one row per device count, the batch split over the mesh."""
+"""`bench scaling` on fake CPU devices: one row per device count, the batch split over the mesh."""
 
 import jax
 import pytest
@@ -14,7 +14,7 @@ def test_device_counts_are_powers_of_two_up_to_all():
 
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (fake) devices")
 def test_weak_scaling_rows_cover_the_device_counts():
-    counts = [1, len(jax.devices())]  # one device and all of them: the batch split over every device in use
+    counts = [1, 2]  # the batch split over every device in use
     rows = list(scaling.bench_scaling(1e12, small=True, impl=None, counts=counts))
     assert [r["devices"] for r in rows] == counts and not any("error" in r for r in rows), rows
     assert [r["batch"] for r in rows] == counts  # one clip per device in --small

@@ -48,12 +48,17 @@ def test_ctd_loss_falls_and_run_leaves_its_outputs(videos, tmp_path):
     assert {"frames"} == set(task.batch_spec())
 
 
-def test_clip_cache_run_gives_the_same_losses_as_decoding(videos, tmp_path):
+def test_clip_cache_run_gives_the_same_losses_as_decoding(videos, tmp_path, monkeypatch):
+    from liteframe_jax.train import step as step_lib
+    checked, check_fits = [], step_lib.check_fits
+    monkeypatch.setattr(step_lib, "check_fits", lambda step, config, limit: checked.append(step.step_gib) or
+                        check_fits(step, config, limit))
     cache = tmp_path / "cache"
     run(tiny_ctd_config(videos, total_steps=3), str(tmp_path / "decoded"))
     run(tiny_ctd_config(videos, total_steps=3, **{"data.clip_cache": str(cache), "data.cache_workers": 2}),
         str(tmp_path / "cached"))
     assert (cache / "meta.json").exists()
+    assert len(checked) == 2 and all(gib > 0 for gib in checked)  # each run held its step against the device
     np.testing.assert_allclose(list(_losses(str(tmp_path / "cached")).values()),
                                list(_losses(str(tmp_path / "decoded")).values()), rtol=1e-6)
 
@@ -213,3 +218,4 @@ def test_every_config_field_can_be_overridden_from_the_command_line():
                           ("eval", ("demo", "videomme"))):
         for preset in presets:
             assert list(lists(load_config(name, preset))) == [], (name, preset)
+

@@ -138,3 +138,27 @@ def test_auto_kernels_follow_the_platform(monkeypatch):
     assert chosen["mlp"] == "xla" and "trains" in said[1]
     chosen, said = kernel_choice.resolve(auto, jnp.float32)  # float32 compute: no flash attention, no fused MLP
     assert (chosen["attention"], chosen["mlp"], chosen["block_tail"]) == (None, "xla", "pallas")
+
+
+def test_a_step_that_does_not_fit_the_device_is_refused_before_step_1():
+    from helpers import load_config
+
+    from liteframe_jax.train import step as step_lib
+    x = jax.ShapeDtypeStruct((512, 512), jnp.float32)
+    compiled = jax.jit(lambda a: (a @ a).sum()).lower(x).compile()
+    m = compiled.memory_analysis()
+    memory = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+              "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes}
+    step = step_lib.CompiledStep(None, compiled, {}, {}, 0.0, memory)
+    need = step.step_gib * 2 ** 30
+    assert need >= 512 * 512 * 4  # at least its argument
+    config = load_config("lma", "demo")
+    with pytest.raises(MemoryError, match=r"needs 0\.\d\d GiB per device but the device has 0\.00 GiB .*"
+                                          r"--config\.batch_size=\d+ .*--config\.grad_accum_steps=1 .*"
+                                          r"--config\.remat='none' .*--config\.mesh\.fsdp=1 .*check_memory=False"):
+        step_lib.check_fits(step, config, limit_bytes=int(need) - 1)
+    step_lib.check_fits(step, config, limit_bytes=int(need))  # fits exactly
+    step_lib.check_fits(step, config, limit_bytes=None)  # the CPU: no limit known
+    config.check_memory = False
+    step_lib.check_fits(step, config, limit_bytes=1)
+    assert step_lib.device_memory_limit() is None  # CPU devices report no memory limit

@@ -5,8 +5,8 @@ import json
 
 import pytest
 from flax import nnx
-
 from helpers import load_config
+
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.assembly.specs import SPEC_VERSION, StudentSpec, VideoLLMSpec, spec_from_dict
 from liteframe_jax.core.tree import flatten, pure_dict

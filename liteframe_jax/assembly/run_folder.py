@@ -15,14 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly.specs import SPEC_VERSION, StudentSpec, VideoLLMSpec, spec_from_dict
-from liteframe_jax.core import checkpoint
+from liteframe_jax.core import checkpoint, paths
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.models.student import StudentConfig
 
@@ -35,29 +34,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def write_spec(workdir: str, spec):
     """Write spec.json (process 0); an LMA spec's tokenizer folder is copied into the run first, and the spec
     written names the copy. Returns the spec as written."""
-    if isinstance(spec, VideoLLMSpec) and spec.tokenizer != "bytes" and os.path.isabs(spec.tokenizer):
+    if isinstance(spec, VideoLLMSpec) and spec.tokenizer != "bytes" and paths.isabs(spec.tokenizer):
         if jax.process_index() == 0:
             target = os.path.join(workdir, TOKENIZER_DIR)
-            os.makedirs(target, exist_ok=True)
-            copied = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(spec.tokenizer, name))]
+            paths.makedirs(target)
+            copied = [name for name in TOKENIZER_FILES if paths.isfile(os.path.join(spec.tokenizer, name))]
             if "tokenizer.json" not in copied:
                 raise FileNotFoundError(f"tokenizer folder {spec.tokenizer!r} has no tokenizer.json")
             for name in copied:
-                shutil.copyfile(os.path.join(spec.tokenizer, name), os.path.join(target, name))
+                paths.copy(os.path.join(spec.tokenizer, name), os.path.join(target, name))
         spec = dataclasses.replace(spec, tokenizer=TOKENIZER_DIR)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, SPEC_FILE), "w") as f:
-            json.dump({"version": SPEC_VERSION, **spec.to_dict()}, f, indent=2)
+        paths.makedirs(workdir)
+        text = json.dumps({"version": SPEC_VERSION, **spec.to_dict()}, indent=2)
+        paths.write_text(os.path.join(workdir, SPEC_FILE), text)
     return spec
 
 
 def _legacy_student_spec(workdir: str) -> StudentSpec | None:
     """CTD runs written before spec.json: their student from config.json (the CTD config's own fields)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return None
-    with open(path) as f:
+    with paths.open(path) as f:
         cfg = json.load(f)
     if cfg.get("trainer") != "ctd":
         return None
@@ -67,16 +66,16 @@ def _legacy_student_spec(workdir: str) -> StudentSpec | None:
 
 def read_spec(workdir: str, want: type | None = None):
     """The spec of the model a run folder holds; `want` (StudentSpec or VideoLLMSpec) checks its kind."""
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         raise FileNotFoundError(f"{workdir!r} does not exist (a run folder was expected)")
     path = os.path.join(workdir, SPEC_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
+    if paths.isfile(path):
+        with paths.open(path) as f:
             spec = spec_from_dict(json.load(f))
     else:
         spec = _legacy_student_spec(workdir)
         if spec is None:
-            if not os.path.isfile(os.path.join(workdir, "config.json")):
+            if not paths.isfile(os.path.join(workdir, "config.json")):
                 raise FileNotFoundError(f"{workdir!r} is not a run folder of liteframe_jax (no {SPEC_FILE}, no "
                                         "config.json)")
             raise FileNotFoundError(

@@ -20,6 +20,7 @@ from flax import nnx
 from liteframe_jax.convert import hf_folder
 from liteframe_jax.convert.internvl import head_config_from_hf, vit_config_from_hf
 from liteframe_jax.convert.qwen2 import config_from_hf, text_config
+from liteframe_jax.core import paths
 from liteframe_jax.data import conversations
 from liteframe_jax.data.tokenizer import load_tokenizer
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
@@ -183,7 +184,7 @@ class VideoLLMSpec:
 
     def load_tokenizer(self, run_dir: str | None = None):
         folder = self.tokenizer
-        if folder != "bytes" and not os.path.isabs(folder) and run_dir is not None:
+        if folder != "bytes" and not paths.isabs(folder) and run_dir is not None:
             folder = os.path.join(run_dir, folder)
         tokenizer = load_tokenizer(folder, self.video_token)
         self.check_tokenizer(tokenizer)

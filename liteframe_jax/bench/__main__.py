@@ -1,4 +1,4 @@
-"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|export|all]
+"""`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|export|index|all]
 [--small] [--out results.json]`
 
 Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
@@ -25,13 +25,14 @@ from liteframe_jax.bench.pipeline import bench_pipeline
 from liteframe_jax.bench.probe import bench_probe
 from liteframe_jax.bench.scaling import bench_scaling
 from liteframe_jax.bench.training import bench_ctd, bench_lma, parse_plans
+from liteframe_jax.bench.video_index import bench_video_index
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
                         choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "probe",
-                                 "profile", "scaling", "export"])
+                                 "profile", "scaling", "export", "index"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
@@ -65,8 +66,8 @@ def main(argv=None):
     header = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "flax": flax.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(sys.argv)}
-    # the export bench measures host memory, not FLOP/s: no matmul ceiling for it alone
-    ceiling = matmul_ceiling(args.small) if what - {"export"} else 0.0
+    # the export and index benches measure host time and memory, not FLOP/s: no matmul ceiling for them alone
+    ceiling = matmul_ceiling(args.small) if what - {"export", "index"} else 0.0
     header["bf16_matmul_tflops"] = ceiling / 1e12
     print(json.dumps(header), flush=True)
     rows = []
@@ -83,7 +84,8 @@ def main(argv=None):
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None,
                                                   args.decode, args.decode_workers)),
-                ("export", lambda: bench_export(small=args.small))]
+                ("export", lambda: bench_export(small=args.small)),
+                ("index", lambda: bench_video_index(small=args.small))]
     for name, fn in sections:
         if name in what:
             for row in fn():
@@ -110,7 +112,8 @@ def table(rows, ceiling) -> str:
             "prefill_ms", "ttft_ms", "ttft_with_decode_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu", "efficiency", "peak_gib", "step_gib",
             "step_gib_per_device", "compile_s", "seconds", "peak_rss_gb", "weights_float32_gb",
-            "peak_over_float32_weights", "peak_over_written")
+            "peak_over_float32_weights", "peak_over_written", "videos", "clips", "load_s", "clip_table_s",
+            "rss_over_imports_gb", "bytes_per_video", "videos_per_s")
                 if isinstance(r.get(k), (int, float))]
         lines.append(f"{r['bench']:9s} {what} [{r.get('attention', '')}] " + " ".join(figs))
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Reading a Hugging Face model folder: `config.json` plus `*.safetensors` (sharded or not), never pickle.
 
 Tensors are read straight from the safetensors layout (an 8-byte header length, a JSON header, raw bytes)
-through a memory map, so bfloat16 checkpoints load without torch and without copying the whole file.
+through a memory map, so bfloat16 checkpoints load without torch and without copying the whole file. A folder
+in a bucket (`gs://`) is read into memory instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from liteframe_jax.core import paths
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -20,27 +23,28 @@ _DTYPES = {
 
 
 def read_config(path: str) -> dict:
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist or is not a folder")
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
+    if not paths.isfile(config_path):
         raise FileNotFoundError(f"{path!r} has no config.json: is it a Hugging Face model folder?")
-    with open(config_path) as f:
+    with paths.open(config_path) as f:
         return json.load(f)
 
 
 def safetensors_files(path: str) -> list[str]:
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+    files = [os.path.join(path, f) for f in paths.listdir(path) if f.endswith(".safetensors")]
     if not files:
         raise FileNotFoundError(f"{path!r} holds no *.safetensors file (pickled .bin checkpoints are not read)")
     return files
 
 
 def read_safetensors(file: str, keep=lambda name: True) -> dict[str, np.ndarray]:
-    with open(file, "rb") as f:
+    with paths.open(file, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
-    data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
+        data = (np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len) if not paths.is_remote(file) else
+                np.frombuffer(f.read(), dtype=np.uint8))
     out = {}
     for name, info in header.items():
         if name == "__metadata__" or not keep(name):

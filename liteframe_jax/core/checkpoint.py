@@ -10,44 +10,44 @@ alone holds the whole model.
 from __future__ import annotations
 
 import logging
-import os
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from liteframe_jax.core import paths
 from liteframe_jax.core.tree import flatten, unflatten
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return paths.resolve(workdir) + "/checkpoints"
 
 
 def frozen_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "frozen")
+    return paths.resolve(workdir) + "/frozen"
 
 
 def save_tree(path: str, tree) -> None:
     """A tree of (possibly sharded) arrays to an Orbax folder; every process takes part."""
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(path), tree)
+    checkpointer.save(paths.resolve(path), tree)
     checkpointer.wait_until_finished()
     checkpointer.close()
 
 
 def has_tree(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "_METADATA"))
+    return paths.isfile(paths.resolve(path) + "/_METADATA")
 
 
 def read_tree(path: str) -> dict:
     """A tree written by `save_tree`, as host numpy arrays."""
     checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(os.path.abspath(path))
+    meta = checkpointer.metadata(paths.resolve(path))
     meta = getattr(meta, "item_metadata", meta)
     meta = getattr(meta, "tree", meta)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return checkpointer.restore(os.path.abspath(path), restore_args=restore_args)
+    return checkpointer.restore(paths.resolve(path), restore_args=restore_args)
 
 
 class Checkpointer:
@@ -67,10 +67,22 @@ class Checkpointer:
                                                         data=grain.checkpoint.CheckpointSave(data_iterator)),
                           force=True)
 
-    def restore(self, step: int, abstract_state, data_iterator):
+    def saved_process_counts(self, step: int) -> set[int]:
+        """How many processes wrote the data positions of `step` (Grain writes one file per process)."""
+        folder = f"{self.directory}/{step}/data"
+        names = paths.listdir(folder) if paths.isdir(folder) else []
+        return {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in names if n.startswith("process_") and "-of-" in n}
+
+    def restore(self, step: int, abstract_state, data_iterator) -> tuple[dict, bool]:
+        """(state, whether `data_iterator` was moved to the saved position). It is not when another number of
+        processes saved the step: Grain's positions are per process; the caller then starts the data stream at
+        the step instead (`train.loop`)."""
+        if jax.process_count() not in self.saved_process_counts(step):
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            return restored["state"], False
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return restored["state"]
+        return restored["state"], True
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -82,7 +94,7 @@ class Checkpointer:
 
 def has_checkpoint(workdir: str) -> bool:
     d = checkpoint_dir(workdir)
-    return os.path.isdir(d) and ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(
+    return paths.isdir(d) and ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(
         read_only=True)).latest_step() is not None
 
 
@@ -105,7 +117,7 @@ def _resolve_step(manager, d: str, workdir: str, step: int | None) -> int:
 def restore_params(workdir: str, subtree: str = "params", step: int | None = None) -> tuple[dict, int]:
     """The parameters (as host numpy) saved at `step` (default: the latest) of a run's workdir."""
     d = checkpoint_dir(workdir)
-    if not os.path.isdir(d):
+    if not paths.isdir(d):
         raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
     manager = _manager_for_reading(d)
     step = _resolve_step(manager, d, workdir, step)
@@ -147,7 +159,7 @@ class LazyTree:
     model this way in order holds about one layer in memory, not the model."""
 
     def __init__(self, path: str, subtree: str | None = None, group_depth: int = 2):
-        self.path, self.subtree, self.depth = os.path.abspath(path), subtree, group_depth
+        self.path, self.subtree, self.depth = paths.resolve(path), subtree, group_depth
         meta = ocp.PyTreeCheckpointer().metadata(self.path)
         meta = getattr(meta, "item_metadata", meta)
         meta = getattr(meta, "tree", meta)
@@ -186,7 +198,7 @@ def lazy_params(workdir: str, step: int | None = None) -> tuple[dict[str, LazyAr
     """`restore_params` that reads nothing yet: {path: LazyArray} of the parameters saved at `step` (default: the
     latest), each read when used, one group at a time."""
     d = checkpoint_dir(workdir)
-    if not os.path.isdir(d):
+    if not paths.isdir(d):
         raise FileNotFoundError(f"{workdir!r} has no checkpoints folder ({d})")
     step = _resolve_step(_manager_for_reading(d), d, workdir, step)
-    return LazyTree(os.path.join(d, str(step), "state"), subtree="params").leaves(), step
+    return LazyTree(f"{d}/{step}/state", subtree="params").leaves(), step

@@ -20,10 +20,11 @@ Layouts read (ROOT is `data.root`; `data.annotation` names another annotation fi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import re
+
+from liteframe_jax.core import paths
 
 LETTERS = "ABCDEFGH"
 VIDEOMME_EXTENSIONS = (".mp4", ".MP4", ".mkv")
@@ -78,12 +79,13 @@ def _strip_letter(option: str) -> str:
 
 def read_table(path: str) -> list[dict]:
     """Rows of a parquet, JSON (a list) or JSONL file."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"annotation file {path!r} does not exist")
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    with open(path) as f:
+        with paths.local_copy(path) as local:
+            return pq.read_table(local).to_pylist()
+    with paths.open(path) as f:
         text = f.read()
     if path.endswith(".jsonl"):
         return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -95,7 +97,7 @@ def read_table(path: str) -> list[dict]:
 
 def _first_file(root: str, patterns, bench: str) -> str:
     for pattern in patterns:
-        found = sorted(glob.glob(os.path.join(root, pattern), recursive=True))
+        found = paths.glob(os.path.join(root, pattern))
         if found:
             return found[0]
     raise FileNotFoundError(f"{bench}: no annotation under {root!r} (looked for {', '.join(patterns)}); "
@@ -103,7 +105,7 @@ def _first_file(root: str, patterns, bench: str) -> str:
 
 
 def _existing(candidates) -> str | None:
-    return next((c for c in candidates if os.path.isfile(c)), None)
+    return next((c for c in candidates if paths.isfile(c)), None)
 
 
 def _collect(out: Benchmark, path: str, parse) -> Benchmark:
@@ -157,7 +159,7 @@ def _split_options(text: str, where: str) -> tuple[str, tuple[str, ...]]:
 def load_mlvu(root: str, annotation: str | None = None) -> Benchmark:
     """The authors' `json/<n>_<task>.json` files, or one file in lmms-eval's layout (`data.annotation`, or a
     parquet under ROOT when there is no `json/` folder)."""
-    files = [annotation] if annotation else sorted(glob.glob(os.path.join(root, "json", "*.json")))
+    files = [annotation] if annotation else paths.glob(os.path.join(root, "json", "*.json"))
     source = annotation or os.path.join(root, "json")
     if not files:
         files = [_first_file(root, ("**/*.parquet",), "MLVU")]
@@ -189,7 +191,7 @@ def _mlvu_row(root: str, folder: str, i: int, row, where: str):
             raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
         name = str(row["video_name"])
         video = _existing([os.path.join(root, name), os.path.join(root, "video", name),
-                           *sorted(glob.glob(os.path.join(root, "video", "*", name)))]) or os.path.join(root, name)
+                           *paths.glob(os.path.join(root, "video", "*", name))]) or os.path.join(root, name)
         return MCQuestion(f"{folder}#{i}", video, stem, options, answer, (("task_type", task),))
     task = str(_field(row, "question_type", where))
     if "candidates" not in row:

@@ -22,9 +22,9 @@ import multiprocessing
 import os
 import time
 
-import av
 import numpy as np
 
+from liteframe_jax.core import paths
 from liteframe_jax.data import video
 from liteframe_jax.data.clips import ClipSpec
 from liteframe_jax.data.pipeline import DROPPED
@@ -63,7 +63,7 @@ def decode_clips_in_one_pass(path: str, clips: list[tuple[int, ...]], size: int)
                     del kept[i]
 
     try:
-        with av.open(path) as container:
+        with video.open_container(path) as container:
             stream = container.streams.video[0]
             stream.thread_count = 1  # one process per core does the parallelism
             for i, frame in enumerate(container.decode(stream)):
@@ -211,6 +211,9 @@ class ClipCache:
 
 def open_or_build(clips: list[ClipSpec], folder: str, size: int, *, workers: int = 0, may_build: bool = True,
                   log=logging.info) -> ClipCache:
+    if paths.is_remote(folder):
+        raise ValueError(f"clip cache {folder}: the cache is memory-mapped and must be a local folder (its clips "
+                         "may come from a bucket)")
     folder = os.path.expanduser(folder)
     if os.path.exists(os.path.join(folder, META)):
         cache = ClipCache(folder).check(clips, size)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 
-from liteframe_jax.data import video
+import numpy as np
+
+from liteframe_jax.core import paths
+from liteframe_jax.data import video, video_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,9 +19,47 @@ class ClipSpec:
     frame_indices: tuple[int, ...]
 
 
+class ClipTable(Sequence):
+    """The clips of many videos held per video (frame count, index of its first clip), not per clip: memory
+    grows with the videos, not with their length, so a million long videos' clips fit in memory and pickle
+    quickly to data workers. `table[i]` is a ClipSpec."""
+
+    def __init__(self, videos: list[str], video_frames, num_frames: int, stride: int, hop: int):
+        self.videos, self.video_frames = list(videos), np.asarray(video_frames, np.int64)
+        self.num_frames, self.stride = int(num_frames), int(stride)
+        span = (self.num_frames - 1) * self.stride + 1
+        self.hop = int(hop) or span
+        per_video = np.where(self.video_frames < span, 1, (self.video_frames - span) // self.hop + 1)
+        self.first_clip = np.concatenate([[0], np.cumsum(per_video)]).astype(np.int64)  # video v: [f[v], f[v+1])
+
+    def __len__(self) -> int:
+        return int(self.first_clip[-1])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"clip {i} of {len(self)}")
+        v = int(np.searchsorted(self.first_clip, i, side="right")) - 1
+        start, last = (i - int(self.first_clip[v])) * self.hop, int(self.video_frames[v]) - 1
+        return ClipSpec(self.videos[v], tuple(min(start + k * self.stride, last) for k in range(self.num_frames)))
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+
+def clip_table(frames_by_video: dict[str, int], num_frames: int, stride: int, hop: int) -> ClipTable:
+    """`clip_frame_indices` of every video, as a ClipTable."""
+    return ClipTable(list(frames_by_video), [frames_by_video[v] for v in frames_by_video], num_frames, stride, hop)
+
+
 @dataclasses.dataclass
 class ClipIndex:
-    clips: list[ClipSpec]
+    clips: Sequence[ClipSpec]
     videos: list[str]
     skipped: dict[str, str]  # path -> why it was unreadable
 
@@ -31,13 +73,13 @@ def list_videos(source) -> list[str]:
     """A folder (searched recursively for video extensions), one file, or a list of either."""
     if isinstance(source, (list, tuple)):
         return [v for s in source for v in list_videos(s)]
-    source = os.path.expanduser(str(source))
-    if os.path.isfile(source):
+    source = str(source) if paths.is_remote(source) else os.path.expanduser(str(source))
+    if paths.isfile(source):
         return [source]
-    if not os.path.isdir(source):
+    if not paths.isdir(source):
         raise FileNotFoundError(f"video source {source!r} is neither a folder nor a file")
     found = []
-    for root, _, files in os.walk(source):
+    for root, _, files in paths.walk(source):
         found += [os.path.join(root, f) for f in files if f.lower().endswith(video.VIDEO_EXTENSIONS)]
     if not found:
         raise FileNotFoundError(f"no video files ({', '.join(video.VIDEO_EXTENSIONS)}) under {source!r}")
@@ -57,22 +99,19 @@ def clip_frame_indices(num_frames_in_video: int, num_frames: int, stride: int, h
             for start in range(0, num_frames_in_video - span + 1, hop)]
 
 
-def build_index(paths: list[str], num_frames: int, stride: int, hop: int = 0) -> ClipIndex:
-    """Probe every video; unreadable ones are skipped and recorded. All unreadable is an error."""
-    clips, ok, skipped = [], [], {}
-    for path in paths:
-        try:
-            info = video.probe(path)
-        except video.VideoError as e:
-            skipped[path] = str(e)
-            logging.warning("skipping unreadable video %s", e)
-            continue
-        ok.append(path)
-        clips += [ClipSpec(path, idx) for idx in clip_frame_indices(info.num_frames, num_frames, stride, hop)]
+def build_index(videos: list[str], num_frames: int, stride: int, hop: int = 0, infos: dict | None = None
+                ) -> ClipIndex:
+    """The clips of `videos`; unreadable ones are skipped and recorded. All unreadable is an error. `infos`
+    ({path: VideoInfo or why it is unreadable}, from `video_index.index_videos`) saves probing them here."""
+    infos = infos if infos is not None else video_index.probe_all(videos)
+    ok = [v for v in videos if isinstance(infos[v], video.VideoInfo)]
+    skipped = {v: infos[v] for v in videos if not isinstance(infos[v], video.VideoInfo)}
+    for why in skipped.values():
+        logging.warning("skipping unreadable video %s", why)
     if not ok:
-        raise ValueError(f"none of the {len(paths)} videos could be read:\n" +
+        raise ValueError(f"none of the {len(videos)} videos could be read:\n" +
                          "\n".join(f"  {p}: {why}" for p, why in skipped.items()))
-    return ClipIndex(clips, ok, skipped)
+    return ClipIndex(clip_table({v: infos[v].num_frames for v in ok}, num_frames, stride, hop), ok, skipped)
 
 
 def split_videos(paths: list[str], every_nth: int) -> tuple[list[str], list[str]]:

@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 
-from liteframe_jax.data import video
+from liteframe_jax.core import paths
+from liteframe_jax.data import video, video_index
 
 VIDEO_MARKER = "<video>"
 VIDEO_MARKERS = ("<video>", "<image>")  # LLaVA-Video-178K puts LLaVA's <image> where the frames go
@@ -49,9 +50,9 @@ class QARow:
 
 
 def read_rows(path: str) -> list[dict]:
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"annotation file {path!r} does not exist")
-    with open(path) as f:
+    with paths.open(path) as f:
         text = f.read()
     if path.endswith(".jsonl"):
         rows = []
@@ -73,13 +74,13 @@ def resolve_video(row: dict, video_root: str) -> str:
     subset in `data_source` and its video relative to that subset's folder (`<root>/<data_source>/<video>`);
     where that file is absent but `<root>/<video>` exists, the latter is used."""
     name = row["video"]
-    if os.path.isabs(name):
+    if paths.isabs(name):
         return name
     flat = os.path.join(video_root, name)
     source = row.get("data_source")
     if isinstance(source, str) and source:
         nested = os.path.join(video_root, source, name)
-        return flat if not os.path.exists(nested) and os.path.exists(flat) else nested
+        return flat if not paths.exists(nested) and paths.exists(flat) else nested
     return flat
 
 
@@ -133,8 +134,10 @@ class QAIndex:
 
 
 def build_index(annotation: str, video_root: str | None = None,
-                markers: tuple[str, ...] = VIDEO_MARKERS) -> QAIndex:
-    root = video_root if video_root is not None else os.path.dirname(os.path.abspath(annotation))
+                markers: tuple[str, ...] = VIDEO_MARKERS, probe=None) -> QAIndex:
+    """The usable rows of an annotation file and their videos' infos. `probe` (list of paths -> {path:
+    VideoInfo or why unreadable}, e.g. a run's video index) defaults to probing them all here."""
+    root = video_root if video_root is not None else os.path.dirname(paths.resolve(annotation))
     rows, bad = [], []
     for i, raw in enumerate(read_rows(annotation)):
         try:
@@ -142,12 +145,9 @@ def build_index(annotation: str, video_root: str | None = None,
         except ValueError as e:
             bad.append(str(e))
             logging.warning("%s: %s", annotation, e)
-    infos, missing = {}, {}
-    for path in sorted({r.video for r in rows}):
-        try:
-            infos[path] = video.probe(path)
-        except video.VideoError as e:
-            missing[path] = str(e) if os.path.exists(path) else "missing"
+    results = (probe or video_index.probe_all)(sorted({r.video for r in rows}))
+    infos = {p: r for p, r in results.items() if isinstance(r, video.VideoInfo)}
+    missing = {p: r if paths.exists(p) else "missing" for p, r in results.items() if p not in infos}
     kept = [r for r in rows if r.video in infos]
     if not kept:
         raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(missing)} videos missing or "

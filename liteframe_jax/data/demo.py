@@ -7,9 +7,12 @@ import dataclasses
 import importlib.metadata
 import itertools
 import os
+import tempfile
 
 import av
 import numpy as np
+
+from liteframe_jax.core import paths
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
            "magenta": (210, 60, 200), "cyan": (40, 200, 210)}
@@ -52,7 +55,8 @@ def write_video(path: str, frames, fps: int = 12, keyframe_every: int | None = N
     """Encode frames ((T, H, W, 3) uint8, or an iterable of (H, W, 3) frames); the codec follows the extension
     (.mp4/.mkv: H.264, .webm: VP9); `keyframe_every` frames a keyframe (default: the codec's)."""
     codec = {".webm": "libvpx-vp9"}.get(os.path.splitext(path)[1].lower(), "libx264")
-    tmp = path + ".partial" + os.path.splitext(path)[1]
+    tmp = (path + ".partial" if not paths.is_remote(path) else
+           os.path.join(tempfile.mkdtemp(prefix="liteframe_"), "video")) + os.path.splitext(path)[1]
     frames = iter(frames)
     first = next(frames)
     with av.open(tmp, mode="w") as container:
@@ -64,7 +68,9 @@ def write_video(path: str, frames, fps: int = 12, keyframe_every: int | None = N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)  # a killed first run never leaves a half-written video behind
+    paths.replace(tmp, path)  # a killed first run never leaves a half-written video behind
+    if paths.is_remote(path):
+        os.rmdir(os.path.dirname(tmp))
     return path
 
 
@@ -76,17 +82,17 @@ def random_shapes(rng: np.random.Generator, count: int) -> list[Shape]:
 
 def make_demo_videos(folder: str, count: int = 8, num_frames: int = 48, seed: int = 0) -> list[str]:
     """Render `count` moving-shape videos into `folder` (kept across runs), mixing mp4, mkv and webm."""
-    os.makedirs(folder, exist_ok=True)
+    paths.makedirs(folder)
     rng = np.random.default_rng(seed)
     extensions = [".mp4", ".mp4", ".mkv", ".webm"]
-    paths = []
+    files = []
     for i in range(count):
         shapes = random_shapes(rng, int(rng.integers(1, 4)))
         path = os.path.join(folder, f"shapes_{i:02d}{extensions[i % len(extensions)]}")
-        if not os.path.exists(path):
+        if not paths.exists(path):
             write_video(path, render(shapes, num_frames))
-        paths.append(path)
-    return paths
+        files.append(path)
+    return files
 
 
 def sample_clips() -> list[str]:

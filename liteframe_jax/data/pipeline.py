@@ -36,26 +36,31 @@ class DecodeClip:
             return DROPPED
 
 
+def _from(ds: grain.MapDataset, start: int) -> grain.MapDataset:
+    return ds[start:] if start else ds
+
+
 def _is_valid(example) -> bool:
     return "dropped" not in example
 
 
 def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                  prefetch: int = 2, cache=None) -> grain.IterDataset:
+                  prefetch: int = 2, cache=None, start: int = 0) -> grain.IterDataset:
     """Shuffled (a new order every epoch), repeated, this process's share, decoded, batched.
 
     `batch_size` is the per-process batch; the last incomplete batch of nothing is ever produced since the
     stream repeats forever (`drop_remainder` still guards the final batch of a finite stream). With `cache`
     (a `clip_cache.ClipCache` of exactly `clips`) frames are read from it instead of decoded, in the same
-    order, so the batches are the same either way.
+    order, so the batches are the same either way. `start` skips that many of this process's clips without
+    reading them (a resume on another number of processes, `train.loop`).
     """
     if len(clips) < process_count:
         raise ValueError(f"{len(clips)} clips cannot be shared among {process_count} processes")
     if cache is not None and len(cache) != len(clips):
         raise ValueError(f"clip cache holds {len(cache)} clips, the clip list {len(clips)}")
     ds = grain.MapDataset.source(clips if cache is None else cache).shuffle(seed=seed).repeat()
-    ds = ds[process_index::process_count]
+    ds = _from(ds[process_index::process_count], start)
     if cache is None:
         ds = ds.map(DecodeClip(size))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
@@ -149,8 +154,10 @@ class PadToBucket:
 
 def qa_train_dataset(rows, example: QAExample, *, batch_size: int, buckets, pad_id: int, seed: int,
                      process_index: int = 0, process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                     prefetch: int = 2) -> grain.IterDataset:
-    ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat()[process_index::process_count].map(example)
+                     prefetch: int = 2, start: int = 0) -> grain.IterDataset:
+    """As `train_dataset`, for conversation rows: decoded, tokenized, padded to the smallest fitting bucket."""
+    ds = _from(grain.MapDataset.source(rows).shuffle(seed=seed).repeat()[process_index::process_count], start)
+    ds = ds.map(example)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,

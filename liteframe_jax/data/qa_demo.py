@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from liteframe_jax.core import paths
 from liteframe_jax.data.demo import COLOURS, DIRECTIONS, Shape, render, write_video
 
 NUMBERS = ("one", "two", "three")
@@ -72,15 +73,15 @@ def make_example(task: str, rng, num_frames: int) -> tuple[list[Shape], str, str
 def make_qa_set(folder: str, num_train: int = 320, num_eval: int = 64, num_frames: int = 16, size: int = 64,
                 seed: int = 0) -> tuple[str, str]:
     """Write videos, train.jsonl / eval.jsonl and eval_mc.json into `folder` (kept across runs)."""
-    os.makedirs(os.path.join(folder, "videos"), exist_ok=True)
-    paths = (os.path.join(folder, "train.jsonl"), os.path.join(folder, "eval.jsonl"))
+    paths.makedirs(os.path.join(folder, "videos"))
+    files = (os.path.join(folder, "train.jsonl"), os.path.join(folder, "eval.jsonl"))
     mc_path = os.path.join(folder, "eval_mc.json")
-    if all(os.path.exists(p) for p in (*paths, mc_path)):
-        return paths
+    if all(paths.exists(p) for p in (*files, mc_path)):
+        return files
     rng = np.random.default_rng(seed)
     tasks = list(TASKS)
     mc_rows = []
-    for path, count, prefix in ((paths[0], num_train, "train"), (paths[1], num_eval, "eval")):
+    for path, count, prefix in ((files[0], num_train, "train"), (files[1], num_eval, "eval")):
         rows = []
         for i in range(count):
             task = tasks[i % len(tasks)]
@@ -99,13 +100,6 @@ def make_qa_set(folder: str, num_train: int = 320, num_eval: int = 64, num_frame
             if prefix == "eval":
                 mc_rows.append({"id": f"{prefix}_{i:04d}", **base, "question": question, "options": options,
                                 "answer": letter})
-        _write(path, "".join(json.dumps(r) + "\n" for r in rows))
-    _write(mc_path, json.dumps(mc_rows, indent=1))
-    return paths
-
-
-def _write(path: str, text: str) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a killed first run never leaves a half-written file behind
+        paths.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))  # never half-written
+    paths.write_text(mc_path, json.dumps(mc_rows, indent=1))
+    return files

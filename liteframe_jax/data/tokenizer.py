@@ -14,6 +14,8 @@ import re
 import jinja2
 import jinja2.sandbox
 
+from liteframe_jax.core import paths
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -92,16 +94,16 @@ class HFTokenizer:
     def __init__(self, folder: str, video_token: str = "<|video_pad|>"):
         from tokenizers import Tokenizer
         path = os.path.join(folder, "tokenizer.json")
-        if not os.path.isfile(path):
+        if not paths.isfile(path):
             raise FileNotFoundError(f"{folder!r} has no tokenizer.json")
         self.folder, self.video_token = folder, video_token
-        self._tok = Tokenizer.from_file(path)
+        self._tok = Tokenizer.from_str(paths.read_text(path))
         config_path = os.path.join(folder, "tokenizer_config.json")
-        self.config = json.load(open(config_path)) if os.path.isfile(config_path) else {}
+        self.config = json.loads(paths.read_text(config_path)) if paths.isfile(config_path) else {}
         template = self.config.get("chat_template")
         template_file = os.path.join(folder, "chat_template.jinja")
-        if template is None and os.path.isfile(template_file):
-            template = open(template_file).read()
+        if template is None and paths.isfile(template_file):
+            template = paths.read_text(template_file)
         self.chat_template = template or CHATML_TEMPLATE
         if self._tok.token_to_id(video_token) is None:
             raise ValueError(f"tokenizer in {folder!r} has no {video_token!r} token for the video placeholders")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 
 import av
 import numpy as np
+
+from liteframe_jax.core import paths
 
 RESIZE_FILTERS = ("bilinear", "bicubic")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".gif")
@@ -29,10 +32,23 @@ class VideoInfo:
     height: int
 
 
+@contextlib.contextmanager
+def open_container(path: str):
+    """A PyAV input container of a local file (FFmpeg reads it itself) or of an object in a bucket (read in
+    ranges through its file object)."""
+    source = paths.for_reading(path)
+    try:
+        with av.open(source) as container:
+            yield container
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
 def probe(path: str) -> VideoInfo:
     """Open the file, count its video frames and decode the first one, so broken files fail here."""
     try:
-        with av.open(path) as container:
+        with open_container(path) as container:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -114,7 +130,7 @@ def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np
     last = None
     k = 0  # pending[k] is the next wanted index not yet reached
     try:
-        with av.open(path) as container:
+        with open_container(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             seekable = _seekable(stream)

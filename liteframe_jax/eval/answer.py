@@ -16,6 +16,7 @@ from liteframe_jax.assembly import run_folder
 from liteframe_jax.assembly.answering import Answerer
 from liteframe_jax.assembly.baseline import load_internvl_video_llm
 from liteframe_jax.assembly.specs import VideoLLMSpec
+from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.data import video
 from liteframe_jax.data.conversations import VIDEO_MARKER
@@ -45,7 +46,7 @@ class VideoQA:
         """The Video LLM of an LMA run folder at `step` (default: the latest). `mlp_kernel` ('xla' | 'pallas')
         and `dtype` change how it runs, not what it computes; by default the run's own (from its config.json,
         or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`."""
-        run_dir = os.path.abspath(run_dir)
+        run_dir = paths.resolve(run_dir)
         trained = _run_settings(run_dir)
         dtype = dtype or trained.get("dtype", "float32")
         mlp_kernel = mlp_kernel or trained.get("mlp_kernel") or "xla"
@@ -130,9 +131,9 @@ def _run_settings(run_dir: str) -> dict:
     """How the run trained (dtype, encoder MLP kernel), the defaults for how it answers; readers of the model
     itself use spec.json only."""
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return {}
-    with open(path) as f:
+    with paths.open(path) as f:
         cfg = json.load(f)
     # runs written before `kernels` kept the encoder's MLP kernel in `encoder.mlp_kernel`
     mlp = (cfg.get("kernels") or {}).get("mlp") or (cfg.get("encoder") or {}).get("mlp_kernel")

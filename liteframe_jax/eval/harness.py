@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
 from liteframe_jax.data import benchmarks
 from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
@@ -43,8 +44,8 @@ def _versions() -> dict:
 def read_done(path: str) -> dict[str, dict]:
     """Rows already written (a partial last line from a kill is dropped and redone)."""
     done = {}
-    if os.path.exists(path):
-        with open(path) as f:
+    if paths.exists(path):
+        with paths.open(path) as f:
             for line in f:
                 try:
                     row = json.loads(line)
@@ -116,7 +117,8 @@ def plot(summary: dict, path: str, title: str) -> str | None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with paths.open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 
@@ -124,7 +126,7 @@ def plot(summary: dict, path: str, title: str) -> str | None:
 def fingerprint(config, model, proto: prompts.Protocol, bench: benchmarks.Benchmark) -> dict:
     """Everything that makes two sets of answers comparable: the model (checkpoint, step, its config), what
     it sees (frames, preprocessing), what it is asked (protocol and prompt hash) and how it answers."""
-    return {"benchmark": bench.name, "annotation": os.path.abspath(bench.annotation), "protocol": proto.name,
+    return {"benchmark": bench.name, "annotation": paths.resolve(bench.annotation), "protocol": proto.name,
             "prompt_sha256": proto.fingerprint(), "model": model.fingerprint, "frames": model.num_frames,
             "visual_tokens": model.visual_tokens, "preprocessing": model.preprocessing,
             "max_new_tokens": int(config.max_new_tokens), "seed": int(config.seed)}
@@ -132,12 +134,12 @@ def fingerprint(config, model, proto: prompts.Protocol, bench: benchmarks.Benchm
 
 def check_resumable(path: str, results_path: str, want: dict) -> None:
     """An existing results.jsonl may only be continued by the same model, protocol and settings."""
-    if not os.path.exists(results_path) or os.path.getsize(results_path) == 0:
+    if not paths.exists(results_path) or paths.getsize(results_path) == 0:
         return
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise ValueError(f"{results_path} exists but has no {os.path.basename(path)}: it was written by another "
                          "version or by hand; use another --workdir")
-    with open(path) as f:
+    with paths.open(path) as f:
         have = json.load(f)
     differ = [k for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
     if differ:
@@ -152,17 +154,16 @@ def evaluate(config, workdir: str, model) -> dict:
     proto = prompts.protocol(bench.name, config.protocol)
     log("[eval] " + bench.report())
     questions = bench.questions[:config.max_questions] if config.max_questions else bench.questions
-    missing = sorted({q.video for q in questions if not os.path.isfile(q.video)})
+    missing = sorted({q.video for q in questions if not paths.isfile(q.video)})
     if missing:
         log(f"[eval] {len(missing)} videos are missing; their questions count as errors:\n  " +
             "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else ""))
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     results_path = os.path.join(workdir, "results.jsonl")
     want = fingerprint(config, model, proto, bench)
     fingerprint_path = os.path.join(workdir, "results_fingerprint.json")
     check_resumable(fingerprint_path, results_path, want)
-    with open(fingerprint_path, "w") as f:
-        json.dump(want, f, indent=2)
+    paths.write_text(fingerprint_path, json.dumps(want, indent=2))
     done = read_done(results_path)
     todo = [q for q in questions if q.id not in done]
     log(f"[eval] {bench.name} ({proto.name} protocol, prompts {proto.fingerprint()}): {len(questions)} questions, "
@@ -181,7 +182,7 @@ def evaluate(config, workdir: str, model) -> dict:
         except Exception as e:  # an unreadable video or an over-long prompt is an error row, not a crash
             return q, None, None, f"{type(e).__name__}: {e}"
 
-    with concurrent.futures.ThreadPoolExecutor(int(config.decode_workers)) as pool, open(results_path, "a") as out:
+    with concurrent.futures.ThreadPoolExecutor(int(config.decode_workers)) as pool, paths.AppendFile(results_path) as out:
         for start in range(0, len(todo), bs):
             loaded = list(pool.map(load, todo[start:start + bs]))
             ok = [x for x in loaded if x[3] is None]
@@ -215,8 +216,7 @@ def evaluate(config, workdir: str, model) -> dict:
               "annotation": bench.annotation, "annotation_errors": bench.annotation_errors,
               "not_scored": bench.not_scored, "config": json.loads(config.to_json_best_effort()),
               "versions": _versions(), "missing_videos": missing, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    paths.write_text(os.path.join(workdir, "results.json"), json.dumps(record, indent=2))
     chart = plot(summary, os.path.join(workdir, "categories.png"), f"{bench.name} ({proto.name}): {model.source}")
     log(table(summary, bench.name) + f"\nresults: {results_path}, {os.path.join(workdir, 'results.json')}, {chart}")
     return summary

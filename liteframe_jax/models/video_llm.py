@@ -20,7 +20,6 @@ from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.qwen2 import Qwen2
 from liteframe_jax.models.student import LiteFrameStudent
 
-
 PROJECTOR_NORM_EPS = 1e-5
 
 

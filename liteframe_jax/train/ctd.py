@@ -28,6 +28,7 @@ from liteframe_jax.models.pixels import normalise
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.train import losses
 from liteframe_jax.train.loop import Task
+from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
 
 def build_teacher(tcfg, dtype, attn_impl, mlp_kernel="xla", mesh=None) -> tuple[InternVisionTower, str]:
@@ -97,9 +98,10 @@ class CTDTask(Task):
 
     def _index_videos(self, d, workdir: str) -> None:
         train_videos, eval_videos = self._videos(d, workdir)
-        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop)
+        infos = index_videos_of_run(train_videos + eval_videos, d, workdir, "ctd")
+        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop, infos)
         log(f"[ctd] train data: {self.train_index.report()}")
-        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop)
+        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop, infos)
                            if eval_videos else None)
         if self.eval_index:
             log(f"[ctd] held-out data: {self.eval_index.report()}")
@@ -130,7 +132,7 @@ class CTDTask(Task):
         s = self.teacher_image_size
         return {"frames": jax.ShapeDtypeStruct((self.config.batch_size, self.num_frames, s, s, 3), jnp.uint8)}
 
-    def train_dataset(self):
+    def train_dataset(self, start: int = 0):
         d = self.config.data
         cache = None
         if d.clip_cache:
@@ -140,7 +142,7 @@ class CTDTask(Task):
         return pipeline.train_dataset(
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache)
+            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start)
 
     def targets(self, teacher_params, frames_uint8):
         """uint8 (B, T, S, S, 3) -> compressed teacher tokens (B, N, C), float32."""

@@ -24,7 +24,7 @@ from liteframe_jax.assembly.answering import Answerer
 from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
 from liteframe_jax.convert.internvl import load_internvl
 from liteframe_jax.convert.qwen2 import config_from_hf, load_qwen2_params, text_config
-from liteframe_jax.core import checkpoint
+from liteframe_jax.core import checkpoint, paths
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
@@ -36,6 +36,7 @@ from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.models.video_llm import ProjectorConfig
 from liteframe_jax.train.loop import Task
+from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
 TRAINABLE_PRESETS = {
     "projector": [r"^projector/"],
@@ -102,7 +103,7 @@ class LMATask(Task):
         self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, tower_trains=encoder_trains)
         for line in said:
             log(f"[lma] {line}")
-        if os.path.isfile(os.path.join(workdir, run_folder.SPEC_FILE)):  # a resumed run: its own spec, no sources
+        if paths.isfile(os.path.join(workdir, run_folder.SPEC_FILE)):  # a resumed run: its own spec, no sources
             self.spec = run_folder.read_spec(workdir, VideoLLMSpec)
             self.tokenizer = self.spec.load_tokenizer(workdir)
             self.sources = {}
@@ -159,7 +160,7 @@ class LMATask(Task):
         tokenizer_source = config.tokenizer or (l.init if l.init and l.init != "random" else None)
         if not tokenizer_source:
             raise ValueError("tokenizer is not set: 'bytes' (demo) or a Hugging Face folder with tokenizer.json")
-        tokenizer_source = tokenizer_source if tokenizer_source == "bytes" else os.path.abspath(tokenizer_source)
+        tokenizer_source = tokenizer_source if tokenizer_source == "bytes" else paths.resolve(tokenizer_source)
         tokenizer = load_tokenizer(tokenizer_source, config.video_token)
         if l.init == "random":
             arch = l.arch.to_dict()
@@ -192,7 +193,8 @@ class LMATask(Task):
             if not path:
                 indices.append(None)
                 continue
-            index = conversations.build_index(path, root, tuple(d.get("video_markers", conversations.VIDEO_MARKERS)))
+            index = conversations.build_index(path, root, tuple(d.get("video_markers", conversations.VIDEO_MARKERS)),
+                                              probe=lambda vids: index_videos_of_run(vids, d, self.workdir, "lma"))
             index.rows = self._fitting(index)
             log(f"[lma] {name} data {path}: {index.report()}")
             indices.append(index)
@@ -253,13 +255,13 @@ class LMATask(Task):
                 "loss_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_),
                 "valid": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
 
-    def train_dataset(self):
+    def train_dataset(self, start: int = 0):
         d = self.config.data
         return pipeline.qa_train_dataset(
             self.train_index.rows, self._example(self.train_index), batch_size=self.local_batch,
             buckets=tuple(d.buckets), pad_id=self.tokenizer.pad_id, seed=self.config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(), num_workers=d.num_workers,
-            read_threads=d.read_threads)
+            read_threads=d.read_threads, start=start)
 
     def loss(self, model, batch, prepared, rng):
         """Next-token loss on the answer tokens. The LM head runs only at the (at most `max_answer_tokens`)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly import run_folder
-from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, unflatten
 from liteframe_jax.train import metrics as metrics_lib
@@ -52,8 +52,9 @@ class Task(abc.ABC):
         """Global shapes and dtypes of one training batch."""
 
     @abc.abstractmethod
-    def train_dataset(self):
-        """This process's Grain IterDataset of local batches (dicts of numpy arrays)."""
+    def train_dataset(self, start: int = 0):
+        """This process's Grain IterDataset of local batches (dicts of numpy arrays), from its `start`-th
+        example on."""
 
     def prepare(self, frozen, batch, rng):
         """Work outside the gradient (e.g. the teacher's targets); runs inside the jitted step."""
@@ -147,10 +148,30 @@ class _IteratorSnapshot:
         return self._state
 
 
+def _resume(ckpt, step: int, abstract, data_iter, task: Task, config):
+    """The state at `step` and the data iterator at the batch after it. A checkpoint written by another
+    number of processes holds no position for this one: each process's stream then starts after the
+    `step * batch_size` examples that the run's global batches took (its share of them), which is where
+    the saved run was unless some example failed to decode and was dropped before this step."""
+    state, positioned = ckpt.restore(step, abstract, data_iter)
+    if positioned:
+        return state, data_iter
+    saved = sorted(ckpt.saved_process_counts(step))
+    if not saved:
+        raise FileNotFoundError(f"{ckpt.directory}/{step} holds no data position (no data/process_*.json)")
+    local = int(config.batch_size) // jax.process_count()
+    log(f"[{task.name}] step {step} was saved by {saved[0]} process(es), this run has {jax.process_count()}: "
+        f"the data continues after the {step * int(config.batch_size)} examples of its {step} global batches "
+        "(the same batches unless examples were dropped before it)")
+    if hasattr(data_iter, "close"):
+        data_iter.close()
+    return state, iter(task.train_dataset(start=step * local))
+
+
 def _write_config(config, workdir: str, spec) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        paths.makedirs(workdir)
+        with paths.open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     if spec is not None:
         run_folder.write_spec(workdir, spec)
@@ -199,14 +220,14 @@ def train(config, workdir: str, task: Task) -> Result:
     # --- data and the resume order ---
     data_iter = iter(task.train_dataset())
     if own is not None:
-        state = ckpt.restore(own, abstract, data_iter)
+        state, data_iter = _resume(ckpt, own, abstract, data_iter, task, config)
         origin = f"resumed from this workdir at step {own}"
     elif config.resume_from:
         other = checkpoint.Checkpointer(config.resume_from, keep=config.keep_checkpoints)
         step = other.latest_step()
         if step is None:
             raise FileNotFoundError(f"resume_from: no checkpoint in {checkpoint.checkpoint_dir(config.resume_from)}")
-        state = other.restore(step, abstract, data_iter)
+        state, data_iter = _resume(other, step, abstract, data_iter, task, config)
         other.close()
         origin = f"resumed from {config.resume_from} at step {step}"
     elif config.init_from:
@@ -226,6 +247,7 @@ def train(config, workdir: str, task: Task) -> Result:
     step_fn = step_lib.compile_train_step(config, task, lay, frozen, frozen_sh, key)
     compile_seconds = step_fn.compile_seconds
     log(f"[{task.name}] step compiled in {compile_seconds:.1f}s; {step_fn.memory_report()}")
+    step_lib.check_fits(step_fn, config, step_lib.device_memory_limit())
 
     evaluate = lambda params: task.evaluate(lay.graphdef, state_lib.merge(params, frozen_model), task_frozen)
     writer = metrics_lib.MetricWriter(workdir, total_steps)
@@ -286,6 +308,7 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
             writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
         if step % config.checkpoint_every == 0 or step == total_steps or stop:
             ckpt.save(step, state, _IteratorSnapshot(data_iter))
+            writer.sync()
         if stop:
             break
     return state, step, last_metrics, eval_metrics

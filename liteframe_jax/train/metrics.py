@@ -1,5 +1,9 @@
 """Metrics: `workdir/metrics.jsonl` (one JSON object per logged step), TensorBoard events, a console progress
-line with steps/s and ETA, and a loss-curve PNG at the end. Only process 0 writes."""
+line with steps/s and ETA, and a loss-curve PNG at the end. Only process 0 writes.
+
+The workdir may be a bucket (`gs://`), where an object cannot be appended to: there metrics.jsonl and the
+TensorBoard events are uploaded whole every `UPLOAD_EVERY_S`, at each checkpoint (`sync`) and at the end, so a
+killed run loses no logged step that its checkpoint does not also redo."""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ import time
 
 import jax
 
+from liteframe_jax.core import paths
+from liteframe_jax.train import tensorboard_out
+
+UPLOAD_EVERY_S = 60.0
+
 
 class MetricWriter:
     def __init__(self, workdir: str, total_steps: int):
@@ -18,10 +27,13 @@ class MetricWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            paths.makedirs(workdir)
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if paths.is_remote(workdir):
+                tensorboard_out.register_bucket_writers()
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=int(UPLOAD_EVERY_S))
         self._last_time, self._last_step = None, None
+        self._file = None  # metrics.jsonl, opened at the first write
 
     def start(self, step: int) -> None:
         self._last_time, self._last_step = time.perf_counter(), step
@@ -36,14 +48,27 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append(json.dumps(row) + "\n")
         for k, v in row.items():
             if k != "step":
                 self._tb.add_scalar(k, v, step)
-        self._tb.flush()
+        if not paths.is_remote(self.workdir):
+            self._tb.flush()
         if console:
             print(self.progress_line(row), flush=True)
+
+    def _append(self, line: str) -> None:
+        if self._file is None:
+            self._file = paths.AppendFile(self.path, upload_every_s=UPLOAD_EVERY_S)
+        self._file.write(line)
+        self._file.flush()
+
+    def sync(self) -> None:
+        """Everything written so far on disk or in the bucket (called at each checkpoint)."""
+        if self._file is not None:
+            self._file.flush(force=True)
+        if self._tb is not None:
+            self._tb.flush()
 
     def progress_line(self, row: dict) -> str:
         step = row["step"]
@@ -58,15 +83,17 @@ class MetricWriter:
         return " | ".join(parts)
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return []
-    with open(path) as f:
+    with paths.open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -96,6 +123,7 @@ def plot_loss_curve(workdir: str, title: str) -> str | None:
     ax.set_title(title)
     fig.tight_layout()
     path = os.path.join(workdir, "loss_curve.png")
-    fig.savefig(path, dpi=120)
+    with paths.open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path

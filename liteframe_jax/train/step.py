@@ -93,6 +93,32 @@ class CompiledStep:
                 f"temporaries {gib['temporaries']:.2f} GiB, aliased {gib['aliased']:.2f} GiB")
 
 
+def device_memory_limit() -> int | None:
+    """Bytes a device of this process may allocate (None where the backend does not say: the CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def check_fits(step: CompiledStep, config, limit_bytes: int | None) -> None:
+    """Stop before step 1 when XLA's plan for the compiled step needs more memory on a device than the device
+    has, naming the config fields that would bring it down (`check_memory=False` tries anyway)."""
+    if step.memory is None or not limit_bytes or not config.get("check_memory", True):
+        return
+    need = step.step_gib * 2 ** 30
+    if need <= limit_bytes:
+        return
+    fixes = [f"batch_size={config.batch_size} (smaller: the global batch over all processes)"]
+    if "grad_accum_steps" in config:
+        fixes.append(f"grad_accum_steps={config.grad_accum_steps} (more micro-batches per step)")
+    if "remat" in config:
+        fixes.append(f"remat={config.remat!r} ('full' recomputes the LLM's activations in the backward pass)")
+    fixes.append(f"mesh.fsdp={config.mesh.fsdp} (parameters and optimizer state sharded over more devices)")
+    raise MemoryError(
+        f"the train step needs {need / 2 ** 30:.2f} GiB per device but the device has {limit_bytes / 2 ** 30:.2f} "
+        f"GiB ({step.memory_report()}): it would run out of memory at step 1. Lower it with --config."
+        + ", --config.".join(fixes) + "; or --config.check_memory=False to try anyway")
+
+
 def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key) -> CompiledStep:
     """The train step, jitted with donated state and compiled ahead of time for the task's batch spec."""
     mesh = task.mesh
