@@ -191,13 +191,6 @@ def remove(path) -> None:
         as_epath(path).unlink()
 
 
-def rmtree(path) -> None:
-    if not is_remote(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif exists(path):
-        as_epath(path).rmtree()
-
-
 def copy(src, dst) -> None:
     """A file to another place, either of them local or remote."""
     if not is_remote(src) and not is_remote(dst):
