@@ -8,6 +8,9 @@ Presets (`--config=configs/ctd.py:NAME`):
   paper_tubelet2  `paper` with a student that embeds 2-frame tubelets (patch 2x14x14, as ViViT / VideoMAE):
          half the tokens in its first and most expensive stage, fewer FLOPs per clip, the same
          output grid. The faster option for long-video latency (BENCHMARKS.md).
+  siglip  a SigLIP-So400m-384 teacher (its 27x27 token grid of width 1152: --config.teacher.init=a siglip /
+         siglip2 / siglip_vision_model folder or a big_vision .npz), 8 frames -> 162 tokens, the `paper`
+         student at 378 px with a (2, 3, 3) first downsampling, the `paper` training settings.
 Any field can be overridden: --config.optimizer.lr=3e-4. A misspelt key is an error naming the key.
 """
 
@@ -18,6 +21,7 @@ from ml_collections import config_dict
 
 from liteframe_jax.core import defaults
 from liteframe_jax.models.internvit import InternVitConfig
+from liteframe_jax.models.siglip import SiglipVitConfig
 from liteframe_jax.models.student import StudentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,17 +80,29 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.data.pixel_mean = IMAGENET_MEAN
     c.data.pixel_std = IMAGENET_STD
 
-    c.compression = ml_collections.ConfigDict(dict(window=(2, 2, 2), weighting="uniform", sigma=1.0))
+    # method: 'wap' (weighted average pooling, the paper's) | 'tome' | 'topk' (ablations, models/compression.py);
+    # weighting (WAP's): 'uniform' | 'gaussian' | 'norm' (activation-weighted, the paper presets')
+    c.compression = ml_collections.ConfigDict(dict(window=(2, 2, 2), method="wap", weighting="uniform", sigma=1.0))
+    # 'online': the teacher runs in every step; 'cache:DIR': targets read from a cache that
+    # --config=configs/targets.py built with the same teacher, compression and clips (refused otherwise)
+    c.targets = "online"
     return c
 
 
-def _teacher(init, vit: str, out_features: int) -> ml_collections.ConfigDict:
+def _teacher(init, vit: str, out_features: int, kind: str = "internvit") -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
-    t.init = init  # 'random' on purpose, or a Hugging Face folder (internvl / internvl_vision)
-    t.output = "projector"  # 'vit' | 'unshuffle' | 'projector'
-    t.feature_layer = -1
-    t.vit = ml_collections.ConfigDict(dataclasses.asdict(InternVitConfig.preset(vit)))  # for init='random'
-    t.head = ml_collections.ConfigDict(dict(downsample_ratio=0.5, out_features=out_features, act="gelu"))
+    # 'random' on purpose, or a Hugging Face folder (internvl / internvl_vision / siglip / siglip_vision_model /
+    # siglip2 / siglip2_vision_model) or a big_vision SigLIP .npz file
+    t.init = init
+    t.kind = kind  # for init='random': 'internvit' | 'siglip'; a loaded teacher's files say what it is
+    t.output = "projector" if kind == "internvit" else "vit"  # 'vit' | 'unshuffle' | 'projector' (InternVL only)
+    t.feature_layer = config_dict.placeholder(int)  # unset: the checkpoint's own (InternVL's config; SigLIP -1)
+    # unset: the checkpoint's input size; another runs it there, its position table resampled as the reference does
+    t.image_size = config_dict.placeholder(int)
+    presets = {"internvit": InternVitConfig.preset, "siglip": SiglipVitConfig.preset}
+    t.vit = ml_collections.ConfigDict(dataclasses.asdict(presets[kind](vit)))  # for init='random'
+    t.head = (ml_collections.ConfigDict(dict(downsample_ratio=0.5, out_features=out_features, act="gelu"))
+              if kind == "internvit" else None)
     return t
 
 
@@ -106,12 +122,21 @@ def get_config(arg=None):
         c.teacher = _teacher("random", "demo", 128)
         c.student = _student("demo")
         c.compression.window = (2, 1, 1)
-    elif preset in ("paper", "paper_tubelet2"):
-        # InternVL3-8B: InternViT-300M-448px (32x32 patches) -> pixel-unshuffle 16x16 -> projector (3584).
-        # 16x compression vs InternVL3's 256 tokens per frame: WAP (4, 2, 2) over 8 frames -> 2x8x8 = 128.
-        c.teacher = _teacher(config_dict.placeholder(str), "internvit-300m-448", 3584)
+    elif preset in ("paper", "paper_tubelet2", "siglip"):
+        if preset == "siglip":
+            # SigLIP-So400m-384 (27x27 patches of 14 px, width 1152; the last 6 px are not read), normalised to
+            # [-1, 1] as SigLIP's processor does -> WAP (4, 3, 3) over 8 frames -> 2x9x9 = 162 tokens per clip.
+            c.teacher = _teacher(config_dict.placeholder(str), "so400m-patch14-384", 0, kind="siglip")
+            c.compression.window = (4, 3, 3)
+            c.data.pixel_mean = c.data.pixel_std = (0.5, 0.5, 0.5)
+        else:
+            # InternVL3-8B: InternViT-300M-448px (32x32 patches) -> pixel-unshuffle 16x16 -> projector (3584).
+            # 16x compression vs InternVL3's 256 tokens per frame: WAP (4, 2, 2) over 8 frames -> 2x8x8 = 128.
+            c.teacher = _teacher(config_dict.placeholder(str), "internvit-300m-448", 3584)
+            c.compression.window = (4, 2, 2)
         c.student = _student(preset)
-        c.compression.window = (4, 2, 2)
+        # the paper's WAP keeps high-activation features: weights proportional to each token's norm
+        c.compression.weighting = "norm"
         c.data.videos = config_dict.placeholder(str)
         c.data.eval_every_nth_video = 50
         c.data.num_workers = 12
@@ -126,5 +151,5 @@ def get_config(arg=None):
         c.checkpoint_every = 1_000
         c.optimizer.lr = 3e-4
     else:
-        raise ValueError(f"unknown ctd preset {preset!r}; choose 'demo', 'paper' or 'paper_tubelet2'")
+        raise ValueError(f"unknown ctd preset {preset!r}; choose 'demo', 'paper', 'paper_tubelet2' or 'siglip'")
     return c

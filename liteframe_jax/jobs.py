@@ -18,7 +18,8 @@ from liteframe_jax.core.log import log
 @dataclasses.dataclass(frozen=True)
 class Job:
     run: Callable  # (config, workdir) -> the exit status (None: 0)
-    trains: bool  # runs the train loop (multi-process capable, prints the end-of-run summary)
+    # multi-process capable, with a workdir and the compilation cache (the training jobs and the target cache)
+    trains: bool
     default_workdir: Callable  # config -> the run folder when --workdir is not given
 
 
@@ -95,11 +96,17 @@ def _eval_job(config, workdir: str) -> None:
     harness.evaluate(config, workdir, model)
 
 
+def _targets_job(config, workdir: str) -> None:
+    from liteframe_jax.train.target_cache_job import build
+    build(config, workdir)
+
+
 JOBS = {
     "ctd": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "ctd")),
     "lma": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "lma")),
     "eval": Job(_eval_job, trains=False, default_workdir=lambda c: os.path.join("runs", f"eval_{c.benchmark}")),
     "generate": Job(_generate_job, trains=False, default_workdir=lambda c: "."),
+    "targets": Job(_targets_job, trains=True, default_workdir=lambda c: os.path.join("runs", f"targets_{c.preset}")),
 }
 
 

@@ -12,6 +12,17 @@ from liteframe_jax.data import demo
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def randomise(model, seed=0):
+    """A transformers model with every parameter drawn at random (its own init keeps many at constants, which
+    would hide a mapping mistake), in eval mode."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
 def load_config(name: str, preset: str | None = None):
     spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from liteframe_jax.models import compression
 from liteframe_jax.models.compression import compress, gaussian_window, output_grid
 from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
 
@@ -49,6 +50,63 @@ def test_indivisible_window_names_the_axis():
         output_grid((4, 6, 8), (2, 4, 4))
     with pytest.raises(ValueError, match="unknown WAP weighting"):
         compress(_tokens(), (1, 1, 1), "median")
+
+
+def _tome_reference(group: np.ndarray, keep: int) -> np.ndarray:
+    """ToMe's bipartite soft matching written plainly in numpy, one group of (N, C) tokens, for comparison."""
+    tokens = [(group[i].astype(np.float64), 1.0, i) for i in range(len(group))]  # (mean, size, position)
+    while len(tokens) > keep:
+        r = min(len(tokens) - keep, (len(tokens) + 1) // 2)
+        a, b = tokens[::2], tokens[1::2]
+        unit = lambda v: v / np.linalg.norm(v)
+        best = [max(range(len(b)), key=lambda j: float(unit(x) @ unit(b[j][0]))) for x, _, _ in a]
+        score = [float(unit(a[i][0]) @ unit(b[best[i]][0])) for i in range(len(a))]
+        merged = sorted(range(len(a)), key=lambda i: -score[i])[:r]
+        b = [list(t) for t in b]
+        for i in merged:
+            j, (x, n, _) = best[i], a[i]
+            b[j][0] = (b[j][0] * b[j][1] + x * n) / (b[j][1] + n)
+            b[j][1] += n
+        tokens = [a[i] for i in range(len(a)) if i not in merged] + [tuple(t) for t in b]
+    return np.stack([t[0] for t in sorted(tokens, key=lambda t: t[2])])
+
+
+def test_tome_matches_a_plain_reference_and_merges_duplicates_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 4, 4, 8)).astype(np.float32)  # B, T, H, W, C
+    got = np.asarray(compression.tome(jnp.asarray(x), (2, 2, 2)))
+    assert got.shape == (2, 2, 2, 2, 8)
+    for b in range(2):
+        for t in range(2):  # each group of 2 frames (32 tokens) down to 4, in the order of their positions
+            want = _tome_reference(x[b, 2 * t:2 * t + 2].reshape(32, 8), 4)
+            np.testing.assert_allclose(got[b, t].reshape(4, 8), want, atol=1e-5)
+    # tokens that come in identical pairs merge into exactly the distinct tokens, in their order
+    distinct = rng.normal(size=(1, 1, 4, 1, 8)).astype(np.float32)
+    pairs = np.repeat(distinct, 2, axis=3)  # W = 2: each token next to its copy
+    merged = np.asarray(compression.tome(jnp.asarray(pairs), (1, 1, 2)))
+    np.testing.assert_allclose(merged.reshape(4, 8), distinct.reshape(4, 8), atol=1e-6)
+
+
+def test_topk_keeps_the_highest_norm_tokens_in_their_order():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 2, 4, 4, 6)).astype(np.float32)
+    x[0, 1, 3, 0] *= 50  # the most salient token of the second frame group
+    got = np.asarray(compression.top_k(jnp.asarray(x), (1, 2, 2)))
+    assert got.shape == (1, 2, 2, 2, 6)
+    for t in range(2):
+        group = x[0, t].reshape(16, 6)
+        index = np.sort(np.argsort(-np.linalg.norm(group, axis=-1))[:4])
+        np.testing.assert_array_equal(got[0, t].reshape(4, 6), group[index])
+    assert any(np.array_equal(row, x[0, 1, 3, 0]) for row in got[0, 1].reshape(4, 6))
+
+
+def test_reduce_dispatches_every_method_and_names_an_unknown_one():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 2, 4, 4, 3)), jnp.float32)
+    np.testing.assert_array_equal(compression.reduce(x, (2, 2, 2), "wap", "norm"), compress(x, (2, 2, 2), "norm"))
+    for method in compression.METHODS:
+        assert compression.reduce(x, (2, 2, 2), method).shape == (1, 1, 2, 2, 3)
+    with pytest.raises(ValueError, match="unknown compression method 'fastv'"):
+        compression.reduce(x, (2, 2, 2), "fastv")
 
 
 def test_student_output_grid_and_shape():

@@ -199,6 +199,58 @@ def test_teacher_targets_from_a_hugging_face_internvl_folder(videos, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_siglip_teacher_from_a_hugging_face_folder_gives_the_targets_and_trains(videos, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from liteframe_jax.models.compression import compress
+
+    # 36 px at patch 8: 4x4 patches and 4 px that SigLIP's strided convolution does not read (as 384 px at 14)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=36,
+                  patch_size=8)
+    ref = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision)).eval()
+    ref.save_pretrained(tmp_path / "teacher")
+    cfg = tiny_ctd_config(videos, total_steps=2, **{
+        "teacher.init": str(tmp_path / "teacher"), "teacher.output": "vit", "compression.window": (2, 1, 1),
+        "data.pixel_mean": (0.5, 0.5, 0.5), "data.pixel_std": (0.5, 0.5, 0.5),
+        "student.image_size": 32, "student.patch_size": (1, 4, 4), "student.out_dim": 32,
+        "student.stages": [(1, (2, 2, 2))]})
+    task = CTDTask(cfg, sharding.make_mesh(cfg.mesh), str(tmp_path))
+    assert task.target_shape == (4, 4, 4, 32) and task.teacher_image_size == 36
+    frames = next(iter(task.train_dataset()))["frames"][:2]
+    got = np.asarray(task.targets(task.frozen()[0], frames))
+    pixels = (frames.astype(np.float32) / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        px = torch.from_numpy(pixels.reshape(-1, 36, 36, 3).transpose(0, 3, 1, 2).astype(np.float32))
+        tokens = ref(pixel_values=px).last_hidden_state.numpy()
+    want = np.asarray(compress(tokens.reshape(2, 8, 4, 4, 32), (2, 1, 1))).reshape(2, 64, 32)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    from flax import nnx
+
+    from liteframe_jax.models import compression
+
+    # the ablations' targets: the same budget from the same teacher tokens (ours, which match transformers'
+    # above: ToMe's and top-k's discrete choices would flip on the demo's near-equal background tokens)
+    ours = nnx.merge(task.teacher_graphdef, task.frozen()[0]).features(pixels.reshape(-1, 36, 36, 3), "vit")
+    for method in ("tome", "topk"):
+        cfg.compression.method = method
+        want = np.asarray(compression.reduce(ours.reshape(2, 8, 4, 4, 32), (2, 1, 1), method)).reshape(2, 64, 32)
+        np.testing.assert_allclose(np.asarray(task.targets(task.frozen()[0], frames)), want, atol=1e-5)
+    cfg.compression.method = "wap"
+    result, _ = run(cfg, str(tmp_path / "run"))
+    assert sorted(_losses(str(tmp_path / "run"))) == [1, 2] and result.step == 2
+    # the `siglip` preset's student meets its SigLIP-So400m-384 teacher's compressed grid
+    from helpers import load_config
+
+    from liteframe_jax.models.siglip import SiglipVitConfig
+    from liteframe_jax.models.student import StudentConfig
+    paper = load_config("ctd", "siglip")
+    teacher = SiglipVitConfig(**paper.teacher.vit.to_dict())
+    student = StudentConfig.from_dict({**paper.student.to_dict(), "num_frames": paper.data.num_frames})
+    target = compression.output_grid((8, teacher.grid, teacher.grid), paper.compression.window)
+    assert (teacher.grid, target) == (27, (2, 9, 9))
+    assert (*student.output_grid, student.out_dim) == (*target, teacher.hidden_size)
+
+
 def test_every_config_field_can_be_overridden_from_the_command_line():
     from absl import flags
     from helpers import load_config
@@ -214,7 +266,7 @@ def test_every_config_field_can_be_overridden_from_the_command_line():
     def lists(c, path=""):  # ml_collections refuses to override list fields
         for k, v in c.items():
             yield from lists(v, f"{path}{k}.") if hasattr(v, "items") else ([path + k] if isinstance(v, list) else [])
-    for name, presets in (("ctd", ("demo", "paper", "paper_tubelet2")), ("lma", ("demo", "paper")),
+    for name, presets in (("ctd", ("demo", "paper", "paper_tubelet2", "siglip")), ("lma", ("demo", "paper")),
                           ("eval", ("demo", "videomme"))):
         for preset in presets:
             assert list(lists(load_config(name, preset))) == [], (name, preset)

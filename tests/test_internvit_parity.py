@@ -8,21 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from helpers import randomise  # noqa: E402
+
 from liteframe_jax.convert.registry import load_pretrained  # noqa: E402
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28,
               patch_size=7)
 TEXT = dict(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
             vocab_size=128)
-
-
-def _randomise(model, seed=0):
-    # HF initialises cls/pos/lambda to constants; random values make the comparison meaningful.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def _pixels(batch=2, size=28, seed=1):
@@ -37,7 +30,7 @@ def _pixels(batch=2, size=28, seed=1):
 ])
 def test_vision_model_matches_transformers(tmp_path, options):
     cfg = transformers.InternVLVisionConfig(**VISION, **options)
-    ref = _randomise(transformers.InternVLVisionModel(cfg))
+    ref = randomise(transformers.InternVLVisionModel(cfg))
     ref.save_pretrained(tmp_path)
     ours = load_pretrained(str(tmp_path))
     x = _pixels()
@@ -52,7 +45,7 @@ def test_vision_model_matches_transformers(tmp_path, options):
 def test_internvl_projector_matches_transformers(tmp_path, options):
     vision = dict(VISION, image_size=56)  # 8x8 patches -> 4x4 after pixel-unshuffle
     cfg = transformers.InternVLConfig(vision_config=vision, text_config=TEXT, **options)
-    ref = _randomise(transformers.InternVLModel(cfg), seed=3)
+    ref = randomise(transformers.InternVLModel(cfg), seed=3)
     ref.save_pretrained(tmp_path)
     ours = load_pretrained(str(tmp_path))
     x = _pixels(size=56)

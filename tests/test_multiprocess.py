@@ -1,11 +1,13 @@
-"""Two processes through jax.distributed (gloo on CPU) train exactly like one process with two devices, and their
-checkpoint continues in one process."""
+"""Two processes through jax.distributed (gloo on CPU) train exactly like one process with two devices, stop
+together on a preemption notice that one of them receives, and their checkpoint continues in one process."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import REPO, make_videos
@@ -22,15 +24,6 @@ def _losses(workdir):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
-def _two_processes(workdir, flags) -> str:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(_free_port()),
-               PYTHON=sys.executable)
-    out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={workdir}", *flags],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
 def _one_process(workdir, flags) -> str:
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run([sys.executable, "-m", "liteframe_jax.main", f"--workdir={workdir}", *flags],
@@ -39,27 +32,59 @@ def _one_process(workdir, flags) -> str:
     return out.stdout
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
+def _child_with(parent_pid: int, needle: str) -> int:
+    """The pid of `parent_pid`'s child process whose command line contains `needle`."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if ppid == parent_pid and needle in cmdline:
+                return int(entry)
+    raise AssertionError(f"no child of {parent_pid} runs {needle!r}")
+
+
+def test_two_processes_match_one_process_stop_together_and_continue_in_one(tmp_path):
+    """Two processes through jax.distributed train as one process with two devices does. SIGTERM to one of them
+    (a preemption notice on one host) stops both after the same step, each with its data position in the
+    checkpoint, exit status 75; that checkpoint then continues in one process as the one-process run went on."""
     videos = tmp_path / "videos"
     make_videos(videos, count=6, num_frames=24)
     flags = ["--config=configs/ctd.py", f"--config.data.videos={videos}", "--config.data.eval_every_nth_video=0",
              "--config.eval_at_start=False", "--config.log_every=1", "--config.data.num_workers=0",
-             "--config.checkpoint_every=3", "--config.optimizer.warmup_steps=1", "--config.optimizer.decay_steps=50"]
-    _two_processes(tmp_path / "multi", [*flags, "--config.total_steps=3"])
-    _one_process(tmp_path / "single", [*flags, "--config.total_steps=6"])  # checkpoints at steps 3 and 6
-    a, reference = _losses(str(tmp_path / "multi")), _losses(str(tmp_path / "single"))
-    assert sorted(a) == [1, 2, 3]
-    for step in a:
-        assert a[step] == pytest.approx(reference[step], abs=1e-5)
-    # each process saved its own data-iterator position
-    data = tmp_path / "multi" / "checkpoints" / "3" / "data"
-    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))
+             "--config.checkpoint_every=100", "--config.optimizer.warmup_steps=1", "--config.optimizer.decay_steps=50"]
+    multi = tmp_path / "multi"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(_free_port()),
+               PYTHON=sys.executable)
+    launcher = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags,
+                                 "--config.total_steps=40"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while not (multi / "metrics.jsonl").exists() or max(_losses(str(multi)), default=0) < 2:
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.time() < deadline, "the two processes did not reach step 2 in time"
+        time.sleep(0.2)
+    os.kill(_child_with(launcher.pid, "--process_id=1"), signal.SIGTERM)  # the notice reaches one process only
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 75, err[-3000:]
+    stopped = max(int(d) for d in os.listdir(multi / "checkpoints") if d.isdigit())
+    assert 2 <= stopped < 40
+    data = multi / "checkpoints" / str(stopped) / "data"
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))  # both stopped there
+    with open(multi / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f if '"loss"' in line]
+    assert steps == list(range(1, stopped + 1))  # written once, by process 0
 
-    # The checkpoint that 2 processes wrote at step 3 continues in 1 process as the one-process run went on
-    # (the other way round takes the same path: no position saved for this process count, the data started at
-    # the step).
-    said = _one_process(tmp_path / "multi", [*flags, "--config.total_steps=6"])
-    assert "step 3 was saved by 2 process(es), this run has 1" in said
-    got = _losses(str(tmp_path / "multi"))
-    for step in (4, 5, 6):
+    total = stopped + 3
+    _one_process(tmp_path / "single", [*flags, f"--config.total_steps={total}"])
+    reference = _losses(str(tmp_path / "single"))
+    said = _one_process(multi, [*flags, f"--config.total_steps={total}"])
+    assert f"step {stopped} was saved by 2 process(es), this run has 1" in said
+    got = _losses(str(multi))
+    assert sorted(got) == list(range(1, total + 1))
+    for step in got:  # two processes up to the stop, then one process: the one-process run's losses
         assert got[step] == pytest.approx(reference[step], abs=1e-5), step

@@ -154,8 +154,9 @@ def test_a_step_that_does_not_fit_the_device_is_refused_before_step_1():
     assert need >= 512 * 512 * 4  # at least its argument
     config = load_config("lma", "demo")
     with pytest.raises(MemoryError, match=r"needs 0\.\d\d GiB per device but the device has 0\.00 GiB .*"
-                                          r"--config\.batch_size=\d+ .*--config\.grad_accum_steps=1 .*"
-                                          r"--config\.remat='none' .*--config\.mesh\.fsdp=1 .*check_memory=False"):
+                                          r"--config\.batch_size \(now \d+; .*--config\.grad_accum_steps \(now 1; .*"
+                                          r"--config\.remat \(now 'none'; .*--config\.mesh\.fsdp \(now 1; .*"
+                                          r"check_memory=False"):
         step_lib.check_fits(step, config, limit_bytes=int(need) - 1)
     step_lib.check_fits(step, config, limit_bytes=int(need))  # fits exactly
     step_lib.check_fits(step, config, limit_bytes=None)  # the CPU: no limit known

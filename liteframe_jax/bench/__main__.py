@@ -24,6 +24,7 @@ from liteframe_jax.bench.latency import bench_latency
 from liteframe_jax.bench.pipeline import bench_pipeline
 from liteframe_jax.bench.probe import bench_probe
 from liteframe_jax.bench.scaling import bench_scaling
+from liteframe_jax.bench.targets import bench_targets
 from liteframe_jax.bench.training import bench_ctd, bench_lma, parse_plans
 from liteframe_jax.bench.video_index import bench_video_index
 
@@ -32,7 +33,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
                         choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "probe",
-                                 "profile", "scaling", "export", "index"])
+                                 "profile", "scaling", "export", "index", "targets"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
@@ -52,6 +53,10 @@ def main(argv=None):
                         help="probe: a kernel breakdown of the plain-JAX probe and of ours, stage by stage")
     parser.add_argument("--lma-plans", default=None,
                         help="lma: rows as batch:remat[:trainable], e.g. '1:full,2:full:full' (default: a fixed set)")
+    parser.add_argument("--ctd-modes", default="online teacher,cached targets",
+                        help="ctd: the steps to time, 'online teacher' and/or 'cached targets' (comma-separated)")
+    parser.add_argument("--ctd-batches", default=None, help="ctd: clips per step to time (default 16,32,64)")
+    parser.add_argument("--read-threads", type=int, default=16, help="targets: decoding threads")
     parser.add_argument("--out", default=None, help="write all rows as JSON here")
     args = parser.parse_args(argv)
     from absl import flags
@@ -67,12 +72,14 @@ def main(argv=None):
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(sys.argv)}
     # the export and index benches measure host time and memory, not FLOP/s: no matmul ceiling for them alone
-    ceiling = matmul_ceiling(args.small) if what - {"export", "index"} else 0.0
+    ceiling = matmul_ceiling(args.small) if what - {"export", "index", "targets"} else 0.0
     header["bf16_matmul_tflops"] = ceiling / 1e12
     print(json.dumps(header), flush=True)
     rows = []
     sections = [("encoders", lambda: bench_encoders(ceiling, args.small, attn_impls)),
-                ("ctd", lambda: bench_ctd(ceiling, args.small, impl, tail_kernel, teacher_mlp_kernel)),
+                ("ctd", lambda: bench_ctd(ceiling, args.small, impl, tail_kernel, teacher_mlp_kernel,
+                                          tuple(args.ctd_modes.split(",")),
+                                          [int(b) for b in args.ctd_batches.split(",")] if args.ctd_batches else None)),
                 ("lma", lambda: bench_lma(ceiling, args.small, impl,
                                           parse_plans(args.lma_plans) if args.lma_plans else None)),
                 ("pipeline", lambda: bench_pipeline(args.small, [int(w) for w in args.workers.split(",")])),
@@ -85,7 +92,8 @@ def main(argv=None):
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None,
                                                   args.decode, args.decode_workers)),
                 ("export", lambda: bench_export(small=args.small)),
-                ("index", lambda: bench_video_index(small=args.small))]
+                ("index", lambda: bench_video_index(small=args.small)),
+                ("targets", lambda: bench_targets(args.small, args.read_threads))]
     for name, fn in sections:
         if name in what:
             for row in fn():

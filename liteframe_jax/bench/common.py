@@ -13,6 +13,7 @@ from liteframe_jax.core.configs import load_config_file
 from liteframe_jax.models import block_tail, fused_mlp
 from liteframe_jax.models.internvit import InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.qwen2 import Qwen2Config
+from liteframe_jax.models.siglip import SiglipVitConfig
 from liteframe_jax.models.student import StudentConfig
 
 BF16 = jnp.bfloat16
@@ -70,18 +71,18 @@ def normalise_frames(frames):
 
 
 def paper_models(small: bool):
-    """(teacher ViT, its head, student, a SigLIP-shaped ViT, WAP window) as configs/ctd.py:paper trains them, or
-    tiny stand-ins."""
+    """(teacher ViT, its head, student, the SigLIP-So400m-384 tower of configs/ctd.py:siglip, WAP window) as
+    configs/ctd.py:paper trains them, or tiny stand-ins."""
     ctd = load_config_file("ctd", "paper")
     vit = InternVitConfig(**ctd.teacher.vit.to_dict())
     head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
     student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
-    siglip = InternVitConfig.preset("so400m-378")
+    siglip = SiglipVitConfig(**load_config_file("ctd", "siglip").teacher.vit.to_dict())
     window = tuple(ctd.compression.window)
     if small:
         vit = InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
                               patch_size=14)
-        siglip = vit
+        siglip = SiglipVitConfig.preset("demo", image_size=56, patch_size=14, position_grid=4, num_layers=2)
         head = InternVLHeadConfig(out_features=64)
         student = StudentConfig(image_size=56, num_frames=8, patch_size=(1, 14, 14), width=64, num_heads=4,
                                 mlp_dim=128, stages=((1, (2, 2, 2)), (1, (2, 1, 1))), out_dim=64)

@@ -16,6 +16,7 @@ from liteframe_jax.bench.common import (
 )
 from liteframe_jax.models import fused_mlp
 from liteframe_jax.models.internvit import InternVisionTower
+from liteframe_jax.models.siglip import SiglipTower
 from liteframe_jax.models.student import LiteFrameStudent
 
 
@@ -29,9 +30,9 @@ def bench_encoders(ceiling, small, attn_impls):
             ("InternViT-300M 448px (teacher)", lambda: InternVisionTower(vit, None, rngs=nnx.Rngs(0), dtype=BF16,
                                                                           attn_impl=impl),
              flops_lib.internvit_per_frame(vit), 1, vit.image_size),
-            ("SigLIP-So400m-shaped 384px (27x27 patches)", lambda: InternVisionTower(siglip, None, rngs=nnx.Rngs(0), dtype=BF16,
-                                                                      attn_impl=impl),
-             flops_lib.internvit_per_frame(siglip), 1, siglip.image_size),
+            ("SigLIP-So400m 384px (27x27 patches, configs/ctd.py:siglip's teacher)",
+             lambda: SiglipTower(siglip, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl),
+             flops_lib.siglip_per_frame(siglip), 1, siglip.image_size),
             ("LiteFrame student (paper), 8-frame clips", lambda: LiteFrameStudent(student, rngs=nnx.Rngs(0),
                                                                                   dtype=BF16, attn_impl=impl),
              flops_lib.student_per_clip(student), student.num_frames, student.image_size),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from liteframe_jax.models.internvit import InternVitConfig
 from liteframe_jax.models.qwen2 import Qwen2Config
+from liteframe_jax.models.siglip import SiglipVitConfig
 from liteframe_jax.models.student import StudentConfig
 
 
@@ -20,6 +21,18 @@ def internvit_per_frame(cfg: InternVitConfig, head_out: int = 0, unshuffle: int 
         m = (cfg.grid // unshuffle) ** 2
         f += 2 * m * (cfg.hidden_size * unshuffle ** 2 * head_out + head_out * head_out)
     return f
+
+
+def siglip_per_frame(cfg: SiglipVitConfig) -> float:
+    """A SigLIP tower's forward: patch embedding and its blocks over grid**2 tokens (no CLS, no head)."""
+    n = cfg.grid ** 2
+    f = 2 * n * cfg.patch_size ** 2 * cfg.num_channels * cfg.hidden_size
+    return f + cfg.num_layers * vit_block(n, cfg.hidden_size, cfg.intermediate_size)
+
+
+def teacher_per_frame(cfg, head_out: int = 0) -> float:
+    """The CTD teacher's forward per frame, InternViT (with its projector when `head_out`) or SigLIP."""
+    return siglip_per_frame(cfg) if isinstance(cfg, SiglipVitConfig) else internvit_per_frame(cfg, head_out)
 
 
 def student_per_clip(cfg: StudentConfig) -> float:

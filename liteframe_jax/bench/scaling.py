@@ -43,7 +43,7 @@ def bench_scaling(ceiling, small, impl, tail_kernel="xla", teacher_mlp_kernel="x
             yield {"bench": "scaling", "mode": "online teacher", "devices": n, "batch": batch,
                    "error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
-        per_sample = (flops_lib.internvit_per_frame(task.teacher_vit_config, task.target_shape[-1]) * task.num_frames
+        per_sample = (flops_lib.teacher_per_frame(task.teacher_vit_config, task.target_shape[-1]) * task.num_frames
                       + 3 * flops_lib.student_per_clip(task.student_cfg))
         samples_per_s = batch / r["sec"]
         if n == 1:

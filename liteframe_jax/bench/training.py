@@ -78,6 +78,8 @@ def synthetic_batch(task, spec: dict, answer_tokens: int) -> dict:
     for k, v in spec.items():
         if v.dtype == jnp.uint8:
             out[k] = rng.integers(0, 256, v.shape, np.uint8)
+        elif k == "targets":  # CTD with cached targets
+            out[k] = rng.normal(size=v.shape).astype(v.dtype)
     if "tokens" in spec:
         b, length = spec["tokens"].shape
         n_video = task.spec.num_visual_tokens
@@ -106,29 +108,34 @@ def time_train_step(config, task, answer_tokens: int = 0, iters: int = 10) -> di
             "batch_devices": len(next(iter(step.batch_sh.values())).device_set), "trainable": layout.trainable}
 
 
-def bench_ctd(ceiling, small, impl, tail_kernel, teacher_mlp_kernel="xla"):
+def bench_ctd(ceiling, small, impl, tail_kernel, teacher_mlp_kernel="xla", modes=("online teacher",), batches=None):
+    """The CTD trainer's compiled step at several batches; mode 'cached targets' is the same run reading its
+    targets from a target cache (`--config.targets=cache:DIR`): the teacher does not run in the step."""
     from liteframe_jax.train.ctd import CTDTask
-    for batch in ([2] if small else [16, 32, 64]):
-        config = ctd_config(small, impl, tail_kernel, teacher_mlp_kernel, batch)
-        try:
-            task = CTDTask(config, sharding.make_mesh(config.mesh), tempfile.mkdtemp(), with_data=False)
-            r = time_train_step(config, task)
-        except Exception as e:
-            yield {"bench": "ctd_step", "mode": "online teacher", "batch": batch,
-                   "error": f"{type(e).__name__}: {str(e)[:300]}"}
-            if is_oom(e):
-                break  # the largest batch that fits is the previous row
-            continue
-        t = task.num_frames
-        per_sample = (flops_lib.internvit_per_frame(task.teacher_vit_config, task.target_shape[-1]) * t
-                      + 3 * flops_lib.student_per_clip(task.student_cfg))
-        sec = r["sec"]
-        yield {"bench": "ctd_step", "mode": "online teacher", "attention": impl or "xla",
-               "student_tail_kernel": tail_kernel, "teacher_mlp_kernel": teacher_mlp_kernel, "batch": batch,
-               "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
-               "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
-               "compile_s": r["compile_s"], "step_gib": r["step_gib"], "step": "CTDTask (configs/ctd.py:paper)"}
-        del task
+    for mode in modes:
+        for batch in batches or ([2] if small else [16, 32, 64]):
+            config = ctd_config(small, impl, tail_kernel, teacher_mlp_kernel, batch)
+            if mode == "cached targets":
+                config.targets = "cache:unused"  # with_data=False: the step's batch carries the targets
+            try:
+                task = CTDTask(config, sharding.make_mesh(config.mesh), tempfile.mkdtemp(), with_data=False)
+                r = time_train_step(config, task)
+            except Exception as e:
+                yield {"bench": "ctd_step", "mode": mode, "batch": batch, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                if is_oom(e):
+                    break  # the largest batch that fits is the previous row
+                continue
+            t = task.num_frames
+            teacher = 0 if mode == "cached targets" else flops_lib.teacher_per_frame(task.teacher_vit_config,
+                                                                                     task.target_shape[-1]) * t
+            per_sample = teacher + 3 * flops_lib.student_per_clip(task.student_cfg)
+            sec = r["sec"]
+            yield {"bench": "ctd_step", "mode": mode, "attention": impl or "xla",
+                   "student_tail_kernel": tail_kernel, "teacher_mlp_kernel": teacher_mlp_kernel, "batch": batch,
+                   "ms": sec * 1e3, "samples_per_s": batch / sec, "frames_per_s": batch * t / sec,
+                   "tflops": per_sample * batch / sec / 1e12, "mfu": per_sample * batch / sec / ceiling,
+                   "compile_s": r["compile_s"], "step_gib": r["step_gib"], "step": "CTDTask (configs/ctd.py:paper)"}
+            del task
 
 
 def lma_plans(small: bool):

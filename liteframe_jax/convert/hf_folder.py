@@ -32,6 +32,15 @@ def read_config(path: str) -> dict:
         return json.load(f)
 
 
+def square(value, key: str, what: str) -> int:
+    """A config size given as an int or an (h, w) pair; a non-square pair is an error naming it."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{what} config: non-square {key}={value} is not supported")
+        value = value[0]
+    return int(value)
+
+
 def safetensors_files(path: str) -> list[str]:
     files = [os.path.join(path, f) for f in paths.listdir(path) if f.endswith(".safetensors")]
     if not files:

@@ -5,6 +5,8 @@ Every option of `transformers.InternVLVisionConfig` is either honoured or reject
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -20,14 +22,6 @@ from liteframe_jax.models.layers import ACTIVATIONS
 NO_EFFECT_OPTIONS = ("hidden_dropout_prob", "attention_dropout", "projection_dropout", "use_mask_token")
 
 
-def _square(value, key: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f"InternVL vision config: non-square {key}={value} is not supported")
-        value = value[0]
-    return int(value)
-
-
 def vit_config_from_hf(d: dict) -> InternVitConfig:
     if d.get("hidden_act", "gelu") not in ACTIVATIONS:
         raise ValueError(f"InternVL vision config: hidden_act={d['hidden_act']!r} is not supported")
@@ -37,8 +31,10 @@ def vit_config_from_hf(d: dict) -> InternVitConfig:
         hidden_size=d.get("hidden_size", 1024), num_layers=d.get("num_hidden_layers", 24),
         num_heads=d.get("num_attention_heads", 16), intermediate_size=d.get("intermediate_size", 4096),
         hidden_act=d.get("hidden_act", "gelu"), norm_type=d.get("norm_type", "layer_norm"),
-        layer_norm_eps=d.get("layer_norm_eps", 1e-6), image_size=_square(d.get("image_size", 448), "image_size"),
-        patch_size=_square(d.get("patch_size", 14), "patch_size"), num_channels=d.get("num_channels", 3),
+        layer_norm_eps=d.get("layer_norm_eps", 1e-6),
+        image_size=hf_folder.square(d.get("image_size", 448), "image_size", "InternVL vision"),
+        patch_size=hf_folder.square(d.get("patch_size", 14), "patch_size", "InternVL vision"),
+        num_channels=d.get("num_channels", 3),
         attention_bias=d.get("attention_bias", False), use_qk_norm=d.get("use_qk_norm", False),
         use_absolute_position_embeddings=d.get("use_absolute_position_embeddings", True),
         layer_scale_init_value=d.get("layer_scale_init_value", 0.1),
@@ -117,8 +113,12 @@ def _nest(table, under: str):
 
 
 def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None,
-                  mlp_kernel: str = "xla", mesh=None) -> InternVisionTower:
-    """Build and load an InternVisionTower from an `internvl_vision` or a whole `internvl` HF folder."""
+                  mlp_kernel: str = "xla", mesh=None, image_size: int | None = None,
+                  feature_layer: int | None = None) -> InternVisionTower:
+    """Build and load an InternVisionTower from an `internvl_vision` or a whole `internvl` HF folder.
+
+    `image_size` runs it at another input size, the position table resampled as transformers does;
+    `feature_layer` replaces the config's `vision_feature_layer`."""
     cfg = hf_folder.read_config(path)
     model_type = cfg.get("model_type")
     if model_type == "internvl_vision":
@@ -130,6 +130,13 @@ def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None,
     else:
         raise ValueError(f"{path}: model_type {model_type!r} is not an InternVL model "
                          "(expected 'internvl_vision' or 'internvl')")
+    if feature_layer is not None:
+        layer = feature_layer
+    if image_size is not None and image_size != vit_cfg.image_size:
+        if image_size % vit_cfg.patch_size:
+            raise ValueError(f"{path}: image_size {image_size} is not a multiple of the patch size "
+                             f"{vit_cfg.patch_size}")
+        vit_cfg = dataclasses.replace(vit_cfg, image_size=image_size, position_grid=vit_cfg.grid)
     tower = nnx.eval_shape(lambda: InternVisionTower(vit_cfg, head_cfg, rngs=nnx.Rngs(0), feature_layer=layer,
                                                      dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
                                                      mesh=mesh))

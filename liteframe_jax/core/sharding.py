@@ -22,6 +22,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
+def local_mesh() -> Mesh:
+    """This process's own devices as a data-parallel mesh (work that each process does on its own)."""
+    grid = np.asarray(jax.local_devices()).reshape(-1, 1, 1)
+    try:
+        from jax.sharding import AxisType
+        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    except (ImportError, TypeError):
+        return Mesh(grid, MESH_AXES)
+
+
 def make_mesh(mesh_cfg) -> Mesh:
     """Sizes from config (-1: all remaining devices); `num_devices` > 0 uses only the first N devices.
 

@@ -36,6 +36,34 @@ class DecodeClip:
             return DROPPED
 
 
+@dataclasses.dataclass(frozen=True)
+class WithTargets:
+    """Random access to (clip or cached frames, cached target) pairs: clip i with target i."""
+
+    clips: object  # a ClipSpec sequence or a clip_cache.ClipCache
+    targets: object  # a target_cache.TargetCache of the same clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        return self.clips[i], self.targets[i]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeWithTarget:
+    """(ClipSpec or cached frames, target) -> {'frames', 'targets'}, or `DROPPED` when either is missing."""
+
+    size: int
+
+    def __call__(self, pair):
+        clip, target = pair
+        example = DecodeClip(self.size)(clip) if isinstance(clip, ClipSpec) else clip
+        if target is None or not _is_valid(example):
+            return DROPPED
+        return {"frames": example["frames"], "targets": target}
+
+
 def _from(ds: grain.MapDataset, start: int) -> grain.MapDataset:
     return ds[start:] if start else ds
 
@@ -46,22 +74,30 @@ def _is_valid(example) -> bool:
 
 def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                  prefetch: int = 2, cache=None, start: int = 0) -> grain.IterDataset:
+                  prefetch: int = 2, cache=None, start: int = 0, targets=None) -> grain.IterDataset:
     """Shuffled (a new order every epoch), repeated, this process's share, decoded, batched.
 
     `batch_size` is the per-process batch; the last incomplete batch of nothing is ever produced since the
     stream repeats forever (`drop_remainder` still guards the final batch of a finite stream). With `cache`
     (a `clip_cache.ClipCache` of exactly `clips`) frames are read from it instead of decoded, in the same
     order, so the batches are the same either way. `start` skips that many of this process's clips without
-    reading them (a resume on another number of processes, `train.loop`).
+    reading them (a resume on another number of processes, `train.loop`). With `targets` (a
+    `target_cache.TargetCache` of exactly `clips`) each example also carries its clip's cached target.
     """
     if len(clips) < process_count:
         raise ValueError(f"{len(clips)} clips cannot be shared among {process_count} processes")
     if cache is not None and len(cache) != len(clips):
         raise ValueError(f"clip cache holds {len(cache)} clips, the clip list {len(clips)}")
-    ds = grain.MapDataset.source(clips if cache is None else cache).shuffle(seed=seed).repeat()
+    source = clips if cache is None else cache
+    if targets is not None:
+        if len(targets) != len(clips):
+            raise ValueError(f"target cache holds {len(targets)} clips, the clip list {len(clips)}")
+        source = WithTargets(source, targets)
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     ds = _from(ds[process_index::process_count], start)
-    if cache is None:
+    if targets is not None:
+        ds = ds.map(DecodeWithTarget(size))
+    elif cache is None:
         ds = ds.map(DecodeClip(size))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:

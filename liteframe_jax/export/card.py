@@ -45,8 +45,8 @@ def _training_lines(cfg: dict, spec) -> list[str]:
         teacher = _get(cfg, "teacher.init")
         lines += [f"| teacher | `{teacher}`{' (randomly initialised: the demo)' if teacher == 'random' else ''}, "
                   f"output `{_get(cfg, 'teacher.output')}` |",
-                  f"| compression | window {tuple(_get(cfg, 'compression.window', ()))}, weighting "
-                  f"`{_get(cfg, 'compression.weighting')}` |",
+                  f"| compression | `{_get(cfg, 'compression.method', 'wap')}`, window "
+                  f"{tuple(_get(cfg, 'compression.window', ()))}, weighting `{_get(cfg, 'compression.weighting')}` |",
                   f"| data | `{_get(cfg, 'data.videos')}`, {_get(cfg, 'data.num_frames')} frames per clip, "
                   f"stride {_get(cfg, 'data.frame_stride')} |"]
     elif trainer == "lma":

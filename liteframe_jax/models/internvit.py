@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import layers
+from liteframe_jax.models import layers, resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +33,17 @@ class InternVitConfig:
     layer_scale_init_value: float = 0.1
     use_mean_pooling: bool = True  # True: no final LayerNorm (HF semantics)
     initializer_range: float = 0.02
+    # Side of the learned position table; 0: the input's grid. Another value runs the tower at `image_size`
+    # with the table resampled bicubically, as transformers' `interpolate_pos_encoding` does.
+    position_grid: int = 0
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def table_grid(self) -> int:
+        return self.position_grid or self.grid
 
     @classmethod
     def preset(cls, name: str, **changes) -> "InternVitConfig":
@@ -68,9 +75,6 @@ VIT_PRESETS = {
                             patch_size=8),
     # InternVL3-8B's vision tower
     "internvit-300m-448": InternVitConfig(),
-    # a SigLIP-So400m-384-shaped tower (27x27 patches), for the encoder benches
-    "so400m-378": InternVitConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, image_size=378,
-                                  patch_size=14, layer_scale_init_value=1.0, hidden_act="gelu_pytorch_tanh"),
 }
 
 
@@ -140,7 +144,7 @@ class InternViT(nnx.Module):
         self.patch_kernel = layers.param(rngs, init, (p, p, cfg.num_channels, d), (None, None, None, "embed"))
         self.patch_bias = layers.param(rngs, nnx.initializers.zeros, (d,), ("embed",))
         self.cls_token = layers.param(rngs, init, (1, 1, d), (None, None, "embed"))
-        self.pos_embedding = (layers.param(rngs, init, (1, cfg.grid ** 2 + 1, d), (None, None, "embed"))
+        self.pos_embedding = (layers.param(rngs, init, (1, cfg.table_grid ** 2 + 1, d), (None, None, "embed"))
                               if cfg.use_absolute_position_embeddings else None)
         self.num_layers = cfg.num_layers
         for i in range(cfg.num_layers):
@@ -162,7 +166,12 @@ class InternViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
         if self.pos_embedding is not None:
-            x = x + self.pos_embedding[...].astype(self.dtype)
+            table = self.pos_embedding[...]
+            if cfg.table_grid != g:  # the CLS position stays; the patch positions are resampled
+                t = cfg.table_grid
+                patches = resize.resize_table(table[0, 1:].reshape(t, t, -1), (g, g), "bicubic")
+                table = jnp.concatenate([table[:, :1], patches.reshape(1, g * g, -1)], axis=1)
+            x = x + table.astype(self.dtype)
         return x
 
     def __call__(self, pixels: jax.Array, *, num_layers: int | None = None) -> jax.Array:
@@ -218,6 +227,10 @@ class InternVisionTower(nnx.Module):
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         return self.vit(pixels)
+
+    @property
+    def image_size(self) -> int:
+        return self.vit.cfg.image_size
 
     def grid_shape(self, output: str) -> tuple[int, int, int]:
         """(h, w, channels) of `features(..., output)` for one frame."""

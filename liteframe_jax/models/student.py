@@ -77,6 +77,9 @@ STUDENT_PRESETS = {
     # `paper` on 2-frame tubelets: 4x32x32 tokens in, the same 2x8x8 out
     "paper_tubelet2": StudentConfig(image_size=448, patch_size=(2, 14, 14), width=768, num_heads=12, mlp_dim=3072,
                                     stages=((4, (1, 2, 2)), (4, (2, 2, 2)), (4, (1, 1, 1))), out_dim=3584),
+    # `paper` against SigLIP-So400m-384's 27x27 grid: 378 px, 8x27x27 tokens -> 2x9x9 = 162 of width 1152
+    "siglip": StudentConfig(image_size=378, patch_size=(1, 14, 14), width=768, num_heads=12, mlp_dim=3072,
+                            stages=((4, (2, 3, 3)), (4, (2, 1, 1)), (4, (1, 1, 1))), out_dim=1152),
 }
 
 

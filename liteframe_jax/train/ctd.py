@@ -14,36 +14,21 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly.specs import StudentSpec
-from liteframe_jax.convert.registry import load_pretrained
 from liteframe_jax.core import sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import pure_dict
 from liteframe_jax.data import clip_cache
 from liteframe_jax.data import clips as clips_lib
-from liteframe_jax.data import demo, pipeline
+from liteframe_jax.data import demo, pipeline, target_cache
 from liteframe_jax.models import compression, kernel_choice
-from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
+from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.train import losses
 from liteframe_jax.train.loop import Task
+from liteframe_jax.train.teacher import build_teacher
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
-
-
-def build_teacher(tcfg, dtype, attn_impl, mlp_kernel="xla", mesh=None) -> tuple[InternVisionTower, str]:
-    """(tower, description). 'random' is a deliberate choice (demo); anything unset is an error."""
-    if tcfg.init == "random":
-        vit = InternVitConfig(**tcfg.vit.to_dict())
-        head = InternVLHeadConfig(**tcfg.head.to_dict()) if tcfg.head is not None else None
-        tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1234), feature_layer=tcfg.feature_layer, dtype=dtype,
-                                  attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
-        return tower, "RANDOMLY INITIALISED teacher (demo): targets are features of an untrained InternViT"
-    if not tcfg.init:
-        raise ValueError("teacher.init is not set: give a Hugging Face InternVL folder "
-                         "(--config.teacher.init=/path/to/InternVL3-8B-hf) or 'random' on purpose")
-    tower = load_pretrained(tcfg.init, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
-    return tower, f"teacher loaded from {tcfg.init}"
 
 
 class CTDTask(Task):
@@ -63,8 +48,8 @@ class CTDTask(Task):
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output
         h, w, channels = teacher.grid_shape(self.output)
-        self.teacher_image_size = teacher.vit.cfg.image_size
-        self.teacher_vit_config = teacher.vit.cfg
+        self.teacher_image_size = teacher.image_size
+        self.teacher_vit_config = teacher.vit.cfg if isinstance(teacher, InternVisionTower) else teacher.cfg
         self.num_frames = int(config.data.num_frames)
         self.window = tuple(config.compression.window)
         self.target_grid = compression.output_grid((self.num_frames, h, w), self.window)
@@ -79,8 +64,11 @@ class CTDTask(Task):
                 f"{self.target_shape} (teacher {self.num_frames}x{h}x{w}x{channels} '{self.output}' tokens, "
                 f"window {self.window}). Change student.stages / student.patch_size / student.out_dim or "
                 "compression.window.")
-        log(f"[ctd] target: {self.num_frames} frames x {h}x{w} teacher tokens -> WAP {self.window} "
-            f"({config.compression.weighting}) -> {self.target_grid} grid = "
+        method = config.compression.get("method", "wap")
+        if method not in compression.METHODS:
+            raise ValueError(f"compression.method {method!r} is not one of {compression.METHODS}")
+        how = f"WAP {self.window} ({config.compression.weighting})" if method == "wap" else f"{method} {self.window}"
+        log(f"[ctd] target: {self.num_frames} frames x {h}x{w} teacher tokens -> {how} -> {self.target_grid} grid = "
             f"{int(np.prod(self.target_grid))} tokens of width {channels}")
 
         teacher_params = pure_dict(teacher_state)
@@ -95,6 +83,31 @@ class CTDTask(Task):
         if config.batch_size % jax.process_count():
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
         self.local_batch = config.batch_size // jax.process_count()
+        self._weights_hash = None
+        self.target_cache = None
+        source = config.get("targets", "online")
+        self.cached_targets = source.startswith("cache:")  # the step reads targets from the batch
+        if self.cached_targets and with_data:
+            self.target_cache = self._open_target_cache(source[len("cache:"):])
+        elif source != "online" and not source.startswith("cache:"):
+            raise ValueError(f"targets={source!r}: choose 'online' (the teacher at every step) or 'cache:DIR' "
+                             "(a target cache built by --config=configs/targets.py)")
+
+    def _open_target_cache(self, folder: str) -> target_cache.TargetCache:
+        from liteframe_jax.train.target_cache_job import cache_settings
+        target_cache.check_manifest(folder, cache_settings(self))
+        cache = target_cache.TargetCache(folder, self.train_index.clips)
+        if tuple(cache.shape) != (int(np.prod(self.target_grid)), self.target_shape[-1]):
+            raise ValueError(f"target cache {folder} holds targets of shape {cache.shape}, this run's are "
+                             f"{(int(np.prod(self.target_grid)), self.target_shape[-1])}")
+        log(f"[ctd] targets read from the cache {folder} ({len(cache)} clips): the teacher runs only for the "
+            "held-out evaluation")
+        return cache
+
+    def teacher_weights_hash(self) -> str:
+        if self._weights_hash is None:
+            self._weights_hash = target_cache.weights_hash(jax.device_get(self._frozen[0]))
+        return self._weights_hash
 
     def _index_videos(self, d, workdir: str) -> None:
         train_videos, eval_videos = self._videos(d, workdir)
@@ -129,8 +142,12 @@ class CTDTask(Task):
         return self._frozen
 
     def batch_spec(self):
-        s = self.teacher_image_size
-        return {"frames": jax.ShapeDtypeStruct((self.config.batch_size, self.num_frames, s, s, 3), jnp.uint8)}
+        s, b = self.teacher_image_size, self.config.batch_size
+        spec = {"frames": jax.ShapeDtypeStruct((b, self.num_frames, s, s, 3), jnp.uint8)}
+        if self.cached_targets:
+            spec["targets"] = jax.ShapeDtypeStruct((b, int(np.prod(self.target_grid)), self.target_shape[-1]),
+                                                   jnp.float32)
+        return spec
 
     def train_dataset(self, start: int = 0):
         d = self.config.data
@@ -142,7 +159,8 @@ class CTDTask(Task):
         return pipeline.train_dataset(
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start)
+            num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start,
+            targets=self.target_cache)
 
     def targets(self, teacher_params, frames_uint8):
         """uint8 (B, T, S, S, 3) -> compressed teacher tokens (B, N, C), float32."""
@@ -153,7 +171,7 @@ class CTDTask(Task):
         grid = teacher.features(pixels, self.output).astype(jnp.float32)
         grid = grid.reshape(b, t, *grid.shape[1:])
         c = self.config.compression
-        pooled = compression.compress(grid, self.window, c.weighting, c.sigma)
+        pooled = compression.reduce(grid, self.window, c.get("method", "wap"), c.weighting, c.sigma)
         return pooled.reshape(b, -1, pooled.shape[-1])
 
     def predict(self, student, frames_uint8):
@@ -165,6 +183,8 @@ class CTDTask(Task):
         return student(x)
 
     def prepare(self, frozen, batch, rng):
+        if "targets" in batch:  # read from the target cache: the teacher does not run
+            return batch["targets"]
         return self.targets(frozen, batch["frames"])
 
     def loss(self, model, batch, prepared, rng):

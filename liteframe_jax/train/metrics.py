@@ -28,10 +28,9 @@ class MetricWriter:
         self._tb = None
         if self.enabled:
             paths.makedirs(workdir)
-            from tensorboardX import SummaryWriter
-            if paths.is_remote(workdir):
-                tensorboard_out.register_bucket_writers()
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=int(UPLOAD_EVERY_S))
+            # local files are appended at every write; a bucket's object is rewritten at most every minute
+            self._tb = tensorboard_out.EventWriter(os.path.join(workdir, "tensorboard"),
+                                                   flush_every_s=0.0 if not paths.is_remote(workdir) else UPLOAD_EVERY_S)
         self._last_time, self._last_step = None, None
         self._file = None  # metrics.jsonl, opened at the first write
 
@@ -52,8 +51,6 @@ class MetricWriter:
         for k, v in row.items():
             if k != "step":
                 self._tb.add_scalar(k, v, step)
-        if not paths.is_remote(self.workdir):
-            self._tb.flush()
         if console:
             print(self.progress_line(row), flush=True)
 

@@ -107,16 +107,16 @@ def check_fits(step: CompiledStep, config, limit_bytes: int | None) -> None:
     need = step.step_gib * 2 ** 30
     if need <= limit_bytes:
         return
-    fixes = [f"batch_size={config.batch_size} (smaller: the global batch over all processes)"]
+    fixes = [f"batch_size (now {config.batch_size}; smaller: it is the global batch over all processes)"]
     if "grad_accum_steps" in config:
-        fixes.append(f"grad_accum_steps={config.grad_accum_steps} (more micro-batches per step)")
+        fixes.append(f"grad_accum_steps (now {config.grad_accum_steps}; more micro-batches per step)")
     if "remat" in config:
-        fixes.append(f"remat={config.remat!r} ('full' recomputes the LLM's activations in the backward pass)")
-    fixes.append(f"mesh.fsdp={config.mesh.fsdp} (parameters and optimizer state sharded over more devices)")
+        fixes.append(f"remat (now {config.remat!r}; 'full' recomputes the LLM's activations in the backward pass)")
+    fixes.append(f"mesh.fsdp (now {config.mesh.fsdp}; more devices share the parameters and optimizer state)")
     raise MemoryError(
         f"the train step needs {need / 2 ** 30:.2f} GiB per device but the device has {limit_bytes / 2 ** 30:.2f} "
-        f"GiB ({step.memory_report()}): it would run out of memory at step 1. Lower it with --config."
-        + ", --config.".join(fixes) + "; or --config.check_memory=False to try anyway")
+        f"GiB ({step.memory_report()}): it would run out of memory at step 1. Change --config."
+        + ", --config.".join(fixes) + "; or set --config.check_memory=False to try anyway")
 
 
 def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key) -> CompiledStep:

@@ -1,48 +1,113 @@
-"""TensorBoard event files in a bucket, written through `core.paths` (the same backends as the rest of a run).
+"""TensorBoard scalars, written as TensorBoard's event files without TensorBoard, TensorFlow or torch.
 
-tensorboardX's own `gs://` writer needs google-cloud-storage and uploads its whole file again when the writer
-is garbage-collected, even after `close` (at interpreter exit, after the bucket may be gone). This one
-uploads at tensorboardX's flushes and at `close`, once.
+An event file (`events.out.tfevents.<time>.<host>`) is a TFRecord stream: each record is its length (uint64),
+the length's masked CRC-32C, the payload, the payload's masked CRC-32C. The first payload is an `Event` with
+`file_version = "brain.Event:2"`, then one `Event {wall_time, step, summary {value {tag, simple_value}}}` per
+logged scalar. Those few protocol-buffer fields are encoded here by hand, which is what keeps a training start
+from importing a writer library (tensorboardX imports torch, seconds per start).
+
+The file goes through `core.paths`: appended to on local disk, rewritten whole at each flush in a bucket
+(object stores cannot append), at most every `flush_every_s` and at `close`.
 """
 
 from __future__ import annotations
 
-import io
+import os
+import socket
+import struct
+import time
 
 from liteframe_jax.core import paths
 
 
-class BucketEventFile:
-    """One event file: its bytes kept in memory, the object rewritten whole at each flush."""
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1  # the Castagnoli polynomial, reflected
+        table.append(c)
+    return table
 
-    def __init__(self, path: str):
-        self.path, self._buffer, self._closed, self._dirty = path, io.BytesIO(), False, False
 
-    def write(self, data: bytes) -> None:
-        self._buffer.write(data)
-        self._dirty = True
+_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def record(payload: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC, the payload, its masked CRC."""
+    length = struct.pack("<Q", len(payload))
+    return length + struct.pack("<I", masked_crc(length)) + payload + struct.pack("<I", masked_crc(payload))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def event(wall_time: float, step: int = 0, *, file_version: str | None = None,
+          scalar: tuple[str, float] | None = None) -> bytes:
+    """An encoded `tensorflow.Event` (fields: 1 wall_time double, 2 step int64, 3 file_version, 5 summary)."""
+    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time)
+    if step:
+        out += _varint(2 << 3 | 0) + _varint(step & 0xFFFFFFFFFFFFFFFF)
+    if file_version is not None:
+        out += _length_delimited(3, file_version.encode())
+    if scalar is not None:
+        tag, value = scalar  # Summary.Value: 1 tag, 2 simple_value (float)
+        summary_value = _length_delimited(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value)
+        out += _length_delimited(5, _length_delimited(1, summary_value))
+    return out
+
+
+class EventWriter:
+    """Scalars of one run into one new event file in `folder` (local or a bucket)."""
+
+    def __init__(self, folder: str, flush_every_s: float = 60.0):
+        paths.makedirs(folder)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path, self.flush_every_s = os.path.join(folder, name), flush_every_s
+        self._remote = paths.is_remote(folder)
+        self._pending, self._written, self._last_flush = bytearray(), bytearray(), time.monotonic()
+        self._pending += record(event(time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._pending += record(event(time.time(), int(step), scalar=(tag, float(value))))
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
 
     def flush(self) -> None:
-        if self._dirty and not self._closed:
+        if not self._pending:
+            return
+        if self._remote:
+            self._written += self._pending
             with paths.open(self.path, "wb") as f:
-                f.write(self._buffer.getvalue())
-            self._dirty = False
+                f.write(bytes(self._written))
+        else:
+            with open(self.path, "ab") as f:
+                f.write(self._pending)
+        self._pending.clear()
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()
-        self._closed = True
-
-
-class _Factory:
-    def open(self, path: str) -> BucketEventFile:
-        return BucketEventFile(path)
-
-    def directory_check(self, path: str) -> None:
-        paths.resolve(path)  # object stores have no folders; the backend is checked
-
-
-def register_bucket_writers() -> None:
-    """Route tensorboardX's writers for every URL scheme `core.paths` knows through it."""
-    from tensorboardX import record_writer
-    for scheme in paths.BACKENDS:
-        record_writer.register_writer_factory(scheme, _Factory())

@@ -1,0 +1,130 @@
+"""`python -m liteframe_jax.main --config=configs/targets.py[:PRESET] --workdir=DIR`: CTD's teacher and
+compression run once over the training clips, into a target cache (`data/target_cache.py`) that a CTD run then
+reads with `--config.targets=cache:DIR` instead of running the teacher at every step.
+
+`config.ctd` is the CTD config whose targets are cached (the same preset names; any field can be overridden,
+`--config.ctd.teacher.init=...`). The shards are shared among processes (process p builds shards p, p + P,
+...), each on its own devices; a shard is written under a temporary name and renamed when complete, so a
+killed build started again builds only the missing shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from liteframe_jax.core import paths, sharding
+from liteframe_jax.core.log import log
+from liteframe_jax.data import pipeline
+from liteframe_jax.data import target_cache as tc
+
+
+def cache_settings(task) -> dict:
+    """Everything a cached target depends on, as the manifest records it and a CTD run compares it."""
+    c = task.config
+    t, comp, d = c.teacher, c.compression, c.data
+    return {
+        "teacher": {"init": t.init, "kind": t.get("kind", "internvit"), "output": t.output,
+                    "feature_layer": t.get("feature_layer"), "image_size": task.teacher_image_size,
+                    "weights_sha256": task.teacher_weights_hash()},
+        "compression": {"method": comp.get("method", "wap"), "window": list(task.window),
+                        "weighting": comp.weighting, "sigma": float(comp.sigma)},
+        "data": {"num_frames": task.num_frames, "frame_stride": int(d.frame_stride), "clip_hop": int(d.clip_hop),
+                 "pixel_mean": [float(x) for x in d.pixel_mean], "pixel_std": [float(x) for x in d.pixel_std],
+                 "clips_sha256": tc.clip_list_hash(task.train_index.clips)},
+        "dtype": c.dtype,
+    }
+
+
+def _manifest(task, shard_size: int) -> dict:
+    n = len(task.train_index.clips)
+    return {"version": tc.VERSION, "settings": cache_settings(task), "num_clips": n, "shard_size": shard_size,
+            "num_shards": -(-n // shard_size), "target_shape": [int(np.prod(task.target_grid)), task.target_shape[-1]],
+            "dtype": "bfloat16"}
+
+
+def _write_shard(folder: str, k: int, clips, start: int, targets_fn, frozen, batch_size: int, size: int,
+                 read_threads: int) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+    final = os.path.join(folder, tc.shard_name(k))
+    tmp = final + ".tmp"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    done = 0
+
+    def write(out, mask):
+        nonlocal done
+        out = np.asarray(jax.device_get(out))
+        for row in range(len(mask)):
+            if done < len(clips):  # the last batch is padded
+                writer.write(tc.encode(start + done, clips[done], out[row] if mask[row] else None))
+                done += 1
+
+    pending = None  # the device computes batch n while batch n - 1 is written and batch n + 1 decoded
+    for batch, mask in pipeline.eval_batches(clips, size=size, batch_size=batch_size, read_threads=read_threads):
+        out = targets_fn(frozen, batch["frames"])
+        if pending is not None:
+            write(*pending)
+        pending = (out, mask)
+    if pending is not None:
+        write(*pending)
+    writer.close()
+    os.replace(tmp, final)
+
+
+def build(config, workdir: str) -> dict:
+    """Build (or finish) the cache; returns what this process built: clips and seconds in the shard loop."""
+    from liteframe_jax.train.ctd import CTDTask
+    if paths.is_remote(workdir):
+        raise ValueError(f"the target cache is written as local ArrayRecord shards; {workdir} is in object storage")
+    task = CTDTask(config.ctd, sharding.local_mesh(), workdir)
+    if config.batch_size % len(jax.local_devices()):
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by this process's "
+                         f"{len(jax.local_devices())} devices")
+    want = _manifest(task, int(config.shard_size))
+    path = os.path.join(workdir, tc.MANIFEST)
+    if paths.isfile(path):
+        have = tc.check_manifest(workdir, want["settings"])
+        diff = tc.differences({k: v for k, v in want.items() if k != "settings"},
+                              {k: v for k, v in have.items() if k != "settings"})
+        if diff:
+            raise ValueError(f"target cache {workdir} was laid out otherwise: " + "; ".join(diff))
+    elif jax.process_index() == 0:
+        paths.write_text(path, json.dumps(want, indent=1))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("target cache manifest")
+
+    frozen, frozen_sh = task.frozen()
+    batch_sh = sharding.batch_sharding(task.mesh, 5)
+    s = task.teacher_image_size
+    started = time.perf_counter()
+    targets_fn = jax.jit(lambda f, x: task.targets(f, x).astype(jax.numpy.bfloat16),
+                         in_shardings=(frozen_sh, batch_sh)).lower(
+        frozen, jax.ShapeDtypeStruct((config.batch_size, task.num_frames, s, s, 3), jax.numpy.uint8)).compile()
+    log(f"[targets] teacher + compression compiled in {time.perf_counter() - started:.1f}s")
+    clips, shard, num_shards = task.train_index.clips, want["shard_size"], want["num_shards"]
+    mine = [k for k in range(jax.process_index(), num_shards, jax.process_count())
+            if not os.path.exists(os.path.join(workdir, tc.shard_name(k)))]
+    log(f"[targets] {len(clips)} clips in {num_shards} shards of {shard}; this process builds {len(mine)} of them "
+        f"into {workdir} ({sum(os.path.exists(os.path.join(workdir, tc.shard_name(k))) for k in range(num_shards))} "
+        "already complete)")
+    t0, built = time.perf_counter(), 0
+    for i, k in enumerate(mine):
+        part = [clips[j] for j in range(k * shard, min((k + 1) * shard, len(clips)))]
+        _write_shard(workdir, k, part, k * shard, targets_fn, frozen, config.batch_size, task.teacher_image_size,
+                     int(config.read_threads))
+        built += len(part)
+        rate = built / (time.perf_counter() - t0)
+        left = sum(min(shard, len(clips) - j * shard) for j in mine[i + 1:])
+        log(f"[targets] shard {k + 1}/{num_shards}: {built} clips, {rate:.1f} clips/s "
+            f"({rate * task.num_frames:.0f} frames/s), ETA {left / max(rate, 1e-9):.0f} s")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("target cache shards")
+    seconds = time.perf_counter() - t0
+    log(f"[targets] done: {workdir} ({len(clips)} clips; use it with --config.targets=cache:{workdir})")
+    return {"clips": built, "seconds": seconds, "frames": built * task.num_frames}

@@ -1,0 +1,105 @@
+"""The teacher-target cache: built once (sharded, resumable, with a manifest), read back in the published
+ArrayRecord layout, equal to the online targets to bfloat16 rounding, refused when made with other settings,
+and a CTD run on it logs the online run's losses."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from helpers import load_config, make_videos, tiny_ctd_config
+
+from liteframe_jax.core import sharding
+from liteframe_jax.data import target_cache as tc
+from liteframe_jax.jobs import train as run
+from liteframe_jax.train import target_cache_job
+from liteframe_jax.train.ctd import CTDTask
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("target_cache_videos")
+    make_videos(folder, count=5, num_frames=24)
+    return str(folder)
+
+
+def _targets_config(videos, **ctd_overrides):
+    c = load_config("targets", "demo")
+    c.ctd = tiny_ctd_config(videos, **ctd_overrides)
+    c.batch_size, c.shard_size = 8, 3  # clips per teacher call over the 8 test devices
+    return c
+
+
+@pytest.fixture(scope="module")
+def built(videos, tmp_path_factory):
+    """A cache of the tiny CTD config's targets, built once for the module."""
+    cache = tmp_path_factory.mktemp("target_cache") / "cache"
+    target_cache_job.build(_targets_config(videos), str(cache))
+    return cache
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def test_cache_is_built_resumably_and_equals_online_targets(videos, built, tmp_path):
+    import shutil
+    cache = tmp_path / "cache"
+    shutil.copytree(built, cache)
+    config = _targets_config(videos)
+    manifest = tc.read_manifest(str(cache))
+    task = CTDTask(config.ctd, sharding.make_mesh(config.ctd.mesh), str(tmp_path / "probe"))
+    clips = task.train_index.clips
+    assert manifest["num_clips"] == len(clips) >= 4 and manifest["num_shards"] == -(-len(clips) // 3)
+    assert manifest["settings"]["teacher"]["weights_sha256"] == task.teacher_weights_hash()
+    assert manifest["settings"]["data"]["clips_sha256"] == tc.clip_list_hash(clips)
+    shards = sorted(f for f in os.listdir(cache) if f.endswith(".array_record"))
+    assert shards == [tc.shard_name(k) for k in range(manifest["num_shards"])]
+
+    # every record names its clip and holds that clip's target, the online one rounded to bfloat16
+    cached = tc.TargetCache(str(cache), clips)
+    from liteframe_jax.data import pipeline
+    frames = next(pipeline.eval_batches(clips, size=task.teacher_image_size, batch_size=len(clips)))[0]["frames"]
+    online = np.asarray(task.targets(task.frozen()[0], frames))
+    for i in range(len(clips)):
+        np.testing.assert_allclose(cached[i], online[i], rtol=2 ** -7, atol=1e-6)
+    assert np.abs(np.stack([cached[i] for i in range(len(clips))]) - online).max() > 0  # stored in bfloat16
+
+    # a killed build (one shard missing, one half-written) builds only what is missing, to the same bytes
+    with open(cache / shards[1], "rb") as f:
+        shard_1 = f.read()
+    os.remove(cache / shards[1])
+    with open(cache / (shards[1] + ".tmp"), "wb") as f:
+        f.write(b"half")
+    kept = os.stat(cache / shards[0]).st_mtime_ns
+    with pytest.raises(ValueError, match="is incomplete: 1 of"):
+        tc.TargetCache(str(cache), clips)
+    target_cache_job.build(config, str(cache))
+    assert os.stat(cache / shards[0]).st_mtime_ns == kept
+    with open(cache / shards[1], "rb") as f:
+        assert f.read() == shard_1
+
+    # a run with other settings is refused with what differs
+    other = tiny_ctd_config(videos, **{"compression.weighting": "norm", "targets": f"cache:{cache}"})
+    with pytest.raises(ValueError, match=r"compression\.weighting: run 'norm', cache 'uniform'"):
+        CTDTask(other, sharding.make_mesh(other.mesh), str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"compression\.weighting: run 'norm', cache 'uniform'"):
+        target_cache_job.build(_targets_config(videos, **{"compression.weighting": "norm"}), str(cache))
+
+
+def test_ctd_on_cached_targets_logs_the_online_losses(videos, built, tmp_path):
+    cache = built
+    online_dir, cached_dir = tmp_path / "online", tmp_path / "cached"
+    run(tiny_ctd_config(videos), str(online_dir))
+    result, task = run(tiny_ctd_config(videos, targets=f"cache:{cache}"), str(cached_dir))
+    assert "targets" in task.batch_spec()
+    online, cached = _losses(str(online_dir)), _losses(str(cached_dir))
+    assert sorted(online) == sorted(cached) == [1, 2, 3, 4]
+    for step in online:
+        assert cached[step] == pytest.approx(online[step], rel=1e-2), step
+    with pytest.raises(FileNotFoundError, match="is not a target cache"):
+        CTDTask(tiny_ctd_config(videos, targets=f"cache:{tmp_path}"), sharding.make_mesh(task.config.mesh),
+                str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="choose 'online'"):
+        CTDTask(tiny_ctd_config(videos, targets="disk"), sharding.make_mesh(task.config.mesh), str(tmp_path / "y"))
