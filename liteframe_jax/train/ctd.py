@@ -93,9 +93,25 @@ class CTDTask(Task):
             raise ValueError(f"targets={source!r}: choose 'online' (the teacher at every step) or 'cache:DIR' "
                              "(a target cache built by --config=configs/targets.py)")
 
+    def target_settings(self) -> dict:
+        """Everything a target depends on, as a target cache's manifest records it (and a run compares it)."""
+        c = self.config
+        t, comp, d = c.teacher, c.compression, c.data
+        return {
+            "teacher": {"init": t.init, "kind": t.get("kind", "internvit"), "output": t.output,
+                        "feature_layer": t.get("feature_layer"), "image_size": self.teacher_image_size,
+                        "weights_sha256": self.teacher_weights_hash()},
+            "compression": {"method": comp.get("method", "wap"), "window": list(self.window),
+                            "weighting": comp.weighting, "sigma": float(comp.sigma)},
+            "data": {"num_frames": self.num_frames, "frame_stride": int(d.frame_stride),
+                     "clip_hop": int(d.clip_hop), "pixel_mean": [float(x) for x in d.pixel_mean],
+                     "pixel_std": [float(x) for x in d.pixel_std],
+                     "clips_sha256": target_cache.clip_list_hash(self.train_index.clips)},
+            "dtype": c.dtype,
+        }
+
     def _open_target_cache(self, folder: str) -> target_cache.TargetCache:
-        from liteframe_jax.train.target_cache_job import cache_settings
-        target_cache.check_manifest(folder, cache_settings(self))
+        target_cache.check_manifest(folder, self.target_settings())
         cache = target_cache.TargetCache(folder, self.train_index.clips)
         if tuple(cache.shape) != (int(np.prod(self.target_grid)), self.target_shape[-1]):
             raise ValueError(f"target cache {folder} holds targets of shape {cache.shape}, this run's are "

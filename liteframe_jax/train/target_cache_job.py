@@ -23,26 +23,9 @@ from liteframe_jax.data import pipeline
 from liteframe_jax.data import target_cache as tc
 
 
-def cache_settings(task) -> dict:
-    """Everything a cached target depends on, as the manifest records it and a CTD run compares it."""
-    c = task.config
-    t, comp, d = c.teacher, c.compression, c.data
-    return {
-        "teacher": {"init": t.init, "kind": t.get("kind", "internvit"), "output": t.output,
-                    "feature_layer": t.get("feature_layer"), "image_size": task.teacher_image_size,
-                    "weights_sha256": task.teacher_weights_hash()},
-        "compression": {"method": comp.get("method", "wap"), "window": list(task.window),
-                        "weighting": comp.weighting, "sigma": float(comp.sigma)},
-        "data": {"num_frames": task.num_frames, "frame_stride": int(d.frame_stride), "clip_hop": int(d.clip_hop),
-                 "pixel_mean": [float(x) for x in d.pixel_mean], "pixel_std": [float(x) for x in d.pixel_std],
-                 "clips_sha256": tc.clip_list_hash(task.train_index.clips)},
-        "dtype": c.dtype,
-    }
-
-
 def _manifest(task, shard_size: int) -> dict:
     n = len(task.train_index.clips)
-    return {"version": tc.VERSION, "settings": cache_settings(task), "num_clips": n, "shard_size": shard_size,
+    return {"version": tc.VERSION, "settings": task.target_settings(), "num_clips": n, "shard_size": shard_size,
             "num_shards": -(-n // shard_size), "target_shape": [int(np.prod(task.target_grid)), task.target_shape[-1]],
             "dtype": "bfloat16"}
 
