@@ -74,6 +74,11 @@ def read_manifest(folder: str) -> dict:
     return json.loads(paths.read_text(path))
 
 
+# what a hash in the manifest stands for, in an error that says it differs
+_HASHED = {"data.clips_sha256": "the clip list (the videos and their paths, frame counts, clip settings)",
+           "teacher.weights_sha256": "the teacher's weights"}
+
+
 def differences(want: dict, have: dict, prefix: str = "") -> list[str]:
     """`key: run X, cache Y` for every setting that differs (nested dicts compared key by key)."""
     out = []
@@ -81,6 +86,8 @@ def differences(want: dict, have: dict, prefix: str = "") -> list[str]:
         a, b = want.get(key), have.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
+        elif a != b and f"{prefix}{key}" in _HASHED:
+            out.append(f"{_HASHED[prefix + key]} ({prefix}{key}: run {str(a)[:12]}..., cache {str(b)[:12]}...)")
         elif a != b:
             out.append(f"{prefix}{key}: run {a!r}, cache {b!r}")
     return out
