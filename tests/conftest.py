@@ -21,3 +21,19 @@ from absl import flags  # noqa: E402
 # Grain's worker processes read absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
 
+
+
+# The longest tests first: with two xdist workers taking tests in collection order, a long test collected last
+# would run alone at the end while the other worker idles.
+_LONGEST_FIRST = ("test_lma.py::test_demo_answers", "test_multiprocess.py", "test_ctd.py::test_preempted",
+                  "test_lma.py::test_one_and_eight", "test_ctd.py::test_one_and_eight", "test_target_cache.py",
+                  "test_lma.py::test_preempted", "test_object_store.py::test_ctd_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        for i, key in enumerate(_LONGEST_FIRST):
+            if key in item.nodeid:
+                return i
+        return len(_LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the rest keeps its order
