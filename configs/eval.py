@@ -37,7 +37,10 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(run=config_dict.placeholder(str), internvl=config_dict.placeholder(str),
                                              internvl_frames=64, mlp_kernel=config_dict.placeholder(str)))
     c.preprocess = ml_collections.ConfigDict(dict(sampling=config_dict.placeholder(str),  # uniform | internvl
-                                                  resize=config_dict.placeholder(str)))  # bilinear | bicubic
+                                                  resize=config_dict.placeholder(str),  # bilinear | bicubic
+                                                  # frames of another size than the run's encoder was trained
+                                                  # at (its position table resampled; other token counts)
+                                                  image_size=config_dict.placeholder(int)))
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
     c.batch_size = 8

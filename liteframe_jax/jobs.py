@@ -86,7 +86,10 @@ def _eval_job(config, workdir: str) -> None:
     if bool(m.run) == bool(m.internvl):
         raise ValueError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
     preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize)
-    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, **preprocess) if m.run else
+    if config.preprocess.image_size and not m.run:
+        raise ValueError("--config.preprocess.image_size applies to an LMA run (--config.model.run)")
+    model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, image_size=config.preprocess.image_size, **preprocess)
+             if m.run else
              internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "auto",
                                **preprocess))
     if config.benchmark == "demo" and not config.data.root:

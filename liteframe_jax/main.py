@@ -4,12 +4,15 @@ Loads the ml_collections config (locked, so a misspelt override is an error nami
 multi-host JAX when launched on several processes and the persistent compilation cache, and dispatches on
 `config.trainer` through the jobs table (jobs.py). Exit status 0 when done; 75 when a preemption notice
 (SIGTERM) stopped a training run after a checkpoint of its last step (train/preemption.py): run the same
-command again to continue.
+command again to continue; 1 after bad input (one line on stderr, the traceback in
+WORKDIR/error_traceback.txt); 2 for a misspelt flag or config key.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -70,8 +73,58 @@ def main(argv):
         maybe_initialize_distributed()
         paths.makedirs(workdir)
         enable_compilation_cache(workdir)
-    return job.run(config, workdir)
+    try:
+        return job.run(config, workdir)
+    except _INPUT_ERRORS as e:
+        return _one_line_error(e, workdir)
+
+
+# What bad input raises here (a wrong path, a config that does not fit the data or the checkpoint, a step that
+# does not fit the device, a diverged run): each message names the problem, so it is said in one line and the
+# traceback, for a bug report, goes to a file. Anything else is a bug and keeps its traceback.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, MemoryError,
+                 FloatingPointError, ModuleNotFoundError)
+
+
+def _one_line_error(error: BaseException, workdir: str) -> int:
+    import traceback
+    text = "".join(traceback.format_exception(error))
+    where = os.path.join(workdir, "error_traceback.txt")
+    try:
+        paths.write_text(where, text)
+    except Exception:  # an unwritable workdir must not hide the error itself
+        where = None
+    first = str(error).strip() or type(error).__name__
+    print(f"error: {first}" + (f"\n(traceback in {where})" if where else ""), file=sys.stderr)
+    return 1
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a misspelt `--config.a.b` key or a value of the wrong type said in one line
+    (exit status 2) instead of ml_collections' traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+    except (KeyError, AttributeError) as e:  # ml_collections: a field the config does not have
+        text = str(e.args[0] if e.args else e)
+        for _ in range(2):  # its messages arrive as the repr of a KeyError's message
+            try:
+                text = ast.literal_eval(text) if text[:1] in "'\"" else text
+            except (ValueError, SyntaxError):
+                break
+        key = re.search(r"'([^']+)'", text)
+        key = key.group(1) if key else text
+        named = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.") and
+                 key in a.split("=", 1)[0].split(".")]
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        message = (f"{named[0] if named else '--config'}: the config has no field {key!r}"
+                   + (f"; did you mean {hint.group(1)!r}?" if hint else ""))
+    except (TypeError, ValueError) as e:
+        message = str(e)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=parse_flags))

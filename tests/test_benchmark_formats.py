@@ -140,3 +140,17 @@ def test_missing_field_names_row_and_field(tmp_path):
                                                         "candidates": ["a", "b"]}]))
     with pytest.raises(ValueError, match=r"row 0 \(id bad7\): no field 'correct_choice'"):
         benchmarks.load("longvideobench", str(tmp_path))
+
+
+def test_a_video_outside_the_data_root_is_not_read_and_counted(tmp_path, video):
+    os.makedirs(tmp_path / "videos")
+    os.link(video, tmp_path / "videos" / "86CxyhFV9MI.mp4")
+    escaping = [{**LVB_ROW, "id": "up", "video_path": "../../secret.mp4"},
+                {**LVB_ROW, "id": "abs", "video_path": "/etc/passwd"}]
+    (tmp_path / "lvb_val.json").write_text(json.dumps([{**LVB_ROW, "candidates": ["a", "b", "c"]}] +
+                                                      [{**r, "candidates": ["a", "b", "c"]} for r in escaping]))
+    bench = benchmarks.load("longvideobench", str(tmp_path))
+    assert [q.id for q in bench.questions] == [LVB_ROW["id"]]
+    assert len(bench.annotation_errors) == 2
+    assert all("resolves outside the data root" in e for e in bench.annotation_errors)
+    assert "question up: video" in bench.annotation_errors[0] and "question abs" in bench.annotation_errors[1]

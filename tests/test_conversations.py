@@ -27,7 +27,7 @@ def _rows(video):
 
 
 def test_rows_are_validated_with_row_numbers_and_missing_videos_counted(tmp_path):
-    video = make_videos(tmp_path, count=1)[0]
+    video = os.path.basename(make_videos(tmp_path, count=1)[0])  # relative to the annotation's folder
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows(video)))
     index = conversations.build_index(str(path))
@@ -37,7 +37,35 @@ def test_rows_are_validated_with_row_numbers_and_missing_videos_counted(tmp_path
     assert "row 2 (id c): the conversation does not alternate" in problems
     assert "row 4 (id e): no 'video' path" in problems
     assert list(index.missing_videos.values()) == ["missing"]
-    assert "3 malformed, 1 missing/unreadable videos" in index.report()
+    assert "3 malformed, 0 with a video outside the data root, 1 missing/unreadable videos" in index.report()
+
+
+def test_videos_outside_the_data_root_are_refused_and_counted(tmp_path):
+    """An annotation file names files under its data root only: an absolute path, a `..` and a symbolic link
+    out of the root are refused and counted, each row named once; a link inside the root is fine."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    inside = os.path.basename(make_videos(root, count=1)[0])
+    outside = make_videos(elsewhere, count=1)[0]
+    os.symlink(outside, root / "link_out.mp4")
+    os.symlink(root / inside, root / "link_in.mp4")
+    os.makedirs(root / "sub")
+    good = _rows(inside)[0]
+    rows = [dict(good, id=str(i), video=v) for i, v in enumerate(
+        [inside, outside, "../elsewhere/v0.mp4", "link_out.mp4", "link_in.mp4", "sub/../" + inside])]
+    path = root / "rows.json"
+    path.write_text(json.dumps(rows))
+    index = conversations.build_index(str(path))
+    assert [r.id for r in index.rows] == ["0", "4", "5"]
+    assert len(index.outside_root) == 3 and not index.bad_rows
+    said = "\n".join(index.outside_root)
+    assert "row 1 (id 1): video" in said and "is an absolute path" in said
+    assert "row 2 (id 2): video '../elsewhere/v0.mp4' resolves outside the data root" in said
+    assert "row 3 (id 3): video 'link_out.mp4' resolves outside the data root" in said
+    assert "3 with a video outside the data root" in index.report()
+    # nothing usable at all: the error says why
+    path.write_text(json.dumps(rows[1:4]))
+    with pytest.raises(ValueError, match="0 malformed, 3 outside the data root"):
+        conversations.build_index(str(path))
 
 
 def test_loss_mask_covers_exactly_the_answers():

@@ -66,7 +66,7 @@ def test_clip_cache_run_gives_the_same_losses_as_decoding(videos, tmp_path, monk
 def test_one_and_eight_devices_give_the_same_loss(videos, tmp_path):
     assert jax.device_count() == 8
     one = tiny_ctd_config(videos, total_steps=3, **{"mesh.num_devices": 1})
-    eight = tiny_ctd_config(videos, total_steps=3, **{"mesh.data": 4, "mesh.fsdp": 2})
+    eight = tiny_ctd_config(videos, total_steps=3, **{"mesh.num_devices": 8, "mesh.data": 4, "mesh.fsdp": 2})
     run(one, str(tmp_path / "one"))
     result, task = run(eight, str(tmp_path / "eight"))
     a, b = _losses(str(tmp_path / "one")), _losses(str(tmp_path / "eight"))
@@ -90,7 +90,7 @@ def _start_and_wait_for(workdir, videos, ready, *extra):
     """A CTD run in its own process, returned once `ready()` holds (it must not have ended before)."""
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.Popen(_cli(workdir, videos, "--config.total_steps=400", *extra), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while not ready():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -99,10 +99,25 @@ def _start_and_wait_for(workdir, videos, ready, *extra):
     return proc
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies, which hold nothing, do not count)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(group) == pgid and state != "Z":
+                return True
+    return False
+
+
 def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
-    """SIGTERM (a preemption notice) stops after the step in flight with a checkpoint of it and exit status 75;
-    the same command continues; kill -9 then loses the steps since the last periodic checkpoint. Each time the
-    same command continues with the exact next batches, to the parameters of a run never interrupted."""
+    """SIGTERM to the job (a preemption notice) stops after the step in flight with a checkpoint of it and exit
+    status 75, the data workers quietly; the same command continues; kill -9 then loses the steps since the
+    last periodic checkpoint, and no data worker outlives it. Each time the same command continues with the
+    exact next batches, to the parameters of a run never interrupted."""
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     latest = lambda: checkpoint.Checkpointer(str(run_dir), keep=3).latest_step()
@@ -115,17 +130,23 @@ def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
             return 0
 
     proc = _start_and_wait_for(run_dir, videos, lambda: logged() >= 2, "--config.checkpoint_every=3")
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM does: to every process of the job, data workers included
     assert proc.wait(timeout=120) == 75, proc.stderr.read().decode()[-3000:]
     stopped = latest()
     assert stopped == logged() and 2 <= stopped < 400  # a checkpoint of the very step it stopped after
+    said = proc.stderr.read().decode()
+    assert "Traceback" not in said and "leaked" not in said, said[-3000:]  # the workers ended quietly
 
     proc = _start_and_wait_for(run_dir, videos, lambda: (latest() or 0) > stopped, "--config.checkpoint_every=3")
     time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # the main process only: its data workers must not outlive it
     proc.wait()
     saved = latest()
     assert stopped < saved < 400
+    deadline = time.time() + 30
+    while _group_alive(proc.pid):
+        assert time.time() < deadline, "a data worker outlived its killed main process"
+        time.sleep(0.2)
 
     total = saved + 3
     # The same command with a larger total_steps resumes; the reference trains the same steps in one go.
@@ -140,13 +161,22 @@ def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
     for step in range(1, total + 1):  # the exact next batches after each restart: the same losses throughout
         assert resumed[step] == ref[step], (step, resumed[step], ref[step])
 
+    # the same workdir with another model: one line naming the first parameter that differs, status 1
+    other = subprocess.run(_cli(run_dir, videos, f"--config.total_steps={total + 2}", "--config.student.width=96"),
+                           cwd=REPO, env=env, capture_output=True, text=True)
+    assert other.returncode == 1, other.stderr[-3000:]
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1] == f"(traceback in {run_dir}/error_traceback.txt)", other.stderr[-3000:]
+    assert lines[0].startswith(f"error: checkpoint {run_dir}/checkpoints/{total} does not fit this run's model: "
+                               "final_norm/bias: checkpoint (64,), this run (96,);"), lines[0]
+
 
 def test_config_typo_is_an_error_naming_the_key(tmp_path):
     out = subprocess.run([sys.executable, "-m", "liteframe_jax.main", "--config=configs/ctd.py",
                           f"--workdir={tmp_path}", "--config.optimizer.lrr=0.1"],
                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
-    assert out.returncode != 0
-    assert "lrr" in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --config.optimizer.lrr: the config has no field 'lrr'; did you mean 'lr'?"
 
 
 def test_grid_mismatch_fails_at_start_with_both_shapes(videos):

@@ -83,6 +83,34 @@ def test_student_gives_the_same_tokens_in_pytorch(student_run, tmp_path):
     assert "step 7" in card and "Tubelet (2, 8, 8)" in card
 
 
+@pytest.mark.parametrize("size", [16, 64])
+def test_student_at_another_size_resamples_its_position_table_as_pytorch_does(student_run, tmp_path, size):
+    """Trained at 32 px, the student runs at 16 or 64 px: its (4, 4) spatial position table resampled to the
+    new grid with torch's bicubic `interpolate` (what InternVL does with its own table), in JAX and in the
+    exported PyTorch model alike; at its own size nothing changes."""
+    run, params = student_run
+    assert STUDENT.at_image_size(32).arch.table_grid == (4, 4)
+    frames = np.random.default_rng(3).standard_normal((2, 4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_tokens_jax(STUDENT.at_image_size(32), params, frames),
+                                  _tokens_jax(STUDENT, params, frames))
+    spec, _, graphdef, loaded, _ = run_folder.load_model(run, image_size=size)
+    assert spec.arch.image_size == size and spec.arch.table_grid == (4, 4)
+    frames = np.random.default_rng(4).standard_normal((2, 4, size, size, 3)).astype(np.float32)
+    want = np.asarray(nnx.merge(graphdef, jax.tree.map(jnp.asarray, loaded))(jnp.asarray(frames)))
+    grid = spec.arch.output_grid
+    assert want.shape == (2, grid[0] * grid[1] * grid[2], 48) and grid[1] == size // 16
+
+    assert export_main(["--run", run, "--out", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / "student"
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"].update(image_size=size, position_grid=[4, 4])
+    torch_encoder = LiteFrameEncoder(config)
+    from liteframe_jax.pytorch.weights import read_folder
+    torch_encoder.load_state_dict(read_folder(str(folder)))
+    got = torch_encoder.eval()(torch.from_numpy(frames)).detach().numpy()
+    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+
+
 def test_bfloat16_export_writes_bfloat16_weights(student_run, tmp_path):
     run, params = student_run
     assert export_main(["--run", run, "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0

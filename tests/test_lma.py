@@ -62,6 +62,51 @@ def test_loss_counts_answer_tokens_only(qa, tmp_path):
         tight.training_example(row.turns, [0.0] * task.builder.visual_groups)
 
 
+def test_processes_pad_their_shares_of_a_batch_alike_and_a_failing_video_keeps_its_place(qa, tmp_path):
+    """Each process pads its share of a global batch to the bucket of the whole batch (the token lengths are
+    known ahead), so two processes build arrays of one shape; together they hold the one-process batch's rows.
+    A video that fails to decode mid-run stays in its place as a row with no loss."""
+    from liteframe_jax.data import pipeline
+    cfg = tiny_lma_config(qa[0], **{"data.buckets": (160, 256)})
+    task = LMATask(cfg, sharding.make_mesh(cfg.mesh), str(tmp_path))
+    index, example = task.train_index, task._example(task.train_index)
+
+    def batches(rows, process_index, process_count, n=12):  # global batches of 2 rows: both buckets occur
+        it = iter(pipeline.qa_train_dataset(
+            rows, index.token_lengths, example, batch_size=2 // process_count, buckets=(160, 256),
+            pad_id=task.tokenizer.pad_id, seed=0, process_index=process_index, process_count=process_count))
+        return [next(it) for _ in range(n)]
+
+    one, first, second = batches(index.rows, 0, 1), batches(index.rows, 0, 2), batches(index.rows, 1, 2)
+    lengths = {b["tokens"].shape[1] for b in one}
+    assert lengths == {160, 256}  # both buckets occur, so a process padding on its own would disagree
+    for whole, a, b in zip(one, first, second):
+        assert a["tokens"].shape == b["tokens"].shape == (1, whole["tokens"].shape[1])
+        rows = lambda *bs: sorted(tuple(r[v]) for x in bs for r, v in zip(x["tokens"], x["valid"]))
+        assert rows(a, b) == rows(whole)
+        assert whole["tokens"].shape[1] == pipeline.bucket_length(int(whole["valid"].sum(1).max()), (160, 256))
+
+    import grain
+    broken = index.rows[grain.MapDataset.source(range(len(index.rows))).shuffle(seed=0)[0]]  # the first row read
+    shutil.copy(broken.video, tmp_path / "kept.mp4")
+    with open(broken.video, "r+b") as f:  # corrupted after the index was built
+        f.truncate(200)
+    try:
+        again = batches(index.rows, 0, 1)
+    finally:
+        shutil.copy(tmp_path / "kept.mp4", broken.video)
+    lost_rows = 0
+    for before, after in zip(one, again):
+        assert after["tokens"].shape == before["tokens"].shape
+        lost = np.flatnonzero(after["valid"].sum(1) != before["valid"].sum(1))
+        lost_rows += len(lost)
+        for i in lost:  # every row of the broken video became a one-token row without loss, in its place
+            assert after["valid"][i].sum() == 1 and not after["loss_mask"][i].any() and not after["frames"][i].any()
+        kept = np.setdiff1d(np.arange(2), lost)
+        np.testing.assert_array_equal(after["tokens"][kept], before["tokens"][kept])
+    assert lost_rows >= 1
+
+
 def test_frozen_parts_stay_bit_identical(qa, tmp_path):
     cfg = tiny_lma_config(qa[0], **{"train.trainable": "projector"})
     result, task = run(cfg, str(tmp_path))
@@ -137,6 +182,7 @@ def test_one_and_eight_devices_give_the_same_loss(qa, tmp_path):
 
 
 def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
+    # what the demo trains: the LLM and the projector on a frozen student (a random one here)
     cfg = tiny_lma_config(qa[0], qa[1], total_steps=200, log_every=25, checkpoint_every=200, batch_size=16)
     result, task = run(cfg, str(tmp_path))
     print("held-out accuracy", {k: round(v, 3) for k, v in result.eval.items() if k.count("_") <= 1})

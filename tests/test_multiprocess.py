@@ -88,3 +88,36 @@ def test_two_processes_match_one_process_stop_together_and_continue_in_one(tmp_p
     assert sorted(got) == list(range(1, total + 1))
     for step in got:  # two processes up to the stop, then one process: the one-process run's losses
         assert got[step] == pytest.approx(reference[step], abs=1e-5), step
+
+
+def test_lma_in_two_processes_continues_a_one_process_checkpoint_with_its_losses(tmp_path):
+    """LMA's batches are padded to length buckets: each process pads its share to its global batch's bucket,
+    so two processes train as one does. A checkpoint of a one-process run (two devices) continues in two
+    processes with the losses the one-process run goes on to log."""
+    from helpers import tiny_lma_config
+
+    from liteframe_jax.data import qa_demo
+    from liteframe_jax.jobs import train as run
+    train, _ = qa_demo.make_qa_set(str(tmp_path / "qa"), num_train=16, num_eval=2)
+    same = {"batch_size": 4, "data.buckets": (160, 256), "llm.arch.num_layers": 1, "checkpoint_every": 100,
+            "optimizer.warmup_steps": 1, "optimizer.decay_steps": 10}
+    one = tmp_path / "one"
+    run(tiny_lma_config(train, total_steps=1, **{"mesh.num_devices": 2}, **same), str(one))
+    flags = ["--config=configs/lma.py", "--config.student.init=random", f"--config.data.train={train}",
+             "--config.eval_at_start=False", "--config.eval_every=0", "--config.log_every=1",
+             "--config.async_checkpointing=False", "--config.batch_size=4", "--config.data.buckets=(160, 256)",
+             "--config.llm.arch.num_layers=1", "--config.checkpoint_every=100", "--config.optimizer.warmup_steps=1",
+             "--config.optimizer.decay_steps=10"]
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(_free_port()),
+               PYTHON=sys.executable)
+    two = tmp_path / "two"
+    out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={two}", *flags,
+                          f"--config.resume_from={one}", "--config.total_steps=3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step 1 was saved by 1 process(es), this run has 2" in out.stdout
+    run(tiny_lma_config(train, total_steps=3, **{"mesh.num_devices": 2}, **same), str(one))
+    reference, got = _losses(str(one)), _losses(str(two))
+    assert sorted(got) == [2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(reference[step], abs=1e-5), step

@@ -80,6 +80,15 @@ def test_cache_is_built_resumably_and_equals_online_targets(videos, built, tmp_p
     with open(cache / shards[1], "rb") as f:
         assert f.read() == shard_1
 
+    # frames read back from the decoded-clip cache (built here first) give the same shards, byte for byte
+    from_clip_cache = tmp_path / "from_clip_cache"
+    target_cache_job.build(_targets_config(videos, **{"data.clip_cache": str(tmp_path / "clips")}),
+                           str(from_clip_cache))
+    assert (tmp_path / "clips" / "meta.json").exists()
+    for name in shards:
+        with open(cache / name, "rb") as a, open(from_clip_cache / name, "rb") as b:
+            assert a.read() == b.read(), name
+
     # a run with other settings is refused with what differs
     other = tiny_ctd_config(videos, **{"compression.weighting": "norm", "targets": f"cache:{cache}"})
     with pytest.raises(ValueError, match=r"compression\.weighting: run 'norm', cache 'uniform'"):

@@ -123,11 +123,19 @@ def load_weights(workdir: str, abstract_params: dict, step: int | None = None, *
     return _complete(workdir, step, flat, abstract_params), step
 
 
-def load_model(workdir: str, *, step: int | None = None, want: type | None = None, lazy: bool = False, **build):
+def spec_image_size(spec) -> int:
+    return (spec.encoder if isinstance(spec, VideoLLMSpec) else spec).image_size
+
+
+def load_model(workdir: str, *, step: int | None = None, want: type | None = None, lazy: bool = False,
+               image_size: int | None = None, **build):
     """(spec, tokenizer or None, graphdef, params, step) of the model a run folder holds (`want`: its spec
-    class, checked); `lazy`: parameters read when used (`load_weights`); `build`: dtype, attn_impl, mlp_kernel
-    (how it runs, not what it computes)."""
+    class, checked); `lazy`: parameters read when used (`load_weights`); `image_size`: the encoder on frames
+    of another size than it was trained on (its position table resampled); `build`: dtype, attn_impl,
+    mlp_kernel (how it runs, not what it computes)."""
     spec = read_spec(workdir, want)
+    if image_size and image_size != spec_image_size(spec):
+        spec = spec.at_image_size(image_size)
     tokenizer = None
     if isinstance(spec, VideoLLMSpec):
         tokenizer = spec.load_tokenizer(workdir)

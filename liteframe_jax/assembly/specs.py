@@ -75,6 +75,10 @@ class StudentSpec:
         return LiteFrameStudent(self.arch, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
                                 tail_kernel=tail_kernel, mesh=mesh)
 
+    def at_image_size(self, image_size: int) -> "StudentSpec":
+        """The same student on frames of another size (its position table resampled; other token counts)."""
+        return dataclasses.replace(self, arch=self.arch.at_image_size(image_size))
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "arch": dataclasses.asdict(self.arch), "pixel_mean": list(self.pixel_mean),
                 "pixel_std": list(self.pixel_std)}
@@ -113,6 +117,15 @@ class InternVitSpec:
         del tail_kernel  # a student kernel; an InternViT tower has no block tail
         return InternVisionTower(self.vit, self.head, rngs=rngs, feature_layer=self.feature_layer, dtype=dtype,
                                  attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
+
+    def at_image_size(self, image_size: int) -> "InternVitSpec":
+        """The same tower on frames of another size, its position table resampled (InternVL's own way)."""
+        vit = dataclasses.replace(self.vit, image_size=int(image_size), position_grid=self.vit.table_grid)
+        changed = dataclasses.replace(self, vit=vit)
+        if self.head is not None and vit.grid % self.head.factor:
+            raise ValueError(f"InternViT at {image_size} px has a {vit.grid}x{vit.grid} grid, which the head's "
+                             f"{self.head.factor}x{self.head.factor} pixel-unshuffle does not divide")
+        return changed
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "vit": dataclasses.asdict(self.vit),
@@ -169,6 +182,11 @@ class VideoLLMSpec:
     @property
     def num_visual_tokens(self) -> int:
         return self.visual_groups * self.tokens_per_group
+
+    def at_image_size(self, image_size: int) -> "VideoLLMSpec":
+        """The same model on frames of another size: the encoder's position table resampled, so each clip
+        gives the LLM more (larger frames) or fewer visual tokens."""
+        return dataclasses.replace(self, encoder=self.encoder.at_image_size(image_size))
 
     # --- building ---
     def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,

@@ -50,6 +50,21 @@ def read_tree(path: str) -> dict:
     return checkpointer.restore(paths.resolve(path), restore_args=restore_args)
 
 
+def tree_differences(saved: dict, wanted: dict) -> list[str]:
+    """What keeps a saved parameter tree (arrays or their metadata) from restoring into `wanted` (shapes):
+    parameters missing from it, of another shape, or extra in it, in `wanted`'s order."""
+    have, want = flatten(saved), flatten(wanted)
+    problems = []
+    for path, leaf in want.items():
+        if path not in have:
+            problems.append(f"{path} {tuple(leaf.shape)} is not in the checkpoint")
+        elif tuple(have[path].shape) != tuple(leaf.shape):
+            problems.append(f"{path}: checkpoint {tuple(have[path].shape)}, this run {tuple(leaf.shape)}")
+    problems += [f"{path} {tuple(have[path].shape)} is in the checkpoint but not in this run's model"
+                 for path in have if path not in want]
+    return problems
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
@@ -76,7 +91,15 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, data_iterator) -> tuple[dict, bool]:
         """(state, whether `data_iterator` was moved to the saved position). It is not when another number of
         processes saved the step: Grain's positions are per process; the caller then starts the data stream at
-        the step instead (`train.loop`)."""
+        the step instead (`train.loop`). A checkpoint of another model is refused, naming what differs."""
+        meta = self.manager.item_metadata(step)["state"]
+        meta = getattr(meta, "tree", meta)
+        problems = tree_differences(dict(meta).get("params", {}), abstract_state["params"])
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ValueError(f"checkpoint {self.directory}/{step} does not fit this run's model: {shown}. It was "
+                             "written with another configuration: train in a new --workdir, or start from its "
+                             "parameters there with --config.init_from")
         if jax.process_count() not in self.saved_process_counts(step):
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
             return restored["state"], False

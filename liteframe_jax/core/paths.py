@@ -61,6 +61,21 @@ def isabs(path) -> bool:
     return is_remote(path) or os.path.isabs(os.fspath(path))
 
 
+def within(root, path) -> bool:
+    """Whether `path` lies under the folder `root` once `..` and (locally) symbolic links are resolved: what
+    an annotation file names may not reach files outside the data root it was given."""
+    if is_remote(root) or is_remote(path):
+        import posixpath
+
+        def split(p):
+            scheme, _, rest = os.fspath(p).partition("://")
+            return scheme, posixpath.normpath("/" + rest)
+        (scheme, base), (path_scheme, normal) = split(root), split(path)
+        return scheme == path_scheme and (normal == base or normal.startswith(base.rstrip("/") + "/"))
+    base = os.path.realpath(root)
+    return os.path.commonpath([base, os.path.realpath(path)]) == base
+
+
 def exists(path) -> bool:
     return os.path.exists(path) if not is_remote(path) else as_epath(path).exists()
 

@@ -249,6 +249,11 @@ def load(benchmark: str, root: str, annotation: str | None = None) -> Benchmark:
     if benchmark not in LOADERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {sorted(LOADERS)}")
     loaded = LOADERS[benchmark](root, annotation)
+    inside = [q for q in loaded.questions if paths.within(root, q.video)]
+    loaded.annotation_errors += [f"question {q.id}: video {q.video} resolves outside the data root {root} (an "
+                                 "absolute path, '..' or a symbolic link); not read" for q in loaded.questions
+                                 if not paths.within(root, q.video)]
+    loaded.questions = inside
     if not loaded.questions:
         raise ValueError(f"{benchmark}: no usable question in {loaded.annotation}\n{loaded.report()}")
     return loaded

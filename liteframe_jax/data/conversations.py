@@ -69,19 +69,29 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
+class OutsideRoot(ValueError):
+    """An annotation row whose video path leaves the data root (absolute, `..`, or a link out of it)."""
+
+
 def resolve_video(row: dict, video_root: str) -> str:
-    """The row's video file: absolute as given, else under the root. A LLaVA-Video-178K row names its
-    subset in `data_source` and its video relative to that subset's folder (`<root>/<data_source>/<video>`);
-    where that file is absent but `<root>/<video>` exists, the latter is used."""
+    """The row's video file under the root. A LLaVA-Video-178K row names its subset in `data_source` and its
+    video relative to that subset's folder (`<root>/<data_source>/<video>`); where that file is absent but
+    `<root>/<video>` exists, the latter is used. A path that leaves the root is refused (`OutsideRoot`): an
+    annotation file must not make the run read any file it can name."""
     name = row["video"]
     if paths.isabs(name):
-        return name
+        raise OutsideRoot(f"video {name!r} is an absolute path; videos are read only under the data root "
+                          f"{video_root} (data.video_root)")
     flat = os.path.join(video_root, name)
+    chosen = flat
     source = row.get("data_source")
     if isinstance(source, str) and source:
         nested = os.path.join(video_root, source, name)
-        return flat if not paths.exists(nested) and paths.exists(flat) else nested
-    return flat
+        chosen = flat if not paths.exists(nested) and paths.exists(flat) else nested
+    if not paths.within(video_root, chosen):
+        raise OutsideRoot(f"video {name!r} resolves outside the data root {video_root} (through '..' or a "
+                          "symbolic link); point data.video_root at the folder that really holds the videos")
+    return chosen
 
 
 def parse_row(i: int, row, video_root: str, markers: tuple[str, ...] = VIDEO_MARKERS) -> QARow:
@@ -114,7 +124,11 @@ def parse_row(i: int, row, video_root: str, markers: tuple[str, ...] = VIDEO_MAR
         turns = [(role, text.replace(m, VIDEO_MARKER)) for role, text in turns]
     extra = tuple((k, v) for k, v in row.items() if k not in ("video", "conversations", "id")
                   and isinstance(v, (str, int, float)))
-    return QARow(i, str(row.get("id", i)), resolve_video(row, video_root), tuple(turns), extra)
+    try:
+        video_path = resolve_video(row, video_root)
+    except OutsideRoot as e:
+        raise OutsideRoot(f"{where}: {e}") from None
+    return QARow(i, str(row.get("id", i)), video_path, tuple(turns), extra)
 
 
 @dataclasses.dataclass
@@ -124,11 +138,14 @@ class QAIndex:
     bad_rows: list[str]
     missing_videos: dict[str, str]
     too_long: int = 0
+    outside_root: list[str] = dataclasses.field(default_factory=list)  # rows whose video leaves the data root
+    token_lengths: list[int] = dataclasses.field(default_factory=list)  # per row, once tokenized for training
 
     def report(self) -> str:
-        lines = [f"{len(self.rows)} rows; {len(self.bad_rows)} malformed, "
-                 f"{len(self.missing_videos)} missing/unreadable videos, {self.too_long} too long: skipped"]
-        lines += [f"  {problem}" for problem in self.bad_rows[:10]]
+        lines = [f"{len(self.rows)} rows; {len(self.bad_rows)} malformed, {len(self.outside_root)} with a video "
+                 f"outside the data root, {len(self.missing_videos)} missing/unreadable videos, {self.too_long} too "
+                 "long: skipped"]
+        lines += [f"  {problem}" for problem in (self.bad_rows + self.outside_root)[:10]]
         lines += [f"  video {p}: {why}" for p, why in list(self.missing_videos.items())[:10]]
         return "\n".join(lines)
 
@@ -138,10 +155,13 @@ def build_index(annotation: str, video_root: str | None = None,
     """The usable rows of an annotation file and their videos' infos. `probe` (list of paths -> {path:
     VideoInfo or why unreadable}, e.g. a run's video index) defaults to probing them all here."""
     root = video_root if video_root is not None else os.path.dirname(paths.resolve(annotation))
-    rows, bad = [], []
+    rows, bad, outside = [], [], []
     for i, raw in enumerate(read_rows(annotation)):
         try:
             rows.append(parse_row(i, raw, root, tuple(markers)))
+        except OutsideRoot as e:
+            outside.append(str(e))
+            logging.warning("%s: %s", annotation, e)
         except ValueError as e:
             bad.append(str(e))
             logging.warning("%s: %s", annotation, e)
@@ -150,9 +170,10 @@ def build_index(annotation: str, video_root: str | None = None,
     missing = {p: r if paths.exists(p) else "missing" for p, r in results.items() if p not in infos}
     kept = [r for r in rows if r.video in infos]
     if not kept:
-        raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(missing)} videos missing or "
-                         "unreadable)" + ("\n  " + "\n  ".join(bad[:5]) if bad else ""))
-    return QAIndex(kept, infos, bad, missing)
+        raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(outside)} outside the data root "
+                         f"{root}, {len(missing)} videos missing or unreadable)"
+                         + ("\n  " + "\n  ".join((bad + outside)[:5]) if bad or outside else ""))
+    return QAIndex(kept, infos, bad, missing, outside_root=outside)
 
 
 class TooLong(ValueError):

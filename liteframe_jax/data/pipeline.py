@@ -13,7 +13,7 @@ import logging
 import grain
 import numpy as np
 
-from liteframe_jax.data import video
+from liteframe_jax.data import video, workers
 from liteframe_jax.data.clips import ClipSpec
 
 # A clip or row that failed to decode travels as this marker and is removed after the worker processes'
@@ -104,24 +104,41 @@ def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: in
         # Workers decode interleaved slices and Grain merges them back in order, so batching after the merge
         # gives the same batches for any number of workers (a run may resume on a machine with fewer cores).
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=prefetch * batch_size))
+                                                         per_worker_buffer_size=prefetch * batch_size),
+                             worker_init_fn=workers.init_worker)
     return it.filter(_is_valid).batch(batch_size, drop_remainder=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ReadIndexed:
+    """(index, is real) -> (example, is real): `source[index]`, decoded by `decode` unless it is a cache's."""
+
+    source: object
+    decode: object = None
+
+    def __call__(self, row):
+        i, real = row
+        item = self.source[i]
+        return (item if self.decode is None else self.decode(item)), real
+
+
 def eval_batches(clips: list[ClipSpec], *, size: int, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, read_threads: int = 2):
+                 process_count: int = 1, read_threads: int = 2, cache=None):
     """Every clip once, in order: yields (this process's batch, mask of real clips).
 
     The list is padded to whole global batches (so every process runs the same number of steps) and
     process p takes rows [p*batch_size, (p+1)*batch_size) of each global batch. Padding rows and clips that
-    fail to decode have mask False.
+    fail to decode have mask False. With `cache` (indexable like `clips`: a `clip_cache.ClipCache` or a view
+    of one) frames are read from it instead of decoded.
     """
+    if cache is not None and len(cache) != len(clips):
+        raise ValueError(f"clip cache holds {len(cache)} clips, the clip list {len(clips)}")
     global_batch = batch_size * process_count
     total = -(-len(clips) // global_batch) * global_batch
-    rows = [(clips[min(i, len(clips) - 1)], i < len(clips)) for i in range(total)]
+    rows = [(min(i, len(clips) - 1), i < len(clips)) for i in range(total)]
     mine = [r for i, r in enumerate(rows) if (i % global_batch) // batch_size == process_index]
-    decode = DecodeClip(size)
-    ds = grain.MapDataset.source(mine).map(lambda row: (decode(row[0]), row[1]))
+    read = _ReadIndexed(clips, DecodeClip(size)) if cache is None else _ReadIndexed(cache)
+    ds = grain.MapDataset.source(mine).map(read)
     zeros = np.zeros((len(clips[0].frame_indices), size, size, 3), np.uint8)
     frames, mask = [], []
     for example, real in ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads)):
@@ -168,34 +185,86 @@ def bucket_length(length: int, buckets) -> int:
     raise ValueError(f"sequence of {length} tokens is longer than the largest length bucket {max(buckets)}")
 
 
+class GlobalBatchBucket:
+    """(global position, row index) -> the row's example, with the length bucket of the whole global batch it
+    belongs to.
+
+    Every process pads its share of a batch to the same length without asking the others: the bucket comes
+    from the token lengths of all the global batch's rows, known ahead (`lengths`, one per row) and looked up
+    through the same shuffled order. A row that fails to decode mid-run stays in its place as a one-token row
+    that carries no loss: dropping it would shift the batches after it on this process only.
+    """
+
+    def __init__(self, example: QAExample, rows, lengths, order: grain.MapDataset, *, global_batch: int,
+                 buckets: tuple[int, ...], pad_id: int):
+        self.example, self.rows, self.lengths, self.order = example, rows, np.asarray(lengths), order
+        self.global_batch, self.buckets, self.pad_id = global_batch, tuple(buckets), pad_id
+        self._last = (-1, 0)
+
+    def bucket(self, batch: int) -> int:
+        known = self._last  # (batch, bucket); read threads share it, so it is replaced whole, never mutated
+        if known[0] != batch:
+            first = batch * self.global_batch
+            longest = max(int(self.lengths[self.order[first + i]]) for i in range(self.global_batch))
+            known = self._last = (batch, bucket_length(longest, self.buckets))
+        return known[1]
+
+    def __call__(self, position_and_index):
+        position, index = position_and_index
+        row = self.rows[index]
+        example = self.example(row)
+        if not _is_valid(example):
+            s = self.example.size
+            example = {"frames": np.zeros((self.example.num_frames, s, s, 3), np.uint8),
+                       "tokens": np.full((1,), self.pad_id, np.int32), "loss_mask": np.zeros((1,), bool)}
+        elif len(example["tokens"]) != self.lengths[index]:
+            raise ValueError(f"row {row.row} ({row.video}) tokenized to {len(example['tokens'])} tokens, "
+                             f"{self.lengths[index]} when the run started")
+        return {**example, "bucket": np.int32(self.bucket(position // self.global_batch))}
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithPosition:
+    def __call__(self, position, value):
+        return position, value
+
+
 @dataclasses.dataclass(frozen=True)
 class PadToBucket:
-    """Batch examples, right-padding token rows to the smallest length bucket that holds the longest."""
+    """Batch examples, right-padding token rows to the bucket their global batch uses (`GlobalBatchBucket`)."""
 
-    buckets: tuple[int, ...]
     pad_id: int
 
     def __call__(self, examples):
-        length = bucket_length(max(len(e["tokens"]) for e in examples), self.buckets)
+        length = int(examples[0]["bucket"])
         n = len(examples)
         tokens = np.full((n, length), self.pad_id, np.int32)
         mask = np.zeros((n, length), bool)
         valid = np.zeros((n, length), bool)
         for i, e in enumerate(examples):
             k = len(e["tokens"])
+            if int(e["bucket"]) != length or k > length:
+                raise ValueError(f"a batch mixes length buckets ({int(e['bucket'])} and {length}, a row of {k} "
+                                 "tokens): its rows do not come from one global batch")
             tokens[i, :k], mask[i, :k], valid[i, :k] = e["tokens"], e["loss_mask"], True
         return {"frames": np.stack([e["frames"] for e in examples]), "tokens": tokens, "loss_mask": mask,
                 "valid": valid}
 
 
-def qa_train_dataset(rows, example: QAExample, *, batch_size: int, buckets, pad_id: int, seed: int,
+def qa_train_dataset(rows, lengths, example: QAExample, *, batch_size: int, buckets, pad_id: int, seed: int,
                      process_index: int = 0, process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
                      prefetch: int = 2, start: int = 0) -> grain.IterDataset:
-    """As `train_dataset`, for conversation rows: decoded, tokenized, padded to the smallest fitting bucket."""
-    ds = _from(grain.MapDataset.source(rows).shuffle(seed=seed).repeat()[process_index::process_count], start)
-    ds = ds.map(example)
+    """As `train_dataset`, for conversation rows (`lengths`: each row's token count): decoded, tokenized, and
+    padded to the smallest bucket that holds the longest row of the global batch, the same on every process."""
+    if len(lengths) != len(rows):
+        raise ValueError(f"{len(lengths)} token lengths for {len(rows)} rows")
+    order = grain.MapDataset.source(range(len(rows))).shuffle(seed=seed).repeat()
+    ds = _from(order.map_with_index(_WithPosition())[process_index::process_count], start)
+    ds = ds.map(GlobalBatchBucket(example, rows, lengths, order, global_batch=batch_size * process_count,
+                                  buckets=tuple(buckets), pad_id=pad_id))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=prefetch * batch_size))
-    return it.filter(_is_valid).batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(tuple(buckets), pad_id))
+                                                         per_worker_buffer_size=prefetch * batch_size),
+                             worker_init_fn=workers.init_worker)
+    return it.batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(pad_id))

@@ -42,10 +42,12 @@ class VideoQA:
 
     @classmethod
     def from_run(cls, run_dir: str, *, step: int | None = None, mlp_kernel: str | None = None,
-                 dtype: str | None = None, sampling: str | None = None, resize: str | None = None) -> "VideoQA":
+                 dtype: str | None = None, sampling: str | None = None, resize: str | None = None,
+                 image_size: int | None = None) -> "VideoQA":
         """The Video LLM of an LMA run folder at `step` (default: the latest). `mlp_kernel` ('xla' | 'pallas')
         and `dtype` change how it runs, not what it computes; by default the run's own (from its config.json,
-        or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`."""
+        or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`.
+        `image_size` runs the encoder on frames of another size (its position table resampled)."""
         run_dir = paths.resolve(run_dir)
         trained = _run_settings(run_dir)
         dtype = dtype or trained.get("dtype", "float32")
@@ -53,7 +55,8 @@ class VideoQA:
         if mlp_kernel == kernel_choice.AUTO:  # answering never trains the encoder
             mlp_kernel = kernel_choice.resolve({"mlp": mlp_kernel}, compute_dtype(dtype))[0]["mlp"]
         spec, tokenizer, graphdef, params, step = run_folder.load_model(
-            run_dir, step=step, want=VideoLLMSpec, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel)
+            run_dir, step=step, want=VideoLLMSpec, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel,
+            image_size=image_size)
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
                    resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)})
 

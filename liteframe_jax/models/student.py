@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import block_tail, layers
+from liteframe_jax.models import block_tail, layers, resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,9 @@ class StudentConfig:
     out_dim: int = 3584
     act: str = "gelu"
     norm_eps: float = 1e-6
+    # (h, w) of the learned spatial position table; (0, 0): the input grid. A student trained at one size runs
+    # at another with its table resampled bicubically, as InternViT's and SigLIP's are (`at_image_size`).
+    position_grid: tuple[int, int] = (0, 0)
 
     @classmethod
     def preset(cls, name: str, **changes) -> "StudentConfig":
@@ -48,7 +51,19 @@ class StudentConfig:
         d = dict(d)
         d["patch_size"] = tuple(d["patch_size"])
         d["stages"] = tuple((int(n), tuple(int(s) for s in stride)) for n, stride in d["stages"])
+        d["position_grid"] = tuple(int(g) for g in d.get("position_grid", (0, 0)))
         return cls(**d)
+
+    def at_image_size(self, image_size: int) -> "StudentConfig":
+        """This student at another input size: the same parameters, its position table resampled to the new
+        grid (so the visual tokens per clip change with the size)."""
+        changed = dataclasses.replace(self, image_size=int(image_size), position_grid=self.table_grid)
+        changed.output_grid  # the new grid must still divide by every stage's stride
+        return changed
+
+    @property
+    def table_grid(self) -> tuple[int, int]:
+        return tuple(self.position_grid) if any(self.position_grid) else self.input_grid[1:]
 
     @property
     def input_grid(self) -> tuple[int, int, int]:
@@ -223,7 +238,8 @@ class LiteFrameStudent(nnx.Module):
         self.patch_kernel = layers.param(rngs, nnx.initializers.lecun_normal(), (pt, ph, pw, 3, d),
                                          (None, None, None, None, "embed"))
         self.patch_bias = layers.param(rngs, nnx.initializers.zeros, (d,), ("embed",))
-        self.pos_spatial = layers.param(rngs, nnx.initializers.normal(0.02), (h, w, d), (None, None, "embed"))
+        self.pos_spatial = layers.param(rngs, nnx.initializers.normal(0.02), (*cfg.table_grid, d),
+                                        (None, None, "embed"))
         self.pos_temporal = layers.param(rngs, nnx.initializers.normal(0.02), (t, d), (None, "embed"))
         self.num_stages = len(cfg.stages)
         for i, (num_blocks, stride) in enumerate(cfg.stages):
@@ -243,7 +259,8 @@ class LiteFrameStudent(nnx.Module):
         x = x.reshape(b, gt, gh, gw, pt * ph * pw * c).astype(self.dtype)
         x = layers.patch_embed(x, self.patch_kernel[...].reshape(-1, cfg.width), self.dtype)
         # bias and both position tables as one (T, H, W, D) table: one add over the activations, not three
-        table = self.patch_bias[...] + self.pos_spatial[...][None] + self.pos_temporal[...][:, None, None]
+        spatial = resize.resize_table(self.pos_spatial[...], (gh, gw), "bicubic")
+        table = self.patch_bias[...] + spatial[None] + self.pos_temporal[...][:, None, None]
         return x + table.astype(self.dtype)[None]
 
     def __call__(self, frames: jax.Array) -> jax.Array:

@@ -126,7 +126,9 @@ class LiteFrameEncoder(nn.Module):
         t, h, w = self.num_frames // pt, self.image_size // ph, self.image_size // pw
         d = arch["width"]
         self.patch_embed = nn.Conv3d(3, d, (pt, ph, pw), stride=(pt, ph, pw))
-        self.pos_spatial = nn.Parameter(torch.zeros(h, w, d))
+        self.grid = (h, w)
+        table = tuple(arch.get("position_grid") or (0, 0))
+        self.pos_spatial = nn.Parameter(torch.zeros(*(table if any(table) else self.grid), d))
         self.pos_temporal = nn.Parameter(torch.zeros(t, d))
         self.stages = nn.ModuleList(Stage(arch, n, stride) for n, stride in arch["stages"])
         self.final_norm = nn.LayerNorm(d, eps=arch["norm_eps"])
@@ -164,7 +166,12 @@ class LiteFrameEncoder(nn.Module):
             raise ValueError(f"expected frames of shape (B, {self.num_frames}, {self.image_size}, {self.image_size}, "
                              f"3), got {tuple(frames.shape)}")
         x = self.patch_embed(frames.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
-        x = x + (self.pos_spatial[None] + self.pos_temporal[:, None, None])[None]
+        spatial = self.pos_spatial
+        if tuple(spatial.shape[:2]) != self.grid:  # trained at another size: resampled as InternViT's table is
+            spatial = nn.functional.interpolate(spatial.permute(2, 0, 1)[None].float(), size=self.grid,
+                                                mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+            spatial = spatial.to(self.pos_spatial.dtype)
+        x = x + (spatial[None] + self.pos_temporal[:, None, None])[None]
         for stage in self.stages:
             x = stage(x)
         b, t, h, w, d = x.shape

@@ -195,25 +195,29 @@ class LMATask(Task):
                 continue
             index = conversations.build_index(path, root, tuple(d.get("video_markers", conversations.VIDEO_MARKERS)),
                                               probe=lambda vids: index_videos_of_run(vids, d, self.workdir, "lma"))
-            index.rows = self._fitting(index)
+            index.rows, index.token_lengths = self._fitting(index)
             log(f"[lma] {name} data {path}: {index.report()}")
             indices.append(index)
         return indices
 
-    def _fitting(self, index) -> list:
-        """Rows whose tokenized conversation fits max_length and max_answer_tokens (the others are refused and
-        counted)."""
-        kept = []
+    def _fitting(self, index) -> tuple[list, list[int]]:
+        """(rows whose tokenized conversation fits max_length and max_answer_tokens, their token counts); the
+        others are refused and counted. Rows are tokenized with the frame times training will give them, which
+        the timestamp separators spell out."""
+        kept, lengths = [], []
+        example = self._example(index)
         for row in index.rows:
             try:
-                self.builder.training_example(row.turns, [0.0] * self.builder.visual_groups)
-                kept.append(row)
+                tokens, _ = self.builder.training_example(row.turns, example.frame_plan(row)[1])
             except conversations.TooLong:
                 index.too_long += 1
+                continue
+            kept.append(row)
+            lengths.append(len(tokens))
         if not kept:
             raise ValueError(f"every row is longer than data.max_length={self.builder.max_length} or has more than "
                              f"data.max_answer_tokens={self.max_answer_tokens} answer tokens")
-        return kept
+        return kept, lengths
 
     def _example(self, index) -> pipeline.QAExample:
         return pipeline.QAExample(self.builder, self.spec.encoder.image_size, self.spec.num_frames,
@@ -258,8 +262,8 @@ class LMATask(Task):
     def train_dataset(self, start: int = 0):
         d = self.config.data
         return pipeline.qa_train_dataset(
-            self.train_index.rows, self._example(self.train_index), batch_size=self.local_batch,
-            buckets=tuple(d.buckets), pad_id=self.tokenizer.pad_id, seed=self.config.seed,
+            self.train_index.rows, self.train_index.token_lengths, self._example(self.train_index),
+            batch_size=self.local_batch, buckets=tuple(d.buckets), pad_id=self.tokenizer.pad_id, seed=self.config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(), num_workers=d.num_workers,
             read_threads=d.read_threads, start=start)
 

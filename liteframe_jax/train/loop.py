@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import logging
 import os
 import time
 from typing import Any, Iterator
@@ -121,20 +120,31 @@ class Result:
     preempted: bool = False  # stopped early by a preemption notice, with a checkpoint of the last step
 
 
+def _listed(paths: list[str], limit: int = 8) -> str:
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
 def match_params(source: dict, target: dict) -> dict:
-    """Take every source leaf whose path and shape match the target; count and report the rest."""
+    """Take every source leaf whose path and shape match the target; say what was taken, what starts fresh
+    (with why) and what of the checkpoint was left unused."""
     src, dst = flatten(source), flatten(target)
-    out, taken = {}, 0
+    out, taken, fresh = {}, [], []
     for path, leaf in dst.items():
         if path in src and tuple(np.shape(src[path])) == tuple(leaf.shape):
             out[path] = src[path]
-            taken += 1
+            taken.append(path)
         else:
             out[path] = leaf
-    if taken == 0:
+            fresh.append(path if path not in src else
+                         f"{path} (checkpoint {tuple(np.shape(src[path]))}, this model {tuple(leaf.shape)})")
+    if not taken:
         raise ValueError("init_from: no parameter of the checkpoint matches this model by name and shape")
-    logging.info("init_from: %d of %d parameters taken from the checkpoint", taken, len(dst))
-    log(f"init_from: {taken} of {len(dst)} parameters taken from the checkpoint")
+    unused = [p for p in src if p not in dst]
+    log(f"init_from: {len(taken)} of {len(dst)} parameters taken from the checkpoint")
+    if fresh:
+        log(f"init_from: {len(fresh)} initialised fresh: {_listed(fresh)}")
+    if unused:
+        log(f"init_from: {len(unused)} checkpoint parameters unused: {_listed(unused)}")
     return unflatten(out)
 
 

@@ -5,7 +5,8 @@ reads with `--config.targets=cache:DIR` instead of running the teacher at every 
 `config.ctd` is the CTD config whose targets are cached (the same preset names; any field can be overridden,
 `--config.ctd.teacher.init=...`). The shards are shared among processes (process p builds shards p, p + P,
 ...), each on its own devices; a shard is written under a temporary name and renamed when complete, so a
-killed build started again builds only the missing shards.
+killed build started again builds only the missing shards. With `ctd.data.clip_cache` set, frames are read
+from that decoded-clip cache (built first if missing) instead of decoded, as the training run would read them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from liteframe_jax.core import paths, sharding
 from liteframe_jax.core.log import log
-from liteframe_jax.data import pipeline
+from liteframe_jax.data import clip_cache, pipeline
 from liteframe_jax.data import target_cache as tc
 
 
@@ -30,8 +31,21 @@ def _manifest(task, shard_size: int) -> dict:
             "dtype": "bfloat16"}
 
 
+class _ClipRange:
+    """Clips [start, start + n) of a decoded-clip cache, indexed from 0 like the shard's clip list."""
+
+    def __init__(self, cache, start: int, n: int):
+        self.cache, self.start, self.n = cache, start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.cache[self.start + i]
+
+
 def _write_shard(folder: str, k: int, clips, start: int, targets_fn, frozen, batch_size: int, size: int,
-                 read_threads: int) -> None:
+                 read_threads: int, frames_cache=None) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
     final = os.path.join(folder, tc.shard_name(k))
     tmp = final + ".tmp"
@@ -47,7 +61,9 @@ def _write_shard(folder: str, k: int, clips, start: int, targets_fn, frozen, bat
                 done += 1
 
     pending = None  # the device computes batch n while batch n - 1 is written and batch n + 1 decoded
-    for batch, mask in pipeline.eval_batches(clips, size=size, batch_size=batch_size, read_threads=read_threads):
+    view = None if frames_cache is None else _ClipRange(frames_cache, start, len(clips))
+    for batch, mask in pipeline.eval_batches(clips, size=size, batch_size=batch_size, read_threads=read_threads,
+                                             cache=view):
         out = targets_fn(frozen, batch["frames"])
         if pending is not None:
             write(*pending)
@@ -90,6 +106,11 @@ def build(config, workdir: str) -> dict:
         frozen, jax.ShapeDtypeStruct((config.batch_size, task.num_frames, s, s, 3), jax.numpy.uint8)).compile()
     log(f"[targets] teacher + compression compiled in {time.perf_counter() - started:.1f}s")
     clips, shard, num_shards = task.train_index.clips, want["shard_size"], want["num_shards"]
+    frames_cache = None
+    if config.ctd.data.clip_cache:  # frames read back from the decoded-clip cache instead of decoded
+        frames_cache = clip_cache.open_or_build(clips, config.ctd.data.clip_cache, s,
+                                                workers=config.ctd.data.cache_workers,
+                                                may_build=jax.process_count() == 1, log=log)
     mine = [k for k in range(jax.process_index(), num_shards, jax.process_count())
             if not os.path.exists(os.path.join(workdir, tc.shard_name(k)))]
     log(f"[targets] {len(clips)} clips in {num_shards} shards of {shard}; this process builds {len(mine)} of them "
@@ -98,8 +119,8 @@ def build(config, workdir: str) -> dict:
     t0, built = time.perf_counter(), 0
     for i, k in enumerate(mine):
         part = [clips[j] for j in range(k * shard, min((k + 1) * shard, len(clips)))]
-        _write_shard(workdir, k, part, k * shard, targets_fn, frozen, config.batch_size, task.teacher_image_size,
-                     int(config.read_threads))
+        _write_shard(workdir, k, part, k * shard, targets_fn, frozen, config.batch_size, s, int(config.read_threads),
+                     frames_cache)
         built += len(part)
         rate = built / (time.perf_counter() - t0)
         left = sum(min(shard, len(clips) - j * shard) for j in mine[i + 1:])
