@@ -112,3 +112,33 @@ def test_ctd_on_cached_targets_logs_the_online_losses(videos, built, tmp_path):
                 str(tmp_path / "x"))
     with pytest.raises(ValueError, match="choose 'online'"):
         CTDTask(tiny_ctd_config(videos, targets="disk"), sharding.make_mesh(task.config.mesh), str(tmp_path / "y"))
+
+
+def test_two_processes_share_the_shards_and_build_the_one_process_cache(videos, built, tmp_path):
+    """`launch/local_multiprocess.sh 2` runs the job as two processes: they share the shards (process p the
+    p-th, p + 2-th, ...), every clip's record is there once and in its place, and the targets are the
+    one-process build's (to bfloat16 rounding: each process computes on its own devices)."""
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import REPO
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cache = tmp_path / "cache"
+    flags = ["--config=configs/targets.py", f"--config.ctd.data.videos={videos}",
+             "--config.ctd.data.eval_every_nth_video=0", "--config.ctd.data.num_workers=0", "--config.batch_size=8",
+             "--config.shard_size=3"]
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(port),
+               PYTHON=sys.executable)
+    out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={cache}", *flags], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "this process builds 1 of them" in out.stdout or "this process builds 2 of them" in out.stdout
+    assert tc.read_manifest(str(cache)) == tc.read_manifest(str(built))
+    config = _targets_config(videos)
+    clips = CTDTask(config.ctd, sharding.make_mesh(config.ctd.mesh), str(tmp_path / "probe")).train_index.clips
+    shared, alone = tc.TargetCache(str(cache), clips), tc.TargetCache(str(built), clips)
+    for i in range(len(clips)):  # reading record i checks that it is clip i's
+        np.testing.assert_allclose(shared[i], alone[i], rtol=2 ** -7, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from helpers import make_videos, tiny_ctd_config
 
-from liteframe_jax.data import tfds_videos
+from liteframe_jax.data import tfds_records, tfds_videos
 from liteframe_jax.jobs import train as run
 
 
@@ -41,4 +41,4 @@ def test_a_folder_as_a_tfds_dataset_trains_as_the_folder(tmp_path):
     assert _losses(str(on_tfds)) == _losses(str(on_folder))  # the same clips, decoded from the same bytes
 
     with pytest.raises(FileNotFoundError, match="no TFDS dataset at .*liteframe_videos/nothing/1.0.0; build it"):
-        tfds_videos.record_paths("tfds:nothing", str(data_dir))
+        tfds_records.record_paths("tfds:nothing", str(data_dir))

@@ -3,7 +3,9 @@
 Three figures on the same clips' shape (`configs/targets.py:paper`, a random InternViT-300M at 448 px with the
 InternVL3 projector, bfloat16): the compiled teacher + compression alone on frames already on the device; the
 decoding alone (the job's own reader, `pipeline.eval_batches`, on generated 720p H.264 videos); and the whole
-job (`train/target_cache_job.build`), whose frames/s is the smaller of the two when they overlap.
+job (`train/target_cache_job.build`), whose frames/s is the smaller of the two when they overlap. Then the same
+with frames read from the decoded-clip cache (`ctd.data.clip_cache`): its one-time build, reading it alone,
+and the job on it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def targets_config(small: bool, videos: str, read_threads: int):
     return c
 
 
-def bench_targets(small: bool, read_threads: int = 16, videos_n: int = 8, seconds: int = 60):
+def bench_targets(small: bool, read_threads: int = 16, videos_n: int = 16, seconds: int = 60):
     from liteframe_jax.train import target_cache_job
     from liteframe_jax.train.ctd import CTDTask
     folder = tempfile.mkdtemp(prefix="liteframe_bench_targets_")
@@ -70,6 +72,27 @@ def bench_targets(small: bool, read_threads: int = 16, videos_n: int = 8, second
 
         stats = target_cache_job.build(config, os.path.join(folder, "cache"))
         yield {"bench": "targets", "mode": "the targets job (decode + teacher + write)", "batch": b,
+               "frames_per_s": stats["frames"] / stats["seconds"], "clips_per_s": stats["clips"] / stats["seconds"],
+               "clips": stats["clips"]}
+
+        # The same job reading frames from the decoded-clip cache (`ctd.data.clip_cache`), built first: once
+        # per dataset, shared by every later job and training run.
+        from liteframe_jax.data import clip_cache
+        t0 = time.perf_counter()
+        frames_cache = clip_cache.build(clips, os.path.join(folder, "clips"), s, workers=0)
+        sec = time.perf_counter() - t0
+        yield {"bench": "targets", "mode": "decoded-clip cache build (once per dataset, one process per core)",
+               "frames_per_s": len(clips) * t / sec, "clips_per_s": len(clips) / sec, "clips": len(clips)}
+        t0, n = time.perf_counter(), 0
+        for batch, mask in pipeline.eval_batches(clips, size=s, batch_size=b, read_threads=read_threads,
+                                                 cache=frames_cache):
+            n += int(mask.sum())
+        sec = time.perf_counter() - t0
+        yield {"bench": "targets", "mode": f"reading the clip cache alone ({read_threads} threads)", "batch": b,
+               "frames_per_s": n * t / sec, "clips_per_s": n / sec, "clips": n}
+        config.ctd.data.clip_cache = os.path.join(folder, "clips")
+        stats = target_cache_job.build(config, os.path.join(folder, "cache_from_clips"))
+        yield {"bench": "targets", "mode": "the targets job on the clip cache (read + teacher + write)", "batch": b,
                "frames_per_s": stats["frames"] / stats["seconds"], "clips_per_s": stats["clips"] / stats["seconds"],
                "clips": stats["clips"]}
     finally:

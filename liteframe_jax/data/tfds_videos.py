@@ -6,41 +6,23 @@ input from it: `--config.data.videos=tfds:NAME`.
 builds `DIR/liteframe_videos/my_videos/1.0.0/` (DIR: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`): one
 record per video file with its encoded bytes as they are (no re-encoding) and its path relative to the folder,
 in sorted path order, so a run on the dataset sees the clips in the order a run on the folder does. Any TFDS
-reader opens it (`tfds.data_source('liteframe_videos/my_videos', data_dir=DIR)`). A run reads a video as
-`tfds:<dataset folder>#<record>`: the record's bytes are decoded by PyAV like a file's.
+reader opens it (`tfds.data_source('liteframe_videos/my_videos', data_dir=DIR)`); a run reads it through
+`data/tfds_records.py`.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import os
 
-BUILDER = "liteframe_videos"
-PREFIX = "tfds:"
-VERSION = "1.0.0"
-
-
-def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
-def dataset_dir(name: str, data_dir: str | None = None) -> str:
-    return os.path.join(data_dir or default_data_dir(), BUILDER, name, VERSION)
-
-
-def _tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise ModuleNotFoundError("data.videos='tfds:...' needs tensorflow-datasets (pip install -r "
-                                  "requirements.txt); TensorFlow itself is not needed") from e
-    return tfds
+from liteframe_jax.core import paths
+from liteframe_jax.data import clips
+from liteframe_jax.data.tfds_records import VERSION, data_source, default_data_dir, tfds_module
 
 
 @functools.lru_cache(maxsize=None)  # TFDS registers a builder class by name once per process
 def _builder_class():
-    tfds = _tfds()
+    tfds = tfds_module()
     import numpy as np
 
     class LiteframeVideos(tfds.core.GeneratorBasedBuilder):
@@ -67,8 +49,6 @@ def _builder_class():
             return {"train": self._generate_examples(self._videos)}
 
         def _generate_examples(self, folder):
-            from liteframe_jax.core import paths
-            from liteframe_jax.data import clips
             for path in clips.list_videos(folder):
                 relative = os.path.relpath(path, folder)
                 with paths.open(path, "rb") as f:
@@ -80,42 +60,11 @@ def _builder_class():
 def build(videos: str, name: str, data_dir: str | None = None) -> str:
     """Build dataset `name` from the folder `videos`; returns its folder. An existing dataset of that name is
     kept (TFDS does not rebuild a prepared version)."""
-    tfds = _tfds()
+    tfds = tfds_module()
     builder = _builder_class()(videos=videos, config=tfds.core.BuilderConfig(name=name),
                                data_dir=data_dir or default_data_dir(), file_format="array_record")
     builder.download_and_prepare()
     return str(builder.data_dir)
-
-
-def record_paths(spec: str, data_dir: str | None = None) -> list[str]:
-    """`tfds:NAME` -> the paths a run reads its videos by, one per record, in record order."""
-    name = spec[len(PREFIX):]
-    folder = dataset_dir(name, data_dir)
-    if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
-        raise FileNotFoundError(f"data.videos={spec!r}: no TFDS dataset at {folder}; build it with python -m "
-                                f"liteframe_jax.data.tfds_videos --videos=FOLDER --name={name}"
-                                + ("" if data_dir else " (or set data.tfds_data_dir)"))
-    return [f"{PREFIX}{folder}#{i}" for i in range(len(_source(folder)))]
-
-
-def is_record(path: str) -> bool:
-    return path.startswith(PREFIX)
-
-
-@functools.lru_cache(maxsize=None)
-def _source(folder: str):
-    """The dataset's random-access reader, opened once per process (Grain workers open their own)."""
-    return _tfds().builder_from_directory(folder).as_data_source(split="train")
-
-
-def open_record(path: str) -> io.BytesIO:
-    """`tfds:<dataset folder>#<record>` -> the video's bytes as a file object PyAV reads."""
-    folder, _, index = path[len(PREFIX):].rpartition("#")
-    source = _source(folder)
-    i = int(index)
-    if not 0 <= i < len(source):
-        raise IndexError(f"{path}: the dataset has {len(source)} records")
-    return io.BytesIO(source[i]["video"])
 
 
 def main(argv=None) -> int:
@@ -127,7 +76,7 @@ def main(argv=None) -> int:
                                                          "~/tensorflow_datasets)")
     args = parser.parse_args(argv)
     folder = build(args.videos, args.name, args.data_dir)
-    print(f"{folder}: {len(_source(folder))} videos; train on it with --config.data.videos=tfds:{args.name}"
+    print(f"{folder}: {len(data_source(folder))} videos; train on it with --config.data.videos=tfds:{args.name}"
           + (f" --config.data.tfds_data_dir={args.data_dir}" if args.data_dir else ""))
     return 0
 

@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import tfds_videos
+from liteframe_jax.data import tfds_records
 
 RESIZE_FILTERS = ("bilinear", "bicubic")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".gif")
@@ -36,8 +36,8 @@ class VideoInfo:
 @contextlib.contextmanager
 def open_container(path: str):
     """A PyAV input container of a local file (FFmpeg reads it itself), of an object in a bucket (read in
-    ranges through its file object) or of a record of a TFDS video dataset (`data/tfds_videos.py`)."""
-    source = tfds_videos.open_record(path) if tfds_videos.is_record(path) else paths.for_reading(path)
+    ranges through its file object) or of a record of a TFDS video dataset (`data/tfds_records.py`)."""
+    source = tfds_records.open_record(path) if tfds_records.is_record(path) else paths.for_reading(path)
     try:
         with av.open(source) as container:
             yield container

@@ -20,7 +20,7 @@ from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import pure_dict
 from liteframe_jax.data import clip_cache
 from liteframe_jax.data import clips as clips_lib
-from liteframe_jax.data import demo, pipeline, target_cache, tfds_videos
+from liteframe_jax.data import demo, pipeline, target_cache, tfds_records
 from liteframe_jax.models import compression, kernel_choice
 from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
@@ -143,8 +143,8 @@ class CTDTask(Task):
             videos = demo.make_demo_videos(os.path.join(workdir, "demo_videos")) + demo.sample_clips()
         elif not d.videos:
             raise ValueError("data.videos is not set: give a folder of videos (--config.data.videos=/data/videos)")
-        elif tfds_videos.is_record(d.videos):
-            videos = tfds_videos.record_paths(d.videos, d.get("tfds_data_dir"))
+        elif tfds_records.is_record(d.videos):
+            videos = tfds_records.record_paths(d.videos, d.get("tfds_data_dir"))
         else:
             videos = clips_lib.list_videos(d.videos)
         if d.eval_videos:

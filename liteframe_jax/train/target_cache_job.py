@@ -44,34 +44,39 @@ class _ClipRange:
         return self.cache[self.start + i]
 
 
-def _write_shard(folder: str, k: int, clips, start: int, targets_fn, frozen, batch_size: int, size: int,
-                 read_threads: int, frames_cache=None) -> None:
-    from array_record.python.array_record_module import ArrayRecordWriter
-    final = os.path.join(folder, tc.shard_name(k))
-    tmp = final + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    done = 0
+class _ShardWriter:
+    """One shard's records, written under a temporary name and renamed once its last clip is in."""
 
-    def write(out, mask):
-        nonlocal done
+    def __init__(self, folder: str, k: int, clips, start: int):
+        from array_record.python.array_record_module import ArrayRecordWriter
+        self.final = os.path.join(folder, tc.shard_name(k))
+        self.writer = ArrayRecordWriter(self.final + ".tmp", "group_size:1")
+        self.clips, self.start, self.done = clips, start, 0
+
+    def write(self, out, mask) -> bool:
+        """Write one batch's targets (`out` on the device); True once the shard is complete."""
         out = np.asarray(jax.device_get(out))
         for row in range(len(mask)):
-            if done < len(clips):  # the last batch is padded
-                writer.write(tc.encode(start + done, clips[done], out[row] if mask[row] else None))
-                done += 1
+            if self.done < len(self.clips):  # the shard's last batch is padded
+                i = self.done
+                self.writer.write(tc.encode(self.start + i, self.clips[i], out[row] if mask[row] else None))
+                self.done += 1
+        if self.done < len(self.clips):
+            return False
+        self.writer.close()
+        os.replace(self.final + ".tmp", self.final)
+        return True
 
-    pending = None  # the device computes batch n while batch n - 1 is written and batch n + 1 decoded
-    view = None if frames_cache is None else _ClipRange(frames_cache, start, len(clips))
-    for batch, mask in pipeline.eval_batches(clips, size=size, batch_size=batch_size, read_threads=read_threads,
-                                             cache=view):
-        out = targets_fn(frozen, batch["frames"])
-        if pending is not None:
-            write(*pending)
-        pending = (out, mask)
-    if pending is not None:
-        write(*pending)
-    writer.close()
-    os.replace(tmp, final)
+
+def _batches(shards, clips, shard_size: int, batch_size: int, size: int, read_threads: int, frames_cache):
+    """(shard index, its clips, its first clip, batch, mask) for every batch of every shard, in order."""
+    for k in shards:
+        start = k * shard_size
+        part = [clips[j] for j in range(start, min(start + shard_size, len(clips)))]
+        view = None if frames_cache is None else _ClipRange(frames_cache, start, len(part))
+        for batch, mask in pipeline.eval_batches(part, size=size, batch_size=batch_size, read_threads=read_threads,
+                                                 cache=view):
+            yield k, part, start, batch, mask
 
 
 def build(config, workdir: str) -> dict:
@@ -116,16 +121,33 @@ def build(config, workdir: str) -> dict:
     log(f"[targets] {len(clips)} clips in {num_shards} shards of {shard}; this process builds {len(mine)} of them "
         f"into {workdir} ({sum(os.path.exists(os.path.join(workdir, tc.shard_name(k))) for k in range(num_shards))} "
         "already complete)")
-    t0, built = time.perf_counter(), 0
-    for i, k in enumerate(mine):
-        part = [clips[j] for j in range(k * shard, min((k + 1) * shard, len(clips)))]
-        _write_shard(workdir, k, part, k * shard, targets_fn, frozen, config.batch_size, s, int(config.read_threads),
-                     frames_cache)
-        built += len(part)
-        rate = built / (time.perf_counter() - t0)
-        left = sum(min(shard, len(clips) - j * shard) for j in mine[i + 1:])
-        log(f"[targets] shard {k + 1}/{num_shards}: {built} clips, {rate:.1f} clips/s "
-            f"({rate * task.num_frames:.0f} frames/s), ETA {left / max(rate, 1e-9):.0f} s")
+    t0, built, finished = time.perf_counter(), 0, 0
+    writers: dict[int, _ShardWriter] = {}
+
+    def write(k, part, start, out, mask):
+        nonlocal built, finished
+        if k not in writers:
+            writers[k] = _ShardWriter(workdir, k, part, start)
+        if writers[k].write(out, mask):
+            del writers[k]
+            built += len(part)
+            finished += 1
+            rate = built / (time.perf_counter() - t0)
+            left = sum(min(shard, len(clips) - j * shard) for j in mine[finished:])
+            log(f"[targets] shard {k + 1}/{num_shards}: {built} clips, {rate:.1f} clips/s "
+                f"({rate * task.num_frames:.0f} frames/s), ETA {left / max(rate, 1e-9):.0f} s")
+
+    # One batch in flight, across shard boundaries: the device computes batch n while the host writes batch
+    # n - 1 and the readers prepare batch n + 1 (a shard is often a single batch).
+    pending = None
+    for k, part, start, batch, mask in _batches(mine, clips, shard, config.batch_size, s, int(config.read_threads),
+                                                frames_cache):
+        out = targets_fn(frozen, batch["frames"])
+        if pending is not None:
+            write(*pending)
+        pending = (k, part, start, out, mask)
+    if pending is not None:
+        write(*pending)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("target cache shards")
