@@ -120,7 +120,7 @@ class InternVitSpec:
 
     def at_image_size(self, image_size: int) -> "InternVitSpec":
         """The same tower on frames of another size, its position table resampled (InternVL's own way)."""
-        vit = dataclasses.replace(self.vit, image_size=int(image_size), position_grid=self.vit.table_grid)
+        vit = self.vit.at_image_size(image_size)
         changed = dataclasses.replace(self, vit=vit)
         if self.head is not None and vit.grid % self.head.factor:
             raise ValueError(f"InternViT at {image_size} px has a {vit.grid}x{vit.grid} grid, which the head's "

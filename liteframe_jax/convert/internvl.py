@@ -5,8 +5,6 @@ Every option of `transformers.InternVLVisionConfig` is either honoured or reject
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -133,10 +131,10 @@ def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None,
     if feature_layer is not None:
         layer = feature_layer
     if image_size is not None and image_size != vit_cfg.image_size:
-        if image_size % vit_cfg.patch_size:
-            raise ValueError(f"{path}: image_size {image_size} is not a multiple of the patch size "
-                             f"{vit_cfg.patch_size}")
-        vit_cfg = dataclasses.replace(vit_cfg, image_size=image_size, position_grid=vit_cfg.grid)
+        try:
+            vit_cfg = vit_cfg.at_image_size(image_size)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     tower = nnx.eval_shape(lambda: InternVisionTower(vit_cfg, head_cfg, rngs=nnx.Rngs(0), feature_layer=layer,
                                                      dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
                                                      mesh=mesh))

@@ -45,6 +45,13 @@ class InternVitConfig:
     def table_grid(self) -> int:
         return self.position_grid or self.grid
 
+    def at_image_size(self, image_size: int) -> "InternVitConfig":
+        """The same tower at another input size: its position table kept at the grid it was trained at and
+        resampled to the new one."""
+        if image_size % self.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
+        return dataclasses.replace(self, image_size=int(image_size), position_grid=self.table_grid)
+
     @classmethod
     def preset(cls, name: str, **changes) -> "InternVitConfig":
         """A named size (VIT_PRESETS), with `changes` on top."""

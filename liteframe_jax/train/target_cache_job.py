@@ -122,14 +122,13 @@ def build(config, workdir: str) -> dict:
         f"into {workdir} ({sum(os.path.exists(os.path.join(workdir, tc.shard_name(k))) for k in range(num_shards))} "
         "already complete)")
     t0, built, finished = time.perf_counter(), 0, 0
-    writers: dict[int, _ShardWriter] = {}
+    writer = None  # the shard being written: shards come one after the other
 
     def write(k, part, start, out, mask):
-        nonlocal built, finished
-        if k not in writers:
-            writers[k] = _ShardWriter(workdir, k, part, start)
-        if writers[k].write(out, mask):
-            del writers[k]
+        nonlocal built, finished, writer
+        writer = writer or _ShardWriter(workdir, k, part, start)
+        if writer.write(out, mask):
+            writer = None
             built += len(part)
             finished += 1
             rate = built / (time.perf_counter() - t0)

@@ -24,7 +24,7 @@ def build_teacher(tcfg, dtype, attn_impl, mlp_kernel="xla", mesh=None) -> tuple[
         if kind == "internvit":
             vit = InternVitConfig(**tcfg.vit.to_dict())
             if size is not None and size != vit.image_size:
-                vit = dataclasses.replace(vit, image_size=size, position_grid=vit.table_grid)
+                vit = vit.at_image_size(size)
             head = InternVLHeadConfig(**tcfg.head.to_dict()) if tcfg.head is not None else None
             tower = InternVisionTower(vit, head, **options)
         elif kind == "siglip":
