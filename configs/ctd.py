@@ -73,6 +73,11 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     # between runs (a folder, local or gs://), 'off' probes at every start.
     c.data.video_index = ""
     c.data.probe_threads = 8
+    # Bad data (data/bad_data.py): unusable videos are skipped and counted by reason; more than this fraction
+    # of them stops the run at start-up, as do this many clips in a row failing to decode mid-run (0: never).
+    c.data.max_bad_fraction = 0.01
+    c.data.max_bad_in_a_row = 100
+    c.data.max_video_minutes = 180.0  # longer videos are skipped and counted (0: no limit)
     # Decoded-clip cache (liteframe_jax/data/clip_cache.py): a folder; built at the first start (each video
     # decoded once, `cache_workers` processes, 0 = one per core), then read instead of decoding.
     c.data.clip_cache = config_dict.placeholder(str)

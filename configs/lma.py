@@ -102,6 +102,10 @@ def get_config(arg=None):
     c.data.num_workers = 0
     c.data.read_threads = 4
     c.data.video_index = ""  # as in CTD: '' WORKDIR/video_index, a shared folder, or 'off'
+    # as in CTD: more than this fraction of an annotation file's rows unusable stops the run at start-up, as do
+    # this many rows in a row whose video fails to decode mid-run (0: never)
+    c.data.max_bad_fraction = 0.01
+    c.data.max_bad_in_a_row = 100
     c.data.probe_threads = 8
     c.data.pixel_mean = IMAGENET_MEAN  # for a 'random' student; a CTD student brings its own
     c.data.pixel_std = IMAGENET_STD

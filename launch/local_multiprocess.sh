@@ -11,6 +11,25 @@ for ((i = 0; i < n; i++)); do
   "${PYTHON:-python}" -m liteframe_jax.main --coordinator_address="localhost:${port}" --num_processes="$n" --process_id="$i" "$@" &
   pids+=($!)
 done
+# The first process to end with an error ends the job: the others get 10 s to say their own, then are stopped
+# (as srun --kill-on-bad-exit does), so none waits on a collective with a process that is gone.
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+running=("${pids[@]}")
+while ((${#running[@]})); do
+  ended=
+  wait -n -p ended "${running[@]}" || { status=$?; break; }
+  still=()
+  for pid in "${running[@]}"; do [[ $pid == "$ended" ]] || still+=("$pid"); done
+  running=("${still[@]}")
+done
+if ((status != 0 && status != 75)); then
+  for ((t = 0; t < 20; t++)); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+fi
+wait || true
 exit "$status"

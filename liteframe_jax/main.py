@@ -76,7 +76,21 @@ def main(argv):
     try:
         return job.run(config, workdir)
     except _INPUT_ERRORS as e:
-        return _one_line_error(e, workdir)
+        status = _one_line_error(e, workdir)
+    except Exception:
+        if _process_count() == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        status = 1
+    if _process_count() > 1:
+        # jax.distributed's exit waits at a barrier for every process, while the others may wait in a
+        # collective for this one: ending at once makes theirs fail (gloo, at once) or the coordination
+        # service stop them (its heartbeat timeout), instead of every process waiting out the barrier.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 # What bad input raises here (a wrong path, a config that does not fit the data or the checkpoint, a step that
@@ -89,14 +103,26 @@ _INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionEr
 def _one_line_error(error: BaseException, workdir: str) -> int:
     import traceback
     text = "".join(traceback.format_exception(error))
-    where = os.path.join(workdir, "error_traceback.txt")
+    where = os.path.join(workdir, "error_traceback.txt" if _process_count() == 1 else
+                         f"error_traceback.process-{_process_index()}.txt")
     try:
         paths.write_text(where, text)
     except Exception:  # an unwritable workdir must not hide the error itself
         where = None
     first = str(error).strip() or type(error).__name__
-    print(f"error: {first}" + (f"\n(traceback in {where})" if where else ""), file=sys.stderr)
+    who = f" in process {_process_index()} of {_process_count()}" if _process_count() > 1 else ""
+    print(f"error{who}: {first}" + (f"\n(traceback in {where})" if where else ""), file=sys.stderr)
     return 1
+
+
+def _process_index() -> int:
+    import jax
+    return jax.process_index()
+
+
+def _process_count() -> int:
+    import jax
+    return jax.process_count()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import make_videos
 
-from liteframe_jax.data import clip_cache, clips, demo, pipeline, video
+from liteframe_jax.data import bad_data, clip_cache, clips, demo, pipeline, video
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_cache_reads_back_the_decoding_pipeline_batches(videos, tmp_path):
     assert sum(not ok for v in cache.meta["valid"] for ok in v) == len(doomed)
     for i, c in enumerate(index.clips):
         np.testing.assert_array_equal(cache[i]["frames"], video.decode_frames(c.path, c.frame_indices, 16))
-    assert "dropped" in cache[len(index.clips)]
+    assert cache[len(index.clips)] == pipeline.dropped(bad_data.MID_RUN)
 
     decoded = iter(pipeline.train_dataset(all_clips, size=16, batch_size=3, seed=5))
     cached = iter(pipeline.train_dataset(all_clips, size=16, batch_size=3, seed=5,

@@ -86,7 +86,7 @@ def _cli(workdir, videos, *extra):
             "--config.data.num_workers=1", *extra]
 
 
-def _start_and_wait_for(workdir, videos, ready, *extra):
+def _start_and_wait_for(workdir, videos, ready, *extra, poll: float = 0.5):
     """A CTD run in its own process, returned once `ready()` holds (it must not have ended before)."""
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.Popen(_cli(workdir, videos, "--config.total_steps=400", *extra), cwd=REPO, env=env,
@@ -95,7 +95,7 @@ def _start_and_wait_for(workdir, videos, ready, *extra):
     while not ready():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "the run did not get there in time"
-        time.sleep(0.5)
+        time.sleep(poll)
     return proc
 
 
@@ -116,8 +116,9 @@ def _group_alive(pgid: int) -> bool:
 def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
     """SIGTERM to the job (a preemption notice) stops after the step in flight with a checkpoint of it and exit
     status 75, the data workers quietly; the same command continues; kill -9 then loses the steps since the
-    last periodic checkpoint, and no data worker outlives it. Each time the same command continues with the
-    exact next batches, to the parameters of a run never interrupted."""
+    last periodic checkpoint (also when it lands while one is being written asynchronously, or at a seeded
+    random moment), and no data worker outlives it. Each time the same command continues with the exact next
+    batches, to the parameters of a run never interrupted."""
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     latest = lambda: checkpoint.Checkpointer(str(run_dir), keep=3).latest_step()
@@ -137,16 +138,32 @@ def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
     said = proc.stderr.read().decode()
     assert "Traceback" not in said and "leaked" not in said, said[-3000:]  # the workers ended quietly
 
-    proc = _start_and_wait_for(run_dir, videos, lambda: (latest() or 0) > stopped, "--config.checkpoint_every=3")
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)  # the main process only: its data workers must not outlive it
-    proc.wait()
-    saved = latest()
-    assert stopped < saved < 400
-    deadline = time.time() + 30
-    while _group_alive(proc.pid):
-        assert time.time() < deadline, "a data worker outlived its killed main process"
-        time.sleep(0.2)
+    # kill -9 of the main process, its data workers left behind: first while an asynchronous checkpoint is
+    # being written (Orbax's temporary folder exists), then at a seeded random moment after a step
+    def writing() -> bool:
+        folder = run_dir / "checkpoints"
+        return folder.exists() and any(".orbax-checkpoint-tmp" in n for n in os.listdir(folder))
+
+    rng = np.random.default_rng(0)
+    saved = stopped
+    for kill_at in ("during a checkpoint write", "at a random moment"):
+        if kill_at == "during a checkpoint write":
+            proc = _start_and_wait_for(run_dir, videos, writing, "--config.checkpoint_every=3", poll=0.002)
+        else:
+            seen = logged()
+            proc = _start_and_wait_for(run_dir, videos, lambda: logged() > seen, "--config.checkpoint_every=3")
+            time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)  # the main process only: its data workers must not outlive it
+        proc.wait()
+        if kill_at == "during a checkpoint write":
+            assert writing(), "the write had finished before the kill"
+        assert (latest() or 0) >= saved, kill_at  # a half-written checkpoint is never taken for one
+        saved = latest()
+        deadline = time.time() + 30
+        while _group_alive(proc.pid):
+            assert time.time() < deadline, f"a data worker outlived its main process killed {kill_at}"
+            time.sleep(0.2)
+    assert stopped <= saved < 400
 
     total = saved + 3
     # The same command with a larger total_steps resumes; the reference trains the same steps in one go.

@@ -3,11 +3,12 @@
 import os
 
 import av
+import grain
 import numpy as np
 import pytest
 from helpers import make_videos
 
-from liteframe_jax.data import clips, demo, pipeline, video
+from liteframe_jax.data import bad_data, clips, demo, pipeline, video
 
 
 def _sequential(path, size):
@@ -85,23 +86,67 @@ def test_clip_indices_and_short_videos():
     assert clips.clip_frame_indices(3, 4, 2, 0) == [(0, 2, 2, 2)]
 
 
-def test_corrupt_and_truncated_videos_are_skipped_and_counted(videos, tmp_path):
-    garbage = tmp_path / "garbage.mp4"
-    garbage.write_bytes(os.urandom(4096))
-    truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(open(videos[0], "rb").read()[:300])
-    empty = tmp_path / "empty.mkv"
-    empty.write_bytes(b"")
-    index = clips.build_index(videos + [str(garbage), str(truncated), str(empty)], num_frames=4, stride=2)
-    assert index.videos == videos
-    assert set(index.skipped) == {str(garbage), str(truncated), str(empty)}
-    assert "3 unreadable skipped" in index.report() and "garbage.mp4" in index.report()
+def _faststart_video(path, num_frames):
+    """An MP4 whose index (moov) precedes its frames: cut short, it still opens and counts every frame."""
+    frames = demo.render(demo.random_shapes(np.random.default_rng(2), 2), num_frames, 64, 48)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=12, options={"g": "12"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    return str(path)
+
+
+def test_bad_videos_are_skipped_and_counted_by_reason(videos, tmp_path):
+    """Each kind of bad file gets its own reason, each file is named once in the report, and the ceiling on
+    the fraction of bad videos stops with that report."""
+    bad = {}
+    bad["empty file"] = tmp_path / "empty.mkv"
+    bad["empty file"].write_bytes(b"")
+    bad["not a video"] = tmp_path / "notes.mp4"
+    bad["not a video"].write_bytes(b"these are my holiday notes\n" * 50)
+    whole = open(videos[0], "rb").read()
+    bad["truncated or corrupt"] = tmp_path / "cut_header.mp4"
+    bad["truncated or corrupt"].write_bytes(whole[:300])
+    cut_body = tmp_path / "cut_body.mp4"
+    full = open(_faststart_video(tmp_path / "faststart.mp4", 120), "rb").read()
+    cut_body.write_bytes(full[:len(full) // 2])
+    bad["unsupported codec"] = tmp_path / "codec.mp4"
+    entry = whole.index(b"avc1", whole.index(b"stsd"))  # the track's sample entry names its codec
+    bad["unsupported codec"].write_bytes(whole[:entry] + b"zzz1" + whole[entry + 4:])  # one FFmpeg cannot decode
+    bad["shorter than one clip"] = tmp_path / "short.mp4"
+    demo.write_video(str(bad["shorter than one clip"]), demo.render(demo.random_shapes(np.random.default_rng(3), 1), 5))
+    names = [str(p) for p in bad.values()] + [str(cut_body)]
+    index = clips.build_index(videos + names + [str(tmp_path / "faststart.mp4")], num_frames=4, stride=2)
+    assert index.videos == videos + [str(tmp_path / "faststart.mp4")]  # whole, its index first: fine
+    for reason, path in bad.items():
+        assert index.skipped[str(path)].reason == reason, (reason, index.skipped[str(path)])
+    assert index.skipped[str(cut_body)].reason == "truncated or corrupt"
+    assert "frames but the data ends" in index.skipped[str(cut_body)].detail
+    report = index.report()
+    assert report.splitlines()[0].endswith("6 videos skipped: 1 empty file, 1 not a video, 2 truncated or corrupt, "
+                                           "1 unsupported codec, 1 shorter than one clip")
+    for path in names:
+        assert report.count(path) == 1, (path, report)
+    assert "short.mp4 (5 frames, a clip spans 7)" in report
+
+    ten_s = str(tmp_path / "faststart.mp4")  # 120 frames at 12 fps; the others 30 frames
+    limited = clips.build_index(videos + [ten_s], num_frames=4, stride=2, max_minutes=5 / 60)
+    assert list(limited.skipped) == [ten_s] and limited.skipped[ten_s].reason == "longer than data.max_video_minutes"
+    assert limited.skipped[ten_s].detail == "0.2 min (10 s)"
+
+    bad_data.check_fraction(index.tally, 10, 0.6, "DIR")  # 6 of 10 is within 60%
+    with pytest.raises(bad_data.TooMuchBadData) as e:
+        bad_data.check_fraction(index.tally, 10, 0.5, "DIR")
+    assert str(e.value).startswith("DIR: 6 of 10 videos (60.0%) cannot be used, more than data.max_bad_fraction=0.5")
+    assert "notes.mp4" in str(e.value) and "--config.data.max_bad_fraction" in str(e.value)
 
 
 def test_all_unreadable_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
-    with pytest.raises(ValueError, match="none of the 1 videos could be read"):
+    with pytest.raises(ValueError, match="none of the 1 videos can be used: 1 videos skipped: 1 not a video"):
         clips.build_index([str(bad)], num_frames=4, stride=1)
 
 
@@ -113,15 +158,27 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         clips.list_videos(str(tmp_path / "empty"))
 
 
-def test_clip_that_fails_at_decode_time_is_dropped(videos, tmp_path):
+def test_clip_that_fails_at_decode_time_is_dropped_and_counted(videos, tmp_path, capsys):
     good = clips.build_index(videos, num_frames=4, stride=2).clips
     gone = tmp_path / "gone.mp4"
     gone.write_bytes(open(videos[0], "rb").read())
     index = clips.build_index([str(gone)], num_frames=4, stride=2)
     os.remove(gone)  # readable at index time, gone at decode time
-    ds = pipeline.train_dataset(index.clips + good, size=16, batch_size=len(good), seed=0)
-    batch = next(iter(ds))
+    listed = index.clips + good
+    watch = bad_data.MidRun(lambda i: listed[i].path, max_in_a_row=0)
+    ds = iter(pipeline.train_dataset(listed, size=16, batch_size=len(good), seed=0, watch=watch))
+    batch = next(ds)
     assert batch["frames"].shape == (len(good), 4, 16, 16, 3)
+    assert all(listed[i].path != str(gone) for i in batch["_index"])  # each row says which clip it is
+    order = grain.MapDataset.range(len(listed)).shuffle(seed=0)
+    read = [order[k] for k in range(len(listed))]
+    met = sum(i < len(index.clips) for i in read[:read.index(sorted(batch["_index"], key=read.index)[-1])])
+    assert met > 0 and watch.tally.counts == {"failed to decode mid-run": met}  # each clip of it that was read
+    assert capsys.readouterr().err.count(str(gone)) == 1  # named once, however many of its clips fail
+
+    only_gone = bad_data.MidRun(lambda i: index.clips[i].path, max_in_a_row=3)
+    with pytest.raises(bad_data.TooMuchBadData, match="3 clips in a row failed to decode"):
+        next(iter(pipeline.train_dataset(index.clips, size=16, batch_size=1, seed=0, watch=only_gone)))
 
 
 def test_pipeline_is_deterministic_batched_and_sharded(videos):

@@ -132,9 +132,24 @@ def test_lora_trains_adapters_and_projector_only(qa, tmp_path):
     assert not any("attn/k/lora" in k for k in before)  # only the targeted projections carry adapters
 
 
-def test_preempted_run_resumes_bit_identical(qa, tmp_path, monkeypatch):
-    """A SIGTERM during step 2 (a preemption notice): the run stops after it with a checkpoint of step 2, and the
-    same config continues to the parameters of a run never interrupted."""
+def _lma_cli(workdir, train, total_steps):
+    """`tiny_lma_config(train)` with {"optimizer.decay_steps": 10} as a command, checkpoints written
+    asynchronously every 2 steps."""
+    return [sys.executable, "-m", "liteframe_jax.main", "--config=configs/lma.py", f"--workdir={workdir}",
+            "--config.student.init=random", f"--config.data.train={train}", "--config.mesh.num_devices=1",
+            "--config.eval_at_start=False", "--config.eval_every=0", "--config.log_every=1",
+            "--config.batch_size=8", "--config.eval_batch_size=16", "--config.data.buckets=(256,)",
+            "--config.optimizer.decay_steps=10", "--config.checkpoint_every=2", "--config.async_checkpointing=True",
+            f"--config.total_steps={total_steps}"]
+
+
+def test_preempted_and_killed_run_resumes_bit_identical(qa, tmp_path, monkeypatch):
+    """A SIGTERM during step 2 (a preemption notice): the run stops after it with a checkpoint of step 2. Then,
+    as its own process, it is killed with kill -9 while an asynchronous checkpoint is being written and at a
+    seeded random moment; each time the same command continues, to the parameters of a run never
+    interrupted."""
+    import time
+
     from liteframe_jax.train import step as step_lib
     compile_step = step_lib.compile_train_step
 
@@ -151,16 +166,53 @@ def test_preempted_run_resumes_bit_identical(qa, tmp_path, monkeypatch):
         return step_fn
 
     opts = {"optimizer.decay_steps": 10}
+    split = tmp_path / "split"
     with monkeypatch.context() as patch:
         patch.setattr(step_lib, "compile_train_step", signalling_step)
-        stopped, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "split"))
+        stopped, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(split))
     assert stopped.preempted and stopped.step == 2
-    assert checkpoint.Checkpointer(str(tmp_path / "split"), keep=2).latest_step() == 2
-    resumed, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "split"))
-    straight, _ = run(tiny_lma_config(qa[0], total_steps=4, **opts), str(tmp_path / "straight"))
-    assert resumed.origin.startswith("resumed from this workdir at step 2") and not resumed.preempted
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(straight.params))
-    assert _losses(str(tmp_path / "split"))[4] == _losses(str(tmp_path / "straight"))[4]
+    latest = lambda: checkpoint.Checkpointer(str(split), keep=2).latest_step()
+    assert latest() == 2
+
+    def writing() -> bool:
+        return any(".orbax-checkpoint-tmp" in n for n in os.listdir(split / "checkpoints"))
+
+    def logged() -> int:
+        try:
+            return max(_losses(str(split)), default=0)
+        except json.JSONDecodeError:  # a line being written
+            return 0
+
+    env = dict(os.environ, PYTHONPATH=REPO)  # the test's own devices: the same numerics as the runs in it
+    rng, saved = np.random.default_rng(1), 2
+    for kill_at in ("during a checkpoint write", "at a random moment"):
+        seen = logged()
+        proc = subprocess.Popen(_lma_cli(split, qa[0], 400), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        ready = writing if kill_at == "during a checkpoint write" else (lambda: logged() > seen)
+        deadline = time.time() + 240
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, f"the run did not get to be killed {kill_at}"
+            time.sleep(0.002)
+        if kill_at == "at a random moment":
+            time.sleep(rng.uniform(0.0, 2.0))
+        proc.kill()
+        proc.wait()
+        if kill_at == "during a checkpoint write":
+            assert writing(), "the write had finished before the kill"
+        assert latest() >= saved, kill_at  # a half-written checkpoint is never taken for one
+        saved = latest()
+
+    total = saved + 2
+    done = subprocess.run(_lma_cli(split, qa[0], total), cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight, _ = run(tiny_lma_config(qa[0], total_steps=total, **opts), str(tmp_path / "straight"))
+    resumed, step = checkpoint.restore_params(str(split))
+    assert step == total
+    jax.tree.map(np.testing.assert_array_equal, resumed,
+                 jax.device_get({k: v for k, v in straight.params.items() if k in resumed}))
+    assert _losses(str(split))[total] == _losses(str(tmp_path / "straight"))[total]
 
 
 def test_one_and_eight_devices_give_the_same_loss(qa, tmp_path):

@@ -3,6 +3,7 @@ together on a preemption notice that one of them receives, and their checkpoint 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +90,22 @@ def test_two_processes_match_one_process_stop_together_and_continue_in_one(tmp_p
     for step in got:  # two processes up to the stop, then one process: the one-process run's losses
         assert got[step] == pytest.approx(reference[step], abs=1e-5), step
 
+    # An error in one process ends the job at once, said by that process, instead of the others waiting in a
+    # collective and at jax.distributed's exit barrier (5 minutes) and then aborting. Here a video cut short
+    # after the run indexed it stops whichever process reads it first (data.max_bad_in_a_row=1).
+    with open(videos / "v3.mp4", "r+b") as f:
+        f.truncate(300)
+    t0 = time.time()
+    failed = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags,
+                             f"--config.total_steps={total + 20}", "--config.data.max_bad_in_a_row=1"],
+                            cwd=REPO, env=dict(env, LITEFRAME_PORT=str(_free_port())), capture_output=True,
+                            text=True, timeout=400)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert re.search(r"error in process [01] of 2: 1 clips in a row failed to decode", failed.stderr), \
+        failed.stderr[-3000:]
+    assert "Shutdown barrier" not in failed.stderr and "Check failure" not in failed.stderr, failed.stderr[-3000:]
+    assert time.time() - t0 < 150
+
 
 def test_lma_in_two_processes_continues_a_one_process_checkpoint_with_its_losses(tmp_path):
     """LMA's batches are padded to length buckets: each process pads its share to its global batch's bucket,
@@ -121,3 +138,4 @@ def test_lma_in_two_processes_continues_a_one_process_checkpoint_with_its_losses
     assert sorted(got) == [2, 3]
     for step in got:
         assert got[step] == pytest.approx(reference[step], abs=1e-5), step
+

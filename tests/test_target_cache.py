@@ -5,6 +5,7 @@ and a CTD run on it logs the online run's losses."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from helpers import load_config, make_videos, tiny_ctd_config
@@ -142,3 +143,71 @@ def test_two_processes_share_the_shards_and_build_the_one_process_cache(videos, 
     shared, alone = tc.TargetCache(str(cache), clips), tc.TargetCache(str(built), clips)
     for i in range(len(clips)):  # reading record i checks that it is clip i's
         np.testing.assert_allclose(shared[i], alone[i], rtol=2 ** -7, atol=1e-6)
+
+
+def _poisoned_copy(built, folder, poison) -> str:
+    """The built cache with the targets of the clips `poison(i)` picks set to NaN: a batch that holds one makes
+    the step non-finite."""
+    import shutil
+
+    import grain
+    from array_record.python.array_record_module import ArrayRecordWriter
+    shutil.copytree(built, folder)
+    manifest = tc.read_manifest(str(folder))
+    for k in range(manifest["num_shards"]):
+        name = str(folder / tc.shard_name(k))
+        records = list(grain.sources.ArrayRecordDataSource([name]))
+        writer = ArrayRecordWriter(name, "group_size:1")
+        for record in records:
+            header, target = tc.decode(record, tuple(manifest["target_shape"]))
+            if target is not None and poison(header["clip"]):
+                target = np.full(target.shape, np.nan, np.float32)
+            writer.write(tc.encode(header["clip"], tc_clip(header), target))
+        writer.close()
+    return str(folder)
+
+
+def tc_clip(header):
+    from liteframe_jax.data.clips import ClipSpec
+    return ClipSpec(header["path"], tuple(header["frames"]))
+
+
+def test_a_poisoned_batch_is_skipped_and_non_finite_steps_stop_with_a_report(videos, built, tmp_path):
+    """NaN targets reach the loss: the step is skipped (parameters and optimizer state kept), and a run whose
+    steps stay non-finite stops with a report that names the last checkpoint and the clips of those steps;
+    no checkpoint holds a NaN."""
+    from liteframe_jax.core import checkpoint
+    from liteframe_jax.data import pipeline
+    everything = _poisoned_copy(built, tmp_path / "all_nan", lambda i: True)
+    config = tiny_ctd_config(videos, targets=f"cache:{everything}", nan_patience=3, total_steps=6,
+                             checkpoint_every=1)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match=r"step 3: the loss or gradients were non-finite for 3 steps in a "
+                                                 r"row \(3 skipped in all; non-finite: cosine, grad_norm, loss, mse, "
+                                                 r"update_norm\)"):
+        run(config, workdir)
+    report = json.load(open(os.path.join(workdir, "nonfinite_report.json")))
+    assert report["step"] == 3 and report["last_checkpoint"] == 2 and "loss" in report["non_finite_metrics"]
+    task = CTDTask(config, sharding.make_mesh(config.mesh), str(tmp_path / "probe"))
+    clips = task.train_index.clips
+    batches = iter(pipeline.train_dataset(clips, size=task.teacher_image_size, batch_size=config.batch_size,
+                                          seed=config.seed))
+    for step, logged in zip((1, 2, 3), report["batches"]):
+        expected = [{"index": int(i), "video": clips[i].path, "frames": list(clips[i].frame_indices)}
+                    for i in next(batches)["_index"]]
+        assert logged == {"step": step, "examples": expected}
+    # every step was skipped: both checkpoints hold the initial parameters, finite
+    first, second = (checkpoint.restore_params(workdir, step=step)[0] for step in (1, 2))
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+
+    # a checkpoints folder of a later checkpoint format is refused with both versions, before anything is read
+    with open(os.path.join(workdir, "checkpoints", checkpoint.FORMAT_FILE), "w") as f:
+        json.dump({"format_version": checkpoint.FORMAT_VERSION + 1}, f)
+    later = f"written in checkpoint format {checkpoint.FORMAT_VERSION + 1}; this liteframe_jax reads format " \
+            f"{checkpoint.FORMAT_VERSION} and older"
+    with pytest.raises(ValueError, match=later):
+        checkpoint.restore_params(workdir)
+    with pytest.raises(ValueError, match=later):
+        run(config, workdir)

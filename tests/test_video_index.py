@@ -34,7 +34,7 @@ def test_a_second_start_probes_only_new_videos(videos, tmp_path, monkeypatch):
     folder = str(tmp_path / "video_index")
     first = video_index.index_videos(videos[:3] + videos[4:], folder, threads=2)
     assert sorted(probed) == sorted(videos[:3] + videos[4:])
-    assert first[videos[0]].num_frames == 20 and "broken.mp4" in first[videos[4]]  # why it is unreadable, kept
+    assert first[videos[0]].num_frames == 20 and first[videos[4]].reason == "not a video"  # why, kept
     probed.clear()
     again = video_index.index_videos(videos, folder)  # one video more: only it is probed
     assert probed == [videos[3]]

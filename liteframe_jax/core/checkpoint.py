@@ -9,6 +9,7 @@ alone holds the whole model.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import grain
@@ -19,9 +20,31 @@ import orbax.checkpoint as ocp
 from liteframe_jax.core import paths
 from liteframe_jax.core.tree import flatten, unflatten
 
+# The layout of what a run saves (items, their trees, the data positions), recorded in every checkpoints folder:
+# a later version that changes it raises this, and this version refuses folders written by a later one.
+FORMAT_VERSION = 1
+FORMAT_FILE = "liteframe_format.json"
+
 
 def checkpoint_dir(workdir: str) -> str:
     return paths.resolve(workdir) + "/checkpoints"
+
+
+def check_format(directory: str) -> None:
+    """Refuse a checkpoints folder written by a later checkpoint format than this version reads."""
+    path = f"{directory}/{FORMAT_FILE}"
+    if not paths.isfile(path):
+        return  # a new folder, or one written before the format was recorded (version 1)
+    version = int(json.loads(paths.read_text(path)).get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written in checkpoint format {version}; this liteframe_jax reads format "
+                         f"{FORMAT_VERSION} and older: upgrade liteframe_jax to resume or read it")
+
+
+def _record_format(directory: str) -> None:
+    if jax.process_index() == 0:
+        paths.makedirs(directory)
+        paths.write_text(f"{directory}/{FORMAT_FILE}", json.dumps({"format_version": FORMAT_VERSION}) + "\n")
 
 
 def frozen_dir(workdir: str) -> str:
@@ -68,6 +91,8 @@ def tree_differences(saved: dict, wanted: dict) -> list[str]:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
+        check_format(self.directory)
+        self._format_recorded = False
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(
@@ -78,6 +103,9 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator) -> None:
+        if not self._format_recorded:
+            _record_format(self.directory)
+            self._format_recorded = True
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         data=grain.checkpoint.CheckpointSave(data_iterator)),
                           force=True)
@@ -142,6 +170,7 @@ def restore_params(workdir: str, subtree: str = "params", step: int | None = Non
     d = checkpoint_dir(workdir)
     if not paths.isdir(d):
         raise FileNotFoundError(f"init_from: {workdir!r} has no checkpoints folder ({d})")
+    check_format(d)
     manager = _manager_for_reading(d)
     step = _resolve_step(manager, d, workdir, step)
     meta = manager.item_metadata(step)["state"]
@@ -223,5 +252,6 @@ def lazy_params(workdir: str, step: int | None = None) -> tuple[dict[str, LazyAr
     d = checkpoint_dir(workdir)
     if not paths.isdir(d):
         raise FileNotFoundError(f"{workdir!r} has no checkpoints folder ({d})")
+    check_format(d)
     step = _resolve_step(_manager_for_reading(d), d, workdir, step)
     return LazyTree(f"{d}/{step}/state", subtree="params").leaves(), step

@@ -25,9 +25,8 @@ import time
 import numpy as np
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import video
+from liteframe_jax.data import bad_data, video
 from liteframe_jax.data.clips import ClipSpec
-from liteframe_jax.data.pipeline import DROPPED
 
 META = "meta.json"
 
@@ -74,9 +73,9 @@ def decode_clips_in_one_pass(path: str, clips: list[tuple[int, ...]], size: int)
                 if pending == len(order):
                     return
     except Exception as e:
-        raise video.VideoError(f"{path}: decoding failed: {type(e).__name__}: {e}") from e
+        raise video.VideoError(path, f"decoding failed: {type(e).__name__}: {e}") from e
     if last is None:
-        raise video.VideoError(f"{path}: no frame could be decoded")
+        raise video.NoFramesError(path, "no frame could be decoded")
     yield from ready(float("inf"))
 
 
@@ -158,7 +157,8 @@ def build(clips: list[ClipSpec], folder: str, size: int, *, workers: int = 0, lo
 
 class ClipCache:
     """Random-access view of a built cache: `cache[i]` -> {'frames': (T, S, S, 3) uint8}, or
-    `pipeline.DROPPED` for a clip whose video failed to decode. Picklable (Grain workers reopen the memory maps lazily)."""
+    `pipeline.dropped(...)` for a clip whose video failed to decode. Picklable (Grain workers reopen the memory
+    maps lazily)."""
 
     def __init__(self, folder: str):
         path = os.path.join(folder, META)
@@ -202,7 +202,7 @@ class ClipCache:
             self._maps = [np.load(os.path.join(self.folder, s["file"]), mmap_mode="r") for s in self.meta["shards"]]
         s, o = self.meta["location"][int(i)]
         if not self.meta["valid"][s][o]:
-            return DROPPED
+            return {"_dropped": np.int32(bad_data.code(bad_data.MID_RUN))}  # as pipeline.dropped
         return {"frames": np.array(self._maps[s][o])}
 
     def __getstate__(self):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import video, video_index
+from liteframe_jax.data import bad_data, video, video_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +60,13 @@ def clip_table(frames_by_video: dict[str, int], num_frames: int, stride: int, ho
 class ClipIndex:
     clips: Sequence[ClipSpec]
     videos: list[str]
-    skipped: dict[str, str]  # path -> why it was unreadable
+    skipped: dict[str, video.Unreadable]  # path -> why it cannot be used
+    tally: bad_data.Tally = dataclasses.field(default_factory=bad_data.Tally)
 
     def report(self) -> str:
-        lines = [f"{len(self.clips)} clips from {len(self.videos)} videos; {len(self.skipped)} unreadable skipped"]
-        lines += [f"  skipped {path}: {why}" for path, why in sorted(self.skipped.items())]
-        return "\n".join(lines)
+        """How many clips of how many videos, then the skipped videos by reason, each named once."""
+        lines = [f"{len(self.clips)} clips from {len(self.videos)} videos; {self.tally.summary()}"]
+        return "\n".join(lines + self.tally.report().splitlines()[1:])
 
 
 def list_videos(source) -> list[str]:
@@ -99,19 +99,30 @@ def clip_frame_indices(num_frames_in_video: int, num_frames: int, stride: int, h
             for start in range(0, num_frames_in_video - span + 1, hop)]
 
 
-def build_index(videos: list[str], num_frames: int, stride: int, hop: int = 0, infos: dict | None = None
-                ) -> ClipIndex:
-    """The clips of `videos`; unreadable ones are skipped and recorded. All unreadable is an error. `infos`
-    ({path: VideoInfo or why it is unreadable}, from `video_index.index_videos`) saves probing them here."""
+def build_index(videos: list[str], num_frames: int, stride: int, hop: int = 0, infos: dict | None = None,
+                max_minutes: float = 0.0) -> ClipIndex:
+    """The clips of `videos`. Unreadable ones, ones shorter than one clip and (with `max_minutes` > 0) longer
+    ones are skipped, counted by reason; all of them skipped is an error. `infos` ({path: VideoInfo or
+    video.Unreadable}, from `video_index.index_videos`) saves probing them here."""
     infos = infos if infos is not None else video_index.probe_all(videos)
-    ok = [v for v in videos if isinstance(infos[v], video.VideoInfo)]
-    skipped = {v: infos[v] for v in videos if not isinstance(infos[v], video.VideoInfo)}
-    for why in skipped.values():
-        logging.warning("skipping unreadable video %s", why)
+    span = (num_frames - 1) * stride + 1
+    skipped = {}
+    for v in videos:
+        info = infos[v]
+        if not isinstance(info, video.VideoInfo):
+            skipped[v] = info
+        elif info.num_frames < span:
+            skipped[v] = video.Unreadable(bad_data.TOO_SHORT, f"{info.num_frames} frames, a clip spans {span}")
+        elif max_minutes and info.fps and info.num_frames / info.fps > 60 * max_minutes:
+            seconds = info.num_frames / info.fps
+            skipped[v] = video.Unreadable(bad_data.TOO_LONG, f"{seconds / 60:.1f} min ({seconds:.0f} s)")
+    tally = bad_data.Tally("videos")
+    for v, why in skipped.items():
+        tally.add(why.reason, v, why.detail)
+    ok = [v for v in videos if v not in skipped]
     if not ok:
-        raise ValueError(f"none of the {len(videos)} videos could be read:\n" +
-                         "\n".join(f"  {p}: {why}" for p, why in skipped.items()))
-    return ClipIndex(clip_table({v: infos[v].num_frames for v in ok}, num_frames, stride, hop), ok, skipped)
+        raise ValueError(f"none of the {len(videos)} videos can be used: {tally.report()}")
+    return ClipIndex(clip_table({v: infos[v].num_frames for v in ok}, num_frames, stride, hop), ok, skipped, tally)
 
 
 def split_videos(paths: list[str], every_nth: int) -> tuple[list[str], list[str]]:

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import video, video_index
+from liteframe_jax.data import bad_data, video, video_index
 
 VIDEO_MARKER = "<video>"
 VIDEO_MARKERS = ("<video>", "<image>")  # LLaVA-Video-178K puts LLaVA's <image> where the frames go
@@ -140,6 +140,8 @@ class QAIndex:
     too_long: int = 0
     outside_root: list[str] = dataclasses.field(default_factory=list)  # rows whose video leaves the data root
     token_lengths: list[int] = dataclasses.field(default_factory=list)  # per row, once tokenized for training
+    rows_in_file: int = 0
+    rows_without_video: int = 0  # rows skipped because their video is missing or unreadable
 
     def report(self) -> str:
         lines = [f"{len(self.rows)} rows; {len(self.bad_rows)} malformed, {len(self.outside_root)} with a video "
@@ -148,6 +150,19 @@ class QAIndex:
         lines += [f"  {problem}" for problem in (self.bad_rows + self.outside_root)[:10]]
         lines += [f"  video {p}: {why}" for p, why in list(self.missing_videos.items())[:10]]
         return "\n".join(lines)
+
+    def skipped_rows(self) -> int:
+        return self.rows_in_file - len(self.rows)
+
+    def check_ceiling(self, annotation: str, max_fraction: float) -> None:
+        """Stop when more than `max_fraction` of the file's rows were skipped, for whatever reason."""
+        if self.rows_in_file and self.skipped_rows() > max_fraction * self.rows_in_file:
+            raise bad_data.TooMuchBadData(
+                f"{annotation}: {self.skipped_rows()} of {self.rows_in_file} rows "
+                f"({self.skipped_rows() / self.rows_in_file:.1%}) cannot be used ({len(self.bad_rows)} malformed, "
+                f"{len(self.outside_root)} outside the data root, {self.rows_without_video} whose video is missing "
+                f"or unreadable, {self.too_long} too long), more than data.max_bad_fraction={max_fraction:g} "
+                "allows. Fix them, or raise --config.data.max_bad_fraction to train on the rest.\n" + self.report())
 
 
 def build_index(annotation: str, video_root: str | None = None,
@@ -173,7 +188,8 @@ def build_index(annotation: str, video_root: str | None = None,
         raise ValueError(f"{annotation}: no usable row ({len(bad)} malformed, {len(outside)} outside the data root "
                          f"{root}, {len(missing)} videos missing or unreadable)"
                          + ("\n  " + "\n  ".join((bad + outside)[:5]) if bad or outside else ""))
-    return QAIndex(kept, infos, bad, missing, outside_root=outside)
+    return QAIndex(kept, infos, bad, missing, outside_root=outside, rows_in_file=len(rows) + len(bad) + len(outside),
+                   rows_without_video=len(rows) - len(kept))
 
 
 class TooLong(ValueError):

@@ -8,32 +8,36 @@ every checkpoint, so a resumed run sees exactly the next batch.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import grain
 import numpy as np
 
-from liteframe_jax.data import video, workers
+from liteframe_jax.data import bad_data, video, workers
 from liteframe_jax.data.clips import ClipSpec
 
-# A clip or row that failed to decode travels as this marker and is removed after the worker processes'
-# outputs are merged. Grain treats a None element as filtered out inside each worker, which shifts its
-# round-robin merge: the batches would then depend on the number of workers.
-DROPPED = {"dropped": np.zeros((), bool)}
+
+def dropped(reason: str) -> dict:
+    """What a clip or row that failed to decode becomes: a marker with its reason (`bad_data.REASONS`), counted
+    and removed in the main process after the worker processes' outputs are merged. Grain treats a None
+    element as filtered out inside each worker, which shifts its round-robin merge: the batches would then
+    depend on the number of workers."""
+    return {"_dropped": np.int32(bad_data.code(reason))}
+
+
+USABLE = np.int32(-1)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeClip:
-    """ClipSpec -> {'frames': (T, size, size, 3) uint8}, or `DROPPED` when the file fails to decode."""
+    """ClipSpec -> {'frames': (T, size, size, 3) uint8}, or `dropped(...)` when the file fails to decode."""
 
     size: int
 
     def __call__(self, clip: ClipSpec):
         try:
             return {"frames": video.decode_frames(clip.path, clip.frame_indices, self.size)}
-        except video.VideoError as e:
-            logging.warning("dropping clip: %s", e)
-            return DROPPED
+        except video.VideoError:
+            return dropped(bad_data.MID_RUN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +56,45 @@ class WithTargets:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeWithTarget:
-    """(ClipSpec or cached frames, target) -> {'frames', 'targets'}, or `DROPPED` when either is missing."""
+    """(ClipSpec or cached frames, target) -> {'frames', 'targets'}, or `dropped(...)` when either is missing."""
 
     size: int
 
     def __call__(self, pair):
         clip, target = pair
         example = DecodeClip(self.size)(clip) if isinstance(clip, ClipSpec) else clip
-        if target is None or not _is_valid(example):
-            return DROPPED
+        if not _is_valid(example):
+            return example
+        if target is None:
+            return dropped(bad_data.NO_TARGET)
         return {"frames": example["frames"], "targets": target}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """Index -> `source[index]`, decoded by `decode` (unless the source holds decoded frames), with the index
+    (`_index`: which clip, for reports) and whether it failed (`_dropped`: a reason code, or -1)."""
+
+    source: object
+    decode: object = None
+
+    def __call__(self, index):
+        item = self.source[index]
+        example = item if self.decode is None else self.decode(item)
+        return {"_dropped": USABLE, **example, "_index": np.int64(index)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Usable:
+    """Filter of examples leaving the workers (in the main process): whether each is usable, counting the ones
+    that are not (`watch`: a `bad_data.MidRun`, or None)."""
+
+    watch: object = None
+
+    def __call__(self, example) -> bool:
+        if self.watch is not None:
+            return self.watch.observe(int(example["_dropped"]), int(example["_index"]))
+        return _is_valid(example)
 
 
 def _from(ds: grain.MapDataset, start: int) -> grain.MapDataset:
@@ -69,12 +102,12 @@ def _from(ds: grain.MapDataset, start: int) -> grain.MapDataset:
 
 
 def _is_valid(example) -> bool:
-    return "dropped" not in example
+    return int(example.get("_dropped", -1)) < 0
 
 
 def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                  prefetch: int = 2, cache=None, start: int = 0, targets=None) -> grain.IterDataset:
+                  prefetch: int = 2, cache=None, start: int = 0, targets=None, watch=None) -> grain.IterDataset:
     """Shuffled (a new order every epoch), repeated, this process's share, decoded, batched.
 
     `batch_size` is the per-process batch; the last incomplete batch of nothing is ever produced since the
@@ -82,7 +115,9 @@ def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: in
     (a `clip_cache.ClipCache` of exactly `clips`) frames are read from it instead of decoded, in the same
     order, so the batches are the same either way. `start` skips that many of this process's clips without
     reading them (a resume on another number of processes, `train.loop`). With `targets` (a
-    `target_cache.TargetCache` of exactly `clips`) each example also carries its clip's cached target.
+    `target_cache.TargetCache` of exactly `clips`) each example also carries its clip's cached target. Each
+    example carries `_index`, its clip's index in `clips`; `watch` (a `bad_data.MidRun`) counts the clips that
+    fail to decode.
     """
     if len(clips) < process_count:
         raise ValueError(f"{len(clips)} clips cannot be shared among {process_count} processes")
@@ -93,12 +128,11 @@ def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: in
         if len(targets) != len(clips):
             raise ValueError(f"target cache holds {len(targets)} clips, the clip list {len(clips)}")
         source = WithTargets(source, targets)
-    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    # Shuffling the indices, not the clips, gives the same order and lets each example say which clip it is.
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
     ds = _from(ds[process_index::process_count], start)
-    if targets is not None:
-        ds = ds.map(DecodeWithTarget(size))
-    elif cache is None:
-        ds = ds.map(DecodeClip(size))
+    decode = DecodeWithTarget(size) if targets is not None else (DecodeClip(size) if cache is None else None)
+    ds = ds.map(_Read(source, decode))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
         # Workers decode interleaved slices and Grain merges them back in order, so batching after the merge
@@ -106,7 +140,7 @@ def train_dataset(clips: list[ClipSpec], *, size: int, batch_size: int, seed: in
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                          per_worker_buffer_size=prefetch * batch_size),
                              worker_init_fn=workers.init_worker)
-    return it.filter(_is_valid).batch(batch_size, drop_remainder=True)
+    return it.filter(Usable(watch)).batch(batch_size, drop_remainder=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +205,8 @@ class QAExample:
         idx, times = self.frame_plan(row)
         try:
             frames = video.decode_frames(row.video, idx, self.size)
-        except video.VideoError as e:
-            logging.warning("dropping row %d: %s", row.row, e)
-            return DROPPED
+        except video.VideoError:
+            return dropped(bad_data.MID_RUN)
         tokens, mask = self.builder.training_example(row.turns, times)
         return {"frames": frames, "tokens": tokens, "loss_mask": mask}
 
@@ -212,15 +245,28 @@ class GlobalBatchBucket:
     def __call__(self, position_and_index):
         position, index = position_and_index
         row = self.rows[index]
-        example = self.example(row)
+        example = {"_dropped": USABLE, **self.example(row)}
         if not _is_valid(example):
             s = self.example.size
-            example = {"frames": np.zeros((self.example.num_frames, s, s, 3), np.uint8),
-                       "tokens": np.full((1,), self.pad_id, np.int32), "loss_mask": np.zeros((1,), bool)}
+            example.update(frames=np.zeros((self.example.num_frames, s, s, 3), np.uint8),
+                           tokens=np.full((1,), self.pad_id, np.int32), loss_mask=np.zeros((1,), bool))
         elif len(example["tokens"]) != self.lengths[index]:
             raise ValueError(f"row {row.row} ({row.video}) tokenized to {len(example['tokens'])} tokens, "
                              f"{self.lengths[index]} when the run started")
-        return {**example, "bucket": np.int32(self.bucket(position // self.global_batch))}
+        return {**example, "_index": np.int64(index), "bucket": np.int32(self.bucket(position // self.global_batch))}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+    """Map of examples leaving the workers (in the main process): counts the rows that failed to decode
+    (`watch`: a `bad_data.MidRun`, or None) and keeps every row in its place."""
+
+    watch: object = None
+
+    def __call__(self, example):
+        if self.watch is not None:
+            self.watch.observe(int(example["_dropped"]), int(example["_index"]))
+        return example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,14 +294,16 @@ class PadToBucket:
                                  "tokens): its rows do not come from one global batch")
             tokens[i, :k], mask[i, :k], valid[i, :k] = e["tokens"], e["loss_mask"], True
         return {"frames": np.stack([e["frames"] for e in examples]), "tokens": tokens, "loss_mask": mask,
-                "valid": valid}
+                "valid": valid, "_index": np.stack([e["_index"] for e in examples]),
+                "_dropped": np.stack([e["_dropped"] for e in examples])}
 
 
 def qa_train_dataset(rows, lengths, example: QAExample, *, batch_size: int, buckets, pad_id: int, seed: int,
                      process_index: int = 0, process_count: int = 1, num_workers: int = 0, read_threads: int = 2,
-                     prefetch: int = 2, start: int = 0) -> grain.IterDataset:
+                     prefetch: int = 2, start: int = 0, watch=None) -> grain.IterDataset:
     """As `train_dataset`, for conversation rows (`lengths`: each row's token count): decoded, tokenized, and
-    padded to the smallest bucket that holds the longest row of the global batch, the same on every process."""
+    padded to the smallest bucket that holds the longest row of the global batch, the same on every process.
+    `_index` names each batch row's row in `rows`; `watch` counts the rows whose video fails to decode."""
     if len(lengths) != len(rows):
         raise ValueError(f"{len(lengths)} token lengths for {len(rows)} rows")
     order = grain.MapDataset.source(range(len(rows))).shuffle(seed=seed).repeat()
@@ -267,4 +315,4 @@ def qa_train_dataset(rows, lengths, example: QAExample, *, batch_size: int, buck
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                          per_worker_buffer_size=prefetch * batch_size),
                              worker_init_fn=workers.init_worker)
-    return it.batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(pad_id))
+    return it.map(_Counted(watch)).batch(batch_size, drop_remainder=True, batch_fn=PadToBucket(pad_id))

@@ -25,7 +25,6 @@ from liteframe_jax.core import paths
 
 MANIFEST = "manifest.json"
 VERSION = 1
-DROPPED = {"dropped": np.zeros((), bool)}
 
 
 def shard_name(k: int) -> str:

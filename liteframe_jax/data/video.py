@@ -10,18 +10,37 @@ import av
 import numpy as np
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import tfds_records
+from liteframe_jax.data import bad_data, tfds_records
 
 RESIZE_FILTERS = ("bilinear", "bicubic")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".gif")
 
 
 class VideoError(RuntimeError):
-    """A video that cannot be opened or decoded; the message names the file."""
+    """A video that cannot be opened or decoded: the message names the file, `reason` is one of
+    `bad_data.REASONS` and `detail` says what failed without the file's name."""
+
+    def __init__(self, path: str, detail: str, reason: str = bad_data.UNREADABLE):
+        super().__init__(f"{path}: {detail}")
+        self.path, self.detail, self.reason = path, detail, reason
 
 
 class NoFramesError(VideoError):
     """None of the asked-for frames exist: the file ends before the first of them."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(path, detail, bad_data.NO_FRAMES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """Why a probed video cannot be used (what the video index records in place of a VideoInfo)."""
+
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,26 +65,81 @@ def open_container(path: str):
             source.close()
 
 
+# The first bytes of the containers FFmpeg is asked to read here: a file that starts like one of them but
+# cannot be opened is truncated or corrupt, any other is not a video at all.
+_CONTAINER_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"GIF8", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"\x47")
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+
+
+def _looks_like_a_container(head: bytes) -> bool:
+    return head[4:8] in _MP4_BOXES or head.startswith(_CONTAINER_MAGIC)
+
+
+def _unopenable(path: str, error: Exception) -> VideoError:
+    """Why FFmpeg could not open `path`: empty, not a video, or a video container that is cut short or damaged."""
+    detail = f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"  # FFmpeg's str names the file
+    if tfds_records.is_record(path):
+        return VideoError(path, detail, bad_data.TRUNCATED)
+    try:
+        if paths.getsize(path) == 0:
+            return VideoError(path, "the file is empty", bad_data.EMPTY)
+        with paths.open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return VideoError(path, "no such file", bad_data.MISSING)
+    except OSError:
+        return VideoError(path, detail)
+    return VideoError(path, detail, bad_data.TRUNCATED if _looks_like_a_container(head) else bad_data.NOT_A_VIDEO)
+
+
+def _last_frame_reached(container, stream, num_frames: int) -> bool:
+    """Whether the stream holds (about) the frames its header counts: seek to the last one's keyframe and
+    decode from there. A file cut short keeps its header, so it only shows where its data ends. A second of
+    frames may be missing (headers and edit lists disagree by a few frames); more is a truncated file."""
+    rate = float(stream.average_rate)
+    last = -1
+    container.seek(stream.start_time + int((num_frames - 1) / (stream.average_rate * stream.time_base)),
+                   stream=stream, backward=True, any_frame=False)
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                last = max(last, int(round(float((frame.pts - stream.start_time) * stream.time_base * rate))))
+    except av.error.FFmpegError:
+        pass  # damaged data near the end: judged by what was decoded before it
+    return last >= num_frames - 1 - max(1.0, rate)
+
+
 def probe(path: str) -> VideoInfo:
-    """Open the file, count its video frames and decode the first one, so broken files fail here."""
+    """Open the file, count its video frames, decode the first one and check that the last one is there, so
+    broken files fail here; the VideoError's `reason` says how (`bad_data.REASONS`)."""
     try:
         with open_container(path) as container:
             if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
+                raise VideoError(path, "no video stream", bad_data.NOT_A_VIDEO)
             stream = container.streams.video[0]
-            num_frames = stream.frames
+            if stream.codec_context is None:
+                raise VideoError(path, "this FFmpeg has no decoder for its video codec", bad_data.CODEC)
+            num_frames = counted = stream.frames
             if num_frames <= 0:  # containers without a frame count (webm, mkv): count packets
                 num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
                 container.seek(0)
             first = next(container.decode(stream), None)
             if first is None or num_frames <= 0:
-                raise VideoError(f"{path}: no decodable frame")
+                raise VideoError(path, "no decodable frame", bad_data.NO_FRAMES)
+            if counted > 1 and _seekable(stream) and first.pts is not None \
+                    and not _last_frame_reached(container, stream, num_frames):
+                raise VideoError(path, f"its header counts {num_frames} frames but the data ends well before the "
+                                 "last", bad_data.TRUNCATED)
             fps = float(stream.average_rate) if stream.average_rate else 0.0
             return VideoInfo(path, int(num_frames), fps, first.width, first.height)
     except VideoError:
         raise
-    except Exception as e:  # PyAV raises a family of FFmpeg errors; all mean "unreadable"
-        raise VideoError(f"{path}: {type(e).__name__}: {e}") from e
+    except FileNotFoundError:
+        raise VideoError(path, "no such file", bad_data.MISSING) from None
+    except av.error.FFmpegError as e:
+        raise _unopenable(path, e) from e
+    except Exception as e:  # anything else FFmpeg or a bucket raises means "unreadable"
+        raise VideoError(path, f"{type(e).__name__}: {e}") from e
 
 
 # Between two wanted frames further apart than this, seek to the later one's keyframe instead of decoding
@@ -165,9 +239,9 @@ def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np
                 if not jumped:
                     break  # every wanted frame reached, or the file ended before the rest
     except Exception as e:
-        raise VideoError(f"{path}: decoding failed: {type(e).__name__}: {e}") from e
+        raise VideoError(path, f"decoding failed: {type(e).__name__}: {e}") from e
     if last is None:
-        raise NoFramesError(f"{path}: none of the frames {indices[:3]}... could be decoded")
+        raise NoFramesError(path, f"none of the frames {indices[:3]}... could be decoded")
     return assemble(indices, frames, last)
 
 

@@ -16,7 +16,7 @@ import time
 import uuid
 
 from liteframe_jax.core import paths
-from liteframe_jax.data import video
+from liteframe_jax.data import bad_data, video
 
 PART_PREFIX = "part-"
 
@@ -25,17 +25,17 @@ def _row(path: str, result) -> dict:
     if isinstance(result, video.VideoInfo):
         return {"path": path, "frames": result.num_frames, "fps": result.fps, "width": result.width,
                 "height": result.height}
-    return {"path": path, "error": result}
+    return {"path": path, "error": result.detail, "reason": result.reason}
 
 
 def _entry(row: dict):
     if "error" in row:
-        return str(row["error"])
+        return video.Unreadable(row.get("reason", bad_data.UNREADABLE), str(row["error"]))
     return video.VideoInfo(row["path"], int(row["frames"]), float(row["fps"]), int(row["width"]), int(row["height"]))
 
 
-def load(folder: str) -> dict[str, video.VideoInfo | str]:
-    """{path: VideoInfo, or the reason it is unreadable} from every part in `folder` (empty if none)."""
+def load(folder: str) -> dict[str, video.VideoInfo | video.Unreadable]:
+    """{path: VideoInfo, or why it cannot be used (video.Unreadable)} from every part in `folder` (empty if none)."""
     if not paths.isdir(folder):
         return {}
     out = {}
@@ -48,13 +48,13 @@ def load(folder: str) -> dict[str, video.VideoInfo | str]:
     return out
 
 
-def probe_all(videos: list[str], threads: int = 8) -> dict[str, video.VideoInfo | str]:
+def probe_all(videos: list[str], threads: int = 8) -> dict[str, video.VideoInfo | video.Unreadable]:
     """Probe in `threads` threads (PyAV releases the GIL while FFmpeg reads and decodes)."""
     def one(path):
         try:
             return path, video.probe(path)
         except video.VideoError as e:
-            return path, str(e)
+            return path, video.Unreadable(e.reason, e.detail)
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
         return dict(pool.map(one, videos))
 
@@ -71,7 +71,7 @@ def write_part(folder: str, results: dict, process_index: int) -> str | None:
 
 def index_videos(videos: list[str], folder: str | None, *, threads: int = 8, process_index: int = 0,
                  process_count: int = 1, barrier=lambda name: None, log=lambda msg: None
-                 ) -> dict[str, video.VideoInfo | str]:
+                 ) -> dict[str, video.VideoInfo | video.Unreadable]:
     """Every video of `videos` in the index at `folder` (None: none kept), probing the new ones.
 
     `barrier(name)` must return once every process has called it with that name (all processes call this

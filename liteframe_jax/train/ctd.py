@@ -18,7 +18,7 @@ from liteframe_jax.core import sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import pure_dict
-from liteframe_jax.data import clip_cache
+from liteframe_jax.data import bad_data, clip_cache
 from liteframe_jax.data import clips as clips_lib
 from liteframe_jax.data import demo, pipeline, target_cache, tfds_records
 from liteframe_jax.models import compression, kernel_choice
@@ -78,6 +78,7 @@ class CTDTask(Task):
 
         # Data: probe every video once, skip unreadable ones, split off the held-out videos.
         self.train_index = self.eval_index = None
+        self._watch = None
         if with_data:
             self._index_videos(config.data, workdir)
         if config.batch_size % jax.process_count():
@@ -128,14 +129,18 @@ class CTDTask(Task):
     def _index_videos(self, d, workdir: str) -> None:
         train_videos, eval_videos = self._videos(d, workdir)
         infos = index_videos_of_run(train_videos + eval_videos, d, workdir, "ctd")
-        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop, infos)
+        limit = float(d.get("max_video_minutes", 0.0))
+        self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop, infos,
+                                                 limit)
         log(f"[ctd] train data: {self.train_index.report()}")
-        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop, infos)
-                           if eval_videos else None)
+        self.eval_index = (clips_lib.build_index(eval_videos, self.num_frames, d.frame_stride, d.clip_hop, infos,
+                                                 limit) if eval_videos else None)
         if self.eval_index:
             log(f"[ctd] held-out data: {self.eval_index.report()}")
         else:
             log("[ctd] no held-out videos: the held-out cosine similarity will not be measured")
+        where = d.videos if isinstance(d.videos, str) else "data.videos"
+        bad_data.check_fraction(self.train_index.tally, len(train_videos), float(d.max_bad_fraction), where)
 
     @staticmethod
     def _videos(d, workdir: str) -> tuple[list[str], list[str]]:
@@ -178,7 +183,17 @@ class CTDTask(Task):
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
             num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start,
-            targets=self.target_cache)
+            targets=self.target_cache, watch=self.bad_data_watch())
+
+    def bad_data_watch(self):
+        if self._watch is None and self.train_index is not None:
+            clips = self.train_index.clips
+            self._watch = bad_data.MidRun(lambda i: clips[i].path, self.config.data.max_bad_in_a_row, "clips")
+        return self._watch
+
+    def describe_examples(self, indices) -> list[dict]:
+        clips = self.train_index.clips
+        return [{"index": int(i), "video": clips[i].path, "frames": list(clips[i].frame_indices)} for i in indices]
 
     def targets(self, teacher_params, frames_uint8):
         """uint8 (B, T, S, S, 3) -> compressed teacher tokens (B, N, C), float32."""
@@ -233,7 +248,9 @@ class CTDTask(Task):
                          f"over {len(self.eval_index.clips)} clips of {len(self.eval_index.videos)} held-out videos")
         skipped = len(self.train_index.skipped) + (len(self.eval_index.skipped) if self.eval_index else 0)
         if skipped:
-            lines.append(f"unreadable videos skipped: {skipped} (listed at start-up)")
+            lines.append(f"videos skipped at start-up: {skipped} (listed then, by reason)")
+        if self._watch is not None and self._watch.tally.total:
+            lines.append(f"mid-run: {self._watch.tally.summary()} (their video failed to decode)")
         lines.append("next: adapt an LLM to this student with\n  python -m liteframe_jax.main "
                      f"--config=configs/lma.py --config.student.init={result.workdir}")
         return lines

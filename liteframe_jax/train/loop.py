@@ -9,6 +9,7 @@ guard, metrics and progress, Orbax checkpoints with the data iterator, and the f
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -23,6 +25,7 @@ from liteframe_jax.assembly import run_folder
 from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, unflatten
+from liteframe_jax.data import bad_data
 from liteframe_jax.train import metrics as metrics_lib
 from liteframe_jax.train import preemption
 from liteframe_jax.train import state as state_lib
@@ -101,6 +104,15 @@ class Task(abc.ABC):
 
     def summary(self, result: dict) -> list[str]:
         return []
+
+    def bad_data_watch(self):
+        """The `bad_data.MidRun` that counts this run's examples failing to decode mid-run (None: not counted)."""
+        return None
+
+    def describe_examples(self, indices) -> list[dict]:
+        """What the examples at `indices` (the `_index` of a batch's rows) are, for a report: e.g. a clip's
+        video and frames."""
+        return [{"index": int(i)} for i in indices]
 
 
 @dataclasses.dataclass
@@ -273,7 +285,7 @@ def train(config, workdir: str, task: Task) -> Result:
     with preemption.PreemptionWatch() as watch:
         state, step, last_metrics, eval_metrics = _loop(
             config, state, start_step, total_steps, step_fn=step_fn, frozen=frozen, data_iter=data_iter, mesh=mesh,
-            writer=writer, ckpt=ckpt, evaluate=evaluate, watch=watch)
+            writer=writer, ckpt=ckpt, evaluate=evaluate, watch=watch, task=task, workdir=workdir)
     train_seconds = time.perf_counter() - t_train
     preempted = watch.noticed and step < total_steps
     if preempted:
@@ -295,28 +307,89 @@ def train(config, workdir: str, task: Task) -> Result:
                   preempted=preempted)
 
 
+def _host_only(local: dict) -> tuple[dict, np.ndarray | None]:
+    """(the batch the step takes, the `_index` of its rows): keys starting with '_' describe the batch's
+    examples for reports and never reach the device."""
+    return {k: v for k, v in local.items() if not k.startswith("_")}, local.get("_index")
+
+
+def _gathered(rows: np.ndarray) -> np.ndarray:
+    """This process's rows of something, concatenated over the run's processes (all must call it)."""
+    if jax.process_count() == 1:
+        return rows
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(rows, tiled=True))
+
+
+def _bad_data_metrics(watch) -> dict:
+    """Clips or rows skipped mid-run, by reason, summed over processes (all must call it)."""
+    if watch is None:
+        return {}
+    counts = _gathered(np.asarray([watch.tally.counts.get(r, 0) for r in bad_data.REASONS], np.int64)[None])
+    counts = counts.sum(0)
+    out = {f"skipped_{bad_data.slug(r)}": int(n) for r, n in zip(bad_data.REASONS, counts) if n}
+    return {"skipped_examples": int(counts.sum()), **out}
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
+
+
+def _nonfinite_report(workdir, step, streak, skipped, metrics, ckpt, recent, task) -> str:
+    """WORKDIR/nonfinite_report.json: what a run that stopped on non-finite steps needs to be reproduced, and
+    the path it was written to."""
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    batches = []
+    for s, indices in recent:
+        if s > step - streak and indices is not None:
+            batches.append({"step": s, "examples": task.describe_examples(_gathered(np.asarray(indices)))})
+    report = {"step": step, "non_finite_steps_in_a_row": streak, "skipped_in_all": skipped,
+              "non_finite_metrics": bad, "metrics": {k: float(v) for k, v in metrics.items()},
+              "last_checkpoint": ckpt.latest_step(),
+              "reproduce": "the run's checkpoints hold only finite parameters; resuming from last_checkpoint gives "
+                           "the same batches, so the steps below run again with the examples listed",
+              "batches": batches}
+    path = os.path.join(workdir, "nonfinite_report.json")
+    if jax.process_index() == 0:
+        paths.write_text(path, json.dumps(report, indent=1))
+    return path
+
+
 def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, data_iter, mesh, writer, ckpt,
-          evaluate, watch):
+          evaluate, watch, task, workdir):
     """Steps `start_step + 1` .. `total_steps`, or until a preemption notice (then a checkpoint of the last step):
     (state, last step, last logged metrics, last held-out metrics)."""
     last_metrics, eval_metrics, step = {}, {}, start_step
+    recent = collections.deque(maxlen=int(config.log_every) + int(config.nan_patience))  # (step, example indices)
+    data_watch = task.bad_data_watch()
     for step in range(start_step + 1, total_steps + 1):
-        batch = sharding.global_batch(next(data_iter), mesh)
-        state, metrics = step_fn(state, frozen, batch)
+        local, indices = _host_only(next(data_iter))
+        recent.append((step, indices))
+        state, metrics = step_fn(state, frozen, sharding.global_batch(local, mesh))
         stop = watch.reached(step)
         if step % config.log_every == 0 or step == total_steps or stop:
             last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             streak, skipped = (int(x) for x in jax.device_get((state["nonfinite_streak"], state["skipped"])))
             if streak >= config.nan_patience:
+                report = _nonfinite_report(workdir, step, streak, skipped, last_metrics, ckpt, recent, task)
+                bad = ", ".join(k for k, v in last_metrics.items() if not np.isfinite(v))
                 raise FloatingPointError(
-                    f"step {step}: the loss or gradients were non-finite for {streak} steps in a row "
-                    f"({skipped} skipped in all); last metrics {last_metrics}. Lower optimizer.lr or check the data.")
-            last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped)
+                    f"step {step}: the loss or gradients were non-finite for {streak} steps in a row ({skipped} "
+                    f"skipped in all; non-finite: {bad}). Lower optimizer.lr or check the data: {report} lists "
+                    f"the examples of those steps; checkpoint {ckpt.latest_step()} is the last, with finite "
+                    "parameters")
+            last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped,
+                                **_bad_data_metrics(data_watch))
             writer.write(step, last_metrics)
         if config.eval_every and step % config.eval_every == 0 and step != total_steps:
             eval_metrics = evaluate(state["params"])
             writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
         if step % config.checkpoint_every == 0 or step == total_steps or stop:
+            # the step's guard keeps the parameters finite; a checkpoint must never hold a NaN or Inf either way
+            if not bool(jax.device_get(_all_finite(state["params"]))):
+                raise FloatingPointError(f"step {step}: the parameters hold NaN or Inf; not saved (checkpoint "
+                                         f"{ckpt.latest_step()} is the last)")
             ckpt.save(step, state, _IteratorSnapshot(data_iter))
             writer.sync()
         if stop:

@@ -55,7 +55,8 @@ def make_train_step(config, task, layout: StateLayout, key):
         grad_norm = _tree_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+        params = keep(params, state["params"])
+        new_state = {"step": state["step"] + 1, "params": params,
                      "opt_state": keep(opt_state, state["opt_state"]),
                      "nonfinite_streak": jnp.where(ok, 0, state["nonfinite_streak"] + 1),
                      "skipped": state["skipped"] + (~ok).astype(jnp.int32)}
