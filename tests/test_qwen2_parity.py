@@ -134,3 +134,24 @@ def test_hidden_without_a_validity_mask_means_every_token_is_real():
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     padded, _ = llm.hidden(embeds, positions, jnp.arange(9)[None] < jnp.array([[9], [5]]))
     assert not np.allclose(np.asarray(padded[1, :]), np.asarray(want[1, :]))  # the mask is not ignored
+
+
+def test_pickled_weights_are_refused_with_the_command_that_converts_them(tmp_path):
+    import shlex
+    import subprocess
+    import sys
+    ref = _reference(tmp_path)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")  # as older folders hold their weights
+    with pytest.raises(ValueError, match="holds its weights as pytorch_model.bin: pickled weights are never read") as e:
+        load_pretrained(str(tmp_path))
+    command = str(e.value).split("runs no code): ", 1)[1]
+    args = shlex.split(command)
+    assert args[0] == "python"
+    subprocess.run([sys.executable, *args[1:]], check=True)
+    ours = load_pretrained(str(tmp_path))
+    tokens = np.random.default_rng(0).integers(0, 96, (2, 17))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), want, atol=1e-4, rtol=0)

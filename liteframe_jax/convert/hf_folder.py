@@ -42,10 +42,25 @@ def square(value, key: str, what: str) -> int:
 
 
 def safetensors_files(path: str) -> list[str]:
-    files = [os.path.join(path, f) for f in paths.listdir(path) if f.endswith(".safetensors")]
+    names = paths.listdir(path)
+    files = [os.path.join(path, f) for f in names if f.endswith(".safetensors")]
     if not files:
-        raise FileNotFoundError(f"{path!r} holds no *.safetensors file (pickled .bin checkpoints are not read)")
+        pickled = sorted(f for f in names if f.endswith(PICKLED_WEIGHTS))
+        if pickled:
+            example = os.path.join(path, pickled[0])
+            raise ValueError(
+                f"{path!r} holds its weights as {', '.join(pickled[:3])}{' ...' if len(pickled) > 3 else ''}: "
+                "pickled weights are never read, since loading them can run code. Convert each file once to "
+                "safetensors beside it (PyTorch's weights_only loading runs no code): "
+                + CONVERT_COMMAND.format(src=example, dst=os.path.splitext(example)[0] + ".safetensors"))
+        raise FileNotFoundError(f"{path!r} holds no *.safetensors file")
     return files
+
+
+# PyTorch's pickle-based weight files, and the command that turns one into a safetensors file
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONVERT_COMMAND = ("python -c \"import sys, torch, safetensors.torch as st; st.save_file({{k: v.clone() for k, v in "
+                   "torch.load(sys.argv[1], weights_only=True).items()}}, sys.argv[2])\" {src} {dst}")
 
 
 def read_safetensors(file: str, keep=lambda name: True) -> dict[str, np.ndarray]:
