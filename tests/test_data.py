@@ -235,3 +235,14 @@ def test_bicubic_resize_is_pils(tmp_path):
     assert not np.array_equal(bicubic, video.decode_frames(path, [0, 5], 40))  # swscale bilinear differs
     with pytest.raises(ValueError, match="unknown resize filter 'lanczos'"):
         video.decode_frames(path, [0], 40, resize="lanczos")
+
+
+def test_streamed_frames_are_the_decoded_frames_chunk_by_chunk(videos):
+    """Chunks come as their frames decode and, concatenated, are `decode_frames`' frames, also where the file
+    ends before the last wanted frames (they repeat the last one)."""
+    for indices in ([0, 2, 4, 6, 8, 10, 12, 14], [0, 1, 1, 5, 20, 29, 40, 50]):
+        chunks = list(video.stream_frames(videos[0], indices, 16, chunk=4))
+        assert [len(c) for c in chunks] == [4, 4]
+        np.testing.assert_array_equal(np.concatenate(chunks), video.decode_frames(videos[0], indices, 16))
+    first = next(video.stream_frames(videos[0], list(range(0, 30, 3)), 16, chunk=2))  # without decoding the rest
+    np.testing.assert_array_equal(first, video.decode_frames(videos[0], [0, 3], 16))

@@ -308,3 +308,25 @@ def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):
     os.remove(moved / "spec.json")
     with pytest.raises(FileNotFoundError, match="written before run folders held their whole model"):
         VideoQA.from_run(str(moved))
+
+
+def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa):
+    """Answering encodes the video clip by clip while it decodes: the visual tokens equal those of the whole
+    video decoded and encoded at once, and so does the answer."""
+    from liteframe_jax.eval.answer import VideoQA
+    cfg = tiny_lma_config(qa[0], **{"data.num_frames": 16})  # two 8-frame clips of the student
+    task = LMATask(cfg, sharding.make_mesh(cfg.mesh), "/nonexistent", with_data=False)
+    graphdef, params = nnx.split(task.build_model(nnx.Rngs(0)))
+    model = VideoQA(task.spec, task.tokenizer, graphdef, pure_dict(params), dtype=jnp.float32, sampling="uniform",
+                    resize="bilinear", identity={})
+    path = conversations.build_index(qa[0]).rows[0].video
+    assert task.spec.encoder.clip_frames == 8 and model.num_frames == 16
+    streamed, times = model.encode_streaming(path)
+    frames, batch_times = model.load_frames(path)
+    whole = jax.jit(lambda p, f: task.spec.visual_tokens(nnx.merge(graphdef, p), f, jnp.float32))(
+        model.params, jnp.asarray(frames)[None])
+    assert times == batch_times
+    assert streamed.shape == whole.shape == (1, model.visual_tokens, cfg.llm.arch.hidden_size)
+    np.testing.assert_allclose(np.asarray(streamed), np.asarray(whole), rtol=1e-5, atol=1e-5)
+    question = "What colour is the shape?"
+    assert model(path, question, max_new_tokens=6) == model(path, question, max_new_tokens=6, stream=False)

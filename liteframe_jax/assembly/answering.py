@@ -22,18 +22,31 @@ class Answerer:
     def __init__(self, spec, tokenizer, graphdef, dtype):
         self.spec, self.tokenizer, self.graphdef, self.dtype = spec, tokenizer, graphdef, dtype
         self._embed = jax.jit(lambda p, tok, fr: spec.embeds(nnx.merge(graphdef, p), tok, fr, dtype))
+        self._embed_with = jax.jit(lambda p, tok, vis: spec.embeds_with(nnx.merge(graphdef, p), tok, vis))
+        self._encode = jax.jit(lambda p, fr: spec.visual_tokens(nnx.merge(graphdef, p), fr, dtype))
 
-    def token_ids(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], *, max_new_tokens: int,
-                  temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> list[list[int]]:
-        """Prompts (token ids, each with its uint8 frames) -> each answer's token ids, up to and including its
-        stop token. Prompts are left-padded so every one ends at the same column."""
+    def encode_stream(self, params, chunks) -> jax.Array:
+        """Visual tokens (1, num_visual_tokens, LLM width) of one video whose frames arrive in `chunks` (uint8
+        (n, S, S, 3), n a multiple of the encoder's clip), each encoded as soon as it arrives: JAX dispatches
+        the encoder without waiting for it, so the device encodes a clip while the host decodes the next."""
+        parts = [self._encode(params, jnp.asarray(c)[None]) for c in chunks]
+        return jnp.concatenate(parts, axis=1)
+
+    def token_ids(self, params, prompts: list[np.ndarray], frames: list[np.ndarray] | None, *, max_new_tokens: int,
+                  temperature: float = 0.0, top_k: int = 0, seed: int = 0, visual=None) -> list[list[int]]:
+        """Prompts (token ids, each with its uint8 frames, or with `visual`: their visual tokens, encoded before)
+        -> each answer's token ids, up to and including its stop token. Prompts are left-padded so every one ends
+        at the same column."""
         width = -(-max(len(p) for p in prompts) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
         pad = self.tokenizer.pad_id
         ids = np.full((len(prompts), width), pad, np.int32)
         valid = np.zeros((len(prompts), width), bool)
         for i, p in enumerate(prompts):
             ids[i, width - len(p):], valid[i, width - len(p):] = p, True
-        embeds = self._embed(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
+        if visual is not None:
+            embeds = self._embed_with(params, jnp.asarray(ids), visual)
+        else:
+            embeds = self._embed(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
         llm_graphdef, llm_params = nnx.split(nnx.merge(self.graphdef, params).llm)
         out, lengths = generate(llm_graphdef, llm_params, embeds, jnp.asarray(valid),
                                 jnp.asarray(self.tokenizer.stop_ids), jax.random.key(seed),
@@ -41,7 +54,8 @@ class Answerer:
         out, lengths = np.asarray(out), np.asarray(lengths)
         return [[int(t) for t in out[i, :lengths[i]]] for i in range(len(prompts))]
 
-    def __call__(self, params, prompts: list[np.ndarray], frames: list[np.ndarray], **generation) -> list[str]:
+    def __call__(self, params, prompts: list[np.ndarray], frames: list[np.ndarray] | None, **generation
+                 ) -> list[str]:
         """Prompts and their frames -> the answers as text (stop tokens left out); `generation` as `token_ids`."""
         stops = set(self.tokenizer.stop_ids)
         return [self.tokenizer.decode([t for t in answer if t not in stops])

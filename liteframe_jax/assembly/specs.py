@@ -231,8 +231,12 @@ class VideoLLMSpec:
 
     def embeds(self, model: VideoLLM, tokens: jax.Array, frames_uint8: jax.Array, dtype) -> jax.Array:
         """The prompt's embeddings with the visual tokens at the video placeholders."""
-        return splice(model.llm.embed_tokens(tokens), tokens, self.visual_tokens(model, frames_uint8, dtype),
-                      model.video_token_id)
+        return self.embeds_with(model, tokens, self.visual_tokens(model, frames_uint8, dtype))
+
+    def embeds_with(self, model: VideoLLM, tokens: jax.Array, visual: jax.Array) -> jax.Array:
+        """The prompt's embeddings with `visual` (B, num_visual_tokens, LLM width), encoded before (e.g. clip by
+        clip as the video decoded), at the video placeholders."""
+        return splice(model.llm.embed_tokens(tokens), tokens, visual, model.video_token_id)
 
     # --- as data ---
     def to_dict(self) -> dict:

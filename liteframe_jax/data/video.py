@@ -189,20 +189,15 @@ def _resized(frame, size: int, resize: str) -> np.ndarray:
     raise ValueError(f"unknown resize filter {resize!r}; choose one of {RESIZE_FILTERS}")
 
 
-def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np.ndarray:
-    """Frames at `indices` (non-decreasing, may repeat) resized to size x size RGB: (len, size, size, 3) uint8.
-
-    The resize is a plain stretch to a square (as InternVL's preprocessing does) with the `resize` filter.
-    If the file ends before an index, the last decoded frame stands in for the missing ones. Where the
-    stream can seek, gaps of more than `SEEK_GAP` frames between wanted frames are skipped by seeking.
-    """
+def _wanted_frames(path: str, indices, size: int, resize: str):
+    """(index, frame resized to size x size RGB) for each distinct index of `indices` (non-decreasing) as decoding
+    first reaches it, in increasing order but for a seek that lands behind. Where the stream can seek, gaps of
+    more than `SEEK_GAP` frames between wanted frames are skipped by seeking."""
     if resize not in RESIZE_FILTERS:
         raise ValueError(f"unknown resize filter {resize!r}; choose one of {RESIZE_FILTERS}")
-    indices = [int(i) for i in indices]
-    wanted = set(indices)
+    wanted = {int(i) for i in indices}
     pending = sorted(wanted)
-    frames: dict[int, np.ndarray] = {}
-    last = None
+    reached: set[int] = set()
     k = 0  # pending[k] is the next wanted index not yet reached
     try:
         with open_container(path) as container:
@@ -225,9 +220,9 @@ def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np
                         if i <= jumped_from:  # the keyframe lies behind: decode on to the target instead
                             hold_until = pending[k]
                         jumped_from = None
-                    if i in wanted and i not in frames:
-                        last = _resized(frame, size, resize)
-                        frames[i] = last
+                    if i in wanted and i not in reached:
+                        reached.add(i)
+                        yield i, _resized(frame, size, resize)
                     while k < len(pending) and pending[k] <= i:
                         k += 1
                     if k == len(pending):
@@ -240,9 +235,42 @@ def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np
                     break  # every wanted frame reached, or the file ended before the rest
     except Exception as e:
         raise VideoError(path, f"decoding failed: {type(e).__name__}: {e}") from e
+
+
+def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np.ndarray:
+    """Frames at `indices` (non-decreasing, may repeat) resized to size x size RGB: (len, size, size, 3) uint8.
+
+    The resize is a plain stretch to a square (as InternVL's preprocessing does) with the `resize` filter.
+    If the file ends before an index, the last decoded frame stands in for the missing ones. Where the
+    stream can seek, gaps of more than `SEEK_GAP` frames between wanted frames are skipped by seeking.
+    """
+    indices = [int(i) for i in indices]
+    frames: dict[int, np.ndarray] = {}
+    last = None
+    for i, frame in _wanted_frames(path, indices, size, resize):
+        frames[i] = last = frame
     if last is None:
         raise NoFramesError(path, f"none of the frames {indices[:3]}... could be decoded")
     return assemble(indices, frames, last)
+
+
+def stream_frames(path: str, indices, size: int, chunk: int, resize: str = "bilinear"):
+    """`decode_frames` as it goes: (chunk, size, size, 3) uint8 arrays of consecutive `indices`, each yielded
+    as soon as its frames are decoded, so a consumer (the encoder, clip by clip) starts before the last frame
+    is read. Concatenated they equal `decode_frames(path, indices, size, resize)`."""
+    indices = [int(i) for i in indices]
+    frames: dict[int, np.ndarray] = {}
+    last, sent = None, 0
+    for i, frame in _wanted_frames(path, indices, size, resize):
+        frames[i] = last = frame
+        while sent < len(indices) and all(j in frames for j in indices[sent:sent + chunk]):
+            yield np.stack([frames[j] for j in indices[sent:sent + chunk]])
+            sent += chunk
+    if last is None:
+        raise NoFramesError(path, f"none of the frames {indices[:3]}... could be decoded")
+    rest = assemble(indices, frames, last)[sent:]  # past the end of the file: as decode_frames fills them
+    for s in range(0, len(rest), chunk):
+        yield rest[s:s + chunk]
 
 
 def decode_frames_split(path: str, indices, size: int, workers: int, resize: str = "bilinear") -> np.ndarray:

@@ -121,9 +121,25 @@ class VideoQA:
         return self.answerer(self.params, ids, frames, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, seed=seed)
 
-    def __call__(self, video_path: str, question: str, **kwargs) -> str:
-        frames, times = self.load_frames(video_path)
-        return self.answer_batch([frames], [times], [question], **kwargs)[0]
+    def encode_streaming(self, video_path: str, clips_per_call: int = 1):
+        """(visual tokens (1, N, LLM width), group start times) of one video, its frames decoded clip by clip and
+        each chunk of `clips_per_call` clips encoded as soon as it is decoded, so the time to the prompt is about
+        the longer of decoding and encoding, not their sum."""
+        idx, times = self.frame_plan(video_path)
+        chunks = video.stream_frames(video_path, idx, self.spec.encoder.image_size,
+                                     self.spec.encoder.clip_frames * max(1, clips_per_call), self.resize)
+        return self.answerer.encode_stream(self.params, chunks), times
+
+    def __call__(self, video_path: str, question: str | Prompt, *, stream: bool = True, max_new_tokens: int = 16,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> str:
+        """The answer to `question` about the video at `video_path`; `stream` encodes clips while later ones
+        decode (the same visual tokens as decoding the whole video first, `stream=False`)."""
+        generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        if not stream:
+            frames, times = self.load_frames(video_path)
+            return self.answer_batch([frames], [times], [question], **generation)[0]
+        visual, times = self.encode_streaming(video_path)
+        return self.answerer(self.params, [self._prompt(question, times)], None, visual=visual, **generation)[0]
 
 
 def _digest(spec: VideoLLMSpec) -> str:
