@@ -40,7 +40,10 @@ def get_config(arg=None):
                                                   resize=config_dict.placeholder(str),  # bilinear | bicubic
                                                   # frames of another size than the run's encoder was trained
                                                   # at (its position table resampled; other token counts)
-                                                  image_size=config_dict.placeholder(int)))
+                                                  image_size=config_dict.placeholder(int),
+                                                  # pyav (CPU) | nvdec (the GPU's video engines) | auto; the
+                                                  # decoders' frames differ slightly, so scores name theirs
+                                                  decoder="pyav"))
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
     c.batch_size = 8

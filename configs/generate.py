@@ -21,4 +21,5 @@ def get_config(arg=None):
     c.temperature = 0.0
     c.top_k = 0
     c.seed = 0
+    c.decoder = "auto"  # 'pyav' (CPU) | 'nvdec' (the GPU's video engines: PyNvVideoCodec) | 'auto'
     return c

@@ -18,7 +18,7 @@ from helpers import REPO, tiny_ctd_config, tiny_lma_config
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.core import checkpoint, sharding
 from liteframe_jax.core.tree import flatten, pure_dict
-from liteframe_jax.data import conversations, demo, qa_demo
+from liteframe_jax.data import conversations, demo, nvdec, qa_demo
 from liteframe_jax.jobs import train as run
 from liteframe_jax.train.lma import LMATask
 
@@ -310,7 +310,9 @@ def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):
         VideoQA.from_run(str(moved))
 
 
-def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa):
+@pytest.mark.parametrize("decoder", ["pyav", pytest.param("nvdec", marks=pytest.mark.skipif(
+    nvdec.problem() is not None, reason=f"needs NVDEC: {nvdec.problem()}"))])
+def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa, decoder):
     """Answering encodes the video clip by clip while it decodes: the visual tokens equal those of the whole
     video decoded and encoded at once, and so does the answer."""
     from liteframe_jax.eval.answer import VideoQA
@@ -318,7 +320,7 @@ def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa):
     task = LMATask(cfg, sharding.make_mesh(cfg.mesh), "/nonexistent", with_data=False)
     graphdef, params = nnx.split(task.build_model(nnx.Rngs(0)))
     model = VideoQA(task.spec, task.tokenizer, graphdef, pure_dict(params), dtype=jnp.float32, sampling="uniform",
-                    resize="bilinear", identity={})
+                    resize="bilinear", identity={}, decoder=decoder)
     path = conversations.build_index(qa[0]).rows[0].video
     assert task.spec.encoder.clip_frames == 8 and model.num_frames == 16
     streamed, times = model.encode_streaming(path)

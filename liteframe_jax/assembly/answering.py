@@ -46,7 +46,8 @@ class Answerer:
         if visual is not None:
             embeds = self._embed_with(params, jnp.asarray(ids), visual)
         else:
-            embeds = self._embed(params, jnp.asarray(ids), jnp.asarray(np.stack(frames)))
+            # numpy frames travel to the device here; frames decoded on the GPU stay there
+            embeds = self._embed(params, jnp.asarray(ids), jnp.stack([jnp.asarray(f) for f in frames]))
         llm_graphdef, llm_params = nnx.split(nnx.merge(self.graphdef, params).llm)
         out, lengths = generate(llm_graphdef, llm_params, embeds, jnp.asarray(valid),
                                 jnp.asarray(self.tokenizer.stop_ids), jax.random.key(seed),

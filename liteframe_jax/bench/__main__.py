@@ -47,6 +47,8 @@ def main(argv=None):
     parser.add_argument("--decode", nargs="?", const="synthetic", default=None, metavar="VIDEO",
                         help="latency: decode each request's frames from VIDEO first (without VIDEO: a generated "
                              "2-minute 720p H.264 video), timed as a stage of its own")
+    parser.add_argument("--decoder", default="pyav", choices=["pyav", "nvdec", "auto"],
+                        help="latency --decode: PyAV on CPU threads, or the GPU's video engines (data/nvdec.py)")
     parser.add_argument("--decode-workers", type=int, default=0,
                         help="latency: threads decoding one request's frames (default: one per CPU core)")
     parser.add_argument("--profile-probe", action="store_true",
@@ -90,7 +92,7 @@ def main(argv=None):
                                               profile=args.profile_probe)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None,
-                                                  args.decode, args.decode_workers)),
+                                                  args.decode, args.decode_workers, args.decoder)),
                 ("export", lambda: bench_export(small=args.small)),
                 ("index", lambda: bench_video_index(small=args.small)),
                 ("targets", lambda: bench_targets(args.small, args.read_threads))]

@@ -29,11 +29,15 @@ from liteframe_jax.models.student import LiteFrameStudent
 from liteframe_jax.models.video_llm import Projector, ProjectorConfig
 
 
-def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, decode_workers: int = 0):
+def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, decode_workers: int = 0,
+                  decoder: str = "pyav"):
     """Per request on one GPU: vision encoding, LLM prefill and time to first token (their sum), for the
     InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM.
     `decode` (a video file, or "synthetic" for `synthetic_video`) adds the frame decoding before them, on
-    `decode_workers` threads (0: one per CPU core); the decoded frames are then the request's input."""
+    `decode_workers` threads (0: one per CPU core), or with `decoder='nvdec'` on the GPU's video engines
+    (`data/nvdec.py`, frames left on the GPU); the decoded frames are then the request's input."""
+    from liteframe_jax.data import nvdec
+    decoder, decoder_reason = nvdec.choose(decoder)
     vit, head, student_cfg, _, _ = paper_models(small)
     llm_cfg = qwen25_7b_config(small)
     text = 64
@@ -96,9 +100,10 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         tokens = jax.random.randint(jax.random.key(5), (1, text), 0, 500)
         decoded = {}
         if decode:  # a bad path or an unreadable file stops the bench here, naming the file
-            dec_s, array = time_decode(decode, frames_n, size, decode_workers)
+            dec_s, array = time_decode(decode, frames_n, size, decode_workers, decoder=decoder)
             frames = jnp.asarray(array)
-            decoded = {"decode_ms": dec_s * 1e3, "decode_workers": decode_workers,
+            decoded = {"decode_ms": dec_s * 1e3, "decoder": decoder, "decoder_reason": decoder_reason,
+                       "decode_workers": decode_workers if decoder == "pyav" else nvdec.SESSIONS,
                        "video": os.path.basename(decode)}
         try:
             if model in encoders:

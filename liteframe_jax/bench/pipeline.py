@@ -89,15 +89,21 @@ def synthetic_video(folder: str, seconds: int, small: bool) -> str:
                             keyframe_every=2 * fps)
 
 
-def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3):
+def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3, decoder: str = "pyav"):
     """(median seconds, frames): `frames_n` frames uniform over the whole video, decoded and resized by
-    `workers` threads, each over its own stretch of the file (`video.decode_frames_split`)."""
-    from liteframe_jax.data import video
+    `workers` threads, each over its own stretch of the file (`video.decode_frames_split`), or with
+    `decoder='nvdec'` by the GPU's decode sessions (`nvdec.decode_frames`, timed until the frames are on the
+    GPU)."""
+    from liteframe_jax.data import nvdec, video
     from liteframe_jax.data.sampling import uniform_indices
-    idx = uniform_indices(video.probe(path).num_frames, frames_n)
+    num_frames = video.probe(path).num_frames
+    idx = uniform_indices(num_frames, frames_n)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        frames = video.decode_frames_split(path, idx, size, workers)
+        if decoder == "nvdec":
+            frames = nvdec.decode_frames(path, idx, size, num_frames).block_until_ready()
+        else:
+            frames = video.decode_frames_split(path, idx, size, workers)
         times.append(time.perf_counter() - t)
     return statistics.median(times), frames

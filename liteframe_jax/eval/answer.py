@@ -18,7 +18,7 @@ from liteframe_jax.assembly.baseline import load_internvl_video_llm
 from liteframe_jax.assembly.specs import VideoLLMSpec
 from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
-from liteframe_jax.data import video
+from liteframe_jax.data import nvdec, video
 from liteframe_jax.data.conversations import VIDEO_MARKER
 from liteframe_jax.data.sampling import sample_indices
 from liteframe_jax.eval.prompts import Prompt
@@ -27,11 +27,14 @@ from liteframe_jax.models import kernel_choice
 
 class VideoQA:
     """A Video LLM ready to answer: `from_run` (an LMA run folder) or `internvl_baseline` (a Hugging Face
-    folder). `sampling` / `resize`: which frames (data/sampling.py) and which resize filter (data/video.py)."""
+    folder). `sampling` / `resize`: which frames (data/sampling.py) and which resize filter (data/video.py).
+    `decoder`: 'pyav' (the CPU), 'nvdec' (the GPU's video engines, data/nvdec.py: frames stay on the GPU, a
+    linear resize there) or 'auto' (NVDEC where it can run); `decoder_reason` says why."""
 
     def __init__(self, spec: VideoLLMSpec, tokenizer, graphdef, params, *, dtype, sampling: str, resize: str,
-                 identity: dict):
+                 identity: dict, decoder: str = "pyav"):
         sample_indices(sampling, 1, 1)  # an unknown rule fails here, before any work
+        self.decoder, self.decoder_reason = nvdec.choose(decoder)
         if resize not in video.RESIZE_FILTERS:
             raise ValueError(f"unknown resize filter {resize!r}; choose one of {video.RESIZE_FILTERS}")
         self.spec, self.tokenizer, self.sampling, self.resize = spec, tokenizer, sampling, resize
@@ -43,7 +46,7 @@ class VideoQA:
     @classmethod
     def from_run(cls, run_dir: str, *, step: int | None = None, mlp_kernel: str | None = None,
                  dtype: str | None = None, sampling: str | None = None, resize: str | None = None,
-                 image_size: int | None = None) -> "VideoQA":
+                 image_size: int | None = None, decoder: str = "pyav") -> "VideoQA":
         """The Video LLM of an LMA run folder at `step` (default: the latest). `mlp_kernel` ('xla' | 'pallas')
         and `dtype` change how it runs, not what it computes; by default the run's own (from its config.json,
         or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`.
@@ -58,7 +61,8 @@ class VideoQA:
             run_dir, step=step, want=VideoLLMSpec, dtype=compute_dtype(dtype), mlp_kernel=mlp_kernel,
             image_size=image_size)
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
-                   resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)})
+                   resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)},
+                   decoder=decoder)
 
     @property
     def step(self) -> int | None:
@@ -82,8 +86,9 @@ class VideoQA:
     @property
     def preprocessing(self) -> dict:
         e = self.spec.encoder
-        return {"sampling": self.sampling, "resize": self.resize, "image_size": e.image_size,
-                "pixel_mean": list(e.pixel_mean), "pixel_std": list(e.pixel_std)}
+        return {"sampling": self.sampling, "resize": self.resize if self.decoder == "pyav" else "nvdec-linear",
+                "decoder": self.decoder, "image_size": e.image_size, "pixel_mean": list(e.pixel_mean),
+                "pixel_std": list(e.pixel_std)}
 
     @property
     def fingerprint(self) -> dict:
@@ -93,14 +98,19 @@ class VideoQA:
 
     def frame_plan(self, video_path: str, num_frames: int | None = None):
         """(frame indices over the whole video by the sampling rule, the start time of each visual group)."""
+        return self._plan(video_path, num_frames)[:2]
+
+    def _plan(self, video_path: str, num_frames: int | None = None):
         spec = self.spec
         info = video.probe(video_path)
         idx = sample_indices(self.sampling, info.num_frames, num_frames or spec.num_frames)
         per_group = spec.num_frames // spec.visual_groups
-        return idx, [idx[g * per_group] / (info.fps or 1.0) for g in range(spec.visual_groups)]
+        return idx, [idx[g * per_group] / (info.fps or 1.0) for g in range(spec.visual_groups)], info.num_frames
 
     def load_frames(self, video_path: str):
-        idx, times = self.frame_plan(video_path)
+        idx, times, count = self._plan(video_path)
+        if self.decoder == "nvdec":
+            return nvdec.decode_frames(video_path, idx, self.spec.encoder.image_size, count), times
         return video.decode_frames(video_path, idx, self.spec.encoder.image_size, self.resize), times
 
     def _prompt(self, prompt: Prompt | str, times) -> np.ndarray:
@@ -125,9 +135,12 @@ class VideoQA:
         """(visual tokens (1, N, LLM width), group start times) of one video, its frames decoded clip by clip and
         each chunk of `clips_per_call` clips encoded as soon as it is decoded, so the time to the prompt is about
         the longer of decoding and encoding, not their sum."""
-        idx, times = self.frame_plan(video_path)
-        chunks = video.stream_frames(video_path, idx, self.spec.encoder.image_size,
-                                     self.spec.encoder.clip_frames * max(1, clips_per_call), self.resize)
+        idx, times, count = self._plan(video_path)
+        chunk = self.spec.encoder.clip_frames * max(1, clips_per_call)
+        if self.decoder == "nvdec":  # pieces of whole clips, one per decode session
+            chunks = nvdec.stream_frames(video_path, idx, self.spec.encoder.image_size, count, chunk)
+        else:
+            chunks = video.stream_frames(video_path, idx, self.spec.encoder.image_size, chunk, self.resize)
         return self.answerer.encode_stream(self.params, chunks), times
 
     def __call__(self, video_path: str, question: str | Prompt, *, stream: bool = True, max_new_tokens: int = 16,
@@ -160,7 +173,8 @@ def _run_settings(run_dir: str) -> dict:
 
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",
-                      mlp_kernel: str = "auto", sampling: str | None = None, resize: str | None = None) -> VideoQA:
+                      mlp_kernel: str = "auto", sampling: str | None = None, resize: str | None = None,
+                      decoder: str = "pyav") -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder (`VideoLLMSpec.internvl`). Frames are
     preprocessed as InternVL's reference video loader does by default: its frame indices
     (`sampling="internvl"`), a PIL bicubic stretch to 448x448 (`resize="bicubic"`) and ImageNet normalisation.
@@ -174,4 +188,4 @@ def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat
                                                video_token_id=tokenizer.video_token_id)
     return VideoQA(spec, tokenizer, graphdef, params, dtype=compute, sampling=sampling or "internvl",
                    resize=resize or "bicubic", identity={"internvl": os.path.abspath(folder), "step": None,
-                                                         "spec_sha256": _digest(spec)})
+                                                         "spec_sha256": _digest(spec)}, decoder=decoder)
