@@ -53,9 +53,12 @@ def _resize(frames, size: int):
 
 def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1, sessions: int = SESSIONS):
     """The frames at `indices` (non-decreasing, may repeat) as consecutive pieces on the GPU, each a whole
-    number of `chunk` frames and decoded by its own session, yielded in order as soon as each and the ones
-    before it are done. Frames are stretched to size x size RGB uint8; an index past `num_frames` (the probed
-    count) stands for the last frame, as `video.decode_frames` fills it."""
+    number of `chunk` frames, decoded by its own session. Frames are stretched to size x size RGB uint8; an
+    index past `num_frames` (the probed count) stands for the last frame, as `video.decode_frames` fills it.
+
+    All sessions finish decoding before the first piece is resized and yielded: XLA captures a new executable
+    into a CUDA graph, and a capture fails while another thread calls into CUDA (as a decoding session does),
+    so JAX and NVDEC never run at once here."""
     import jax.numpy as jnp
     import PyNvVideoCodec as nvc
     wanted = [min(int(i), num_frames - 1) for i in indices]
@@ -69,13 +72,15 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
         frames = session.get_batch_frames_by_index(distinct)
         if len(frames) != len(distinct):
             raise RuntimeError(f"{path}: NVDEC returned {len(frames)} of the frames {distinct[:3]}...")
-        resized = _resize(jnp.stack([jnp.from_dlpack(f) for f in frames]), size)
-        where = {i: k for k, i in enumerate(distinct)}
-        return resized[jnp.asarray([where[i] for i in piece])]
+        return session, distinct, frames  # the frames are the session's surfaces: it must outlive their reading
 
     with concurrent.futures.ThreadPoolExecutor(len(pieces)) as pool:
-        for future in [pool.submit(decode, p) for p in pieces]:
-            yield future.result()
+        decoded = list(pool.map(decode, pieces))
+    for piece, (session, distinct, frames) in zip(pieces, decoded):
+        resized = _resize(jnp.stack([jnp.from_dlpack(f) for f in frames]), size)
+        where = {i: k for k, i in enumerate(distinct)}
+        yield resized[jnp.asarray([where[i] for i in piece])].block_until_ready()
+        del session, frames
 
 
 def decode_frames(path: str, indices, size: int, num_frames: int, sessions: int = SESSIONS):
