@@ -1,5 +1,6 @@
 """Decoding on the GPU's video engines (data/nvdec.py): the choice between decoders, and on a GPU with
-PyNvVideoCodec, frames that match PyAV's and the same frames streamed piece by piece."""
+PyNvVideoCodec, frames that match PyAV's and the same frames streamed piece by piece. The suite runs on the
+CPU (conftest.py); on a GPU host: JAX_PLATFORMS=cuda python -m pytest tests/test_nvdec.py"""
 
 import numpy as np
 import pytest
