@@ -61,7 +61,10 @@ class ClipIndex:
     clips: Sequence[ClipSpec]
     videos: list[str]
     skipped: dict[str, video.Unreadable]  # path -> why it cannot be used
-    tally: bad_data.Tally = dataclasses.field(default_factory=bad_data.Tally)
+
+    @property
+    def tally(self) -> bad_data.Tally:
+        return _tally(self.skipped)
 
     def report(self) -> str:
         """How many clips of how many videos, then the skipped videos by reason, each named once."""
@@ -116,13 +119,17 @@ def build_index(videos: list[str], num_frames: int, stride: int, hop: int = 0, i
         elif max_minutes and info.fps and info.num_frames / info.fps > 60 * max_minutes:
             seconds = info.num_frames / info.fps
             skipped[v] = video.Unreadable(bad_data.TOO_LONG, f"{seconds / 60:.1f} min ({seconds:.0f} s)")
-    tally = bad_data.Tally("videos")
-    for v, why in skipped.items():
-        tally.add(why.reason, v, why.detail)
     ok = [v for v in videos if v not in skipped]
     if not ok:
-        raise ValueError(f"none of the {len(videos)} videos can be used: {tally.report()}")
-    return ClipIndex(clip_table({v: infos[v].num_frames for v in ok}, num_frames, stride, hop), ok, skipped, tally)
+        raise ValueError(f"none of the {len(videos)} videos can be used: {_tally(skipped).report()}")
+    return ClipIndex(clip_table({v: infos[v].num_frames for v in ok}, num_frames, stride, hop), ok, skipped)
+
+
+def _tally(skipped: dict) -> bad_data.Tally:
+    tally = bad_data.Tally("videos")
+    for path, why in skipped.items():
+        tally.add(why.reason, path, why.detail)
+    return tally
 
 
 def split_videos(paths: list[str], every_nth: int) -> tuple[list[str], list[str]]:

@@ -75,12 +75,11 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
         return session, distinct, frames  # the frames are the session's surfaces: it must outlive their reading
 
     with concurrent.futures.ThreadPoolExecutor(len(pieces)) as pool:
-        decoded = list(pool.map(decode, pieces))
-    for piece, (session, distinct, frames) in zip(pieces, decoded):
+        decoded = list(pool.map(decode, pieces))  # holds every session until the last piece is read
+    for piece, (_, distinct, frames) in zip(pieces, decoded):
         resized = _resize(jnp.stack([jnp.from_dlpack(f) for f in frames]), size)
         where = {i: k for k, i in enumerate(distinct)}
         yield resized[jnp.asarray([where[i] for i in piece])].block_until_ready()
-        del session, frames
 
 
 def decode_frames(path: str, indices, size: int, num_frames: int, sessions: int = SESSIONS):

@@ -78,7 +78,6 @@ class CTDTask(Task):
 
         # Data: probe every video once, skip unreadable ones, split off the held-out videos.
         self.train_index = self.eval_index = None
-        self._watch = None
         if with_data:
             self._index_videos(config.data, workdir)
         if config.batch_size % jax.process_count():
@@ -139,6 +138,8 @@ class CTDTask(Task):
             log(f"[ctd] held-out data: {self.eval_index.report()}")
         else:
             log("[ctd] no held-out videos: the held-out cosine similarity will not be measured")
+        clips = self.train_index.clips
+        self.data_watch = bad_data.MidRun(lambda i: clips[i].path, d.max_bad_in_a_row, "clips")
         where = d.videos if isinstance(d.videos, str) else "data.videos"
         bad_data.check_fraction(self.train_index.tally, len(train_videos), float(d.max_bad_fraction), where)
 
@@ -183,13 +184,7 @@ class CTDTask(Task):
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
             seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
             num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start,
-            targets=self.target_cache, watch=self.bad_data_watch())
-
-    def bad_data_watch(self):
-        if self._watch is None and self.train_index is not None:
-            clips = self.train_index.clips
-            self._watch = bad_data.MidRun(lambda i: clips[i].path, self.config.data.max_bad_in_a_row, "clips")
-        return self._watch
+            targets=self.target_cache, watch=self.data_watch)
 
     def describe_examples(self, indices) -> list[dict]:
         clips = self.train_index.clips
@@ -249,8 +244,8 @@ class CTDTask(Task):
         skipped = len(self.train_index.skipped) + (len(self.eval_index.skipped) if self.eval_index else 0)
         if skipped:
             lines.append(f"videos skipped at start-up: {skipped} (listed then, by reason)")
-        if self._watch is not None and self._watch.tally.total:
-            lines.append(f"mid-run: {self._watch.tally.summary()} (their video failed to decode)")
+        if self.data_watch is not None and self.data_watch.tally.total:
+            lines.append(f"mid-run: {self.data_watch.tally.summary()} (their video failed to decode)")
         lines.append("next: adapt an LLM to this student with\n  python -m liteframe_jax.main "
                      f"--config=configs/lma.py --config.student.init={result.workdir}")
         return lines

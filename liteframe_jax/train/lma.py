@@ -119,7 +119,9 @@ class LMATask(Task):
         log(f"[lma] {self.spec.num_frames} frames -> {self.spec.num_visual_tokens} visual tokens "
             f"({self.sources.get('description', 'from the run folder')})")
         self.train_index, self.eval_index = self._data(config.data) if with_data else (None, None)
-        self._watch = None
+        if self.train_index is not None:
+            rows = self.train_index.rows
+            self.data_watch = bad_data.MidRun(lambda i: rows[i].video, config.data.max_bad_in_a_row, "rows")
         if config.batch_size % jax.process_count():
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
         self.local_batch = config.batch_size // jax.process_count()
@@ -267,13 +269,7 @@ class LMATask(Task):
             self.train_index.rows, self.train_index.token_lengths, self._example(self.train_index),
             batch_size=self.local_batch, buckets=tuple(d.buckets), pad_id=self.tokenizer.pad_id, seed=self.config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(), num_workers=d.num_workers,
-            read_threads=d.read_threads, start=start, watch=self.bad_data_watch())
-
-    def bad_data_watch(self):
-        if self._watch is None and self.train_index is not None:
-            rows = self.train_index.rows
-            self._watch = bad_data.MidRun(lambda i: rows[i].video, self.config.data.max_bad_in_a_row, "rows")
-        return self._watch
+            read_threads=d.read_threads, start=start, watch=self.data_watch)
 
     def describe_examples(self, indices) -> list[dict]:
         rows = self.train_index.rows
@@ -351,8 +347,8 @@ class LMATask(Task):
             for r in self.samples[:6]:
                 lines.append(f"  [{r['task_type']}] {r['question']!r} -> {r['answer']!r} "
                              f"(gold {r['gold']!r}) {'ok' if r['correct'] else 'wrong'}")
-        if self._watch is not None and self._watch.tally.total:
-            lines.append(f"mid-run: {self._watch.tally.summary()} (their video failed to decode; trained as rows "
+        if self.data_watch is not None and self.data_watch.tally.total:
+            lines.append(f"mid-run: {self.data_watch.tally.summary()} (their video failed to decode; trained as rows "
                          "without loss)")
         lines.append("next: ask a question about a video with\n  python -m liteframe_jax.main "
                      f"--config=configs/generate.py --config.run={result.workdir} "

@@ -37,6 +37,7 @@ class Task(abc.ABC):
 
     name: str = "task"
     spec = None  # the spec of the model the run produces (assembly/specs.py), written to WORKDIR/spec.json
+    data_watch = None  # a bad_data.MidRun counting the training examples that fail to decode mid-run
 
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
@@ -104,10 +105,6 @@ class Task(abc.ABC):
 
     def summary(self, result: dict) -> list[str]:
         return []
-
-    def bad_data_watch(self):
-        """The `bad_data.MidRun` that counts this run's examples failing to decode mid-run (None: not counted)."""
-        return None
 
     def describe_examples(self, indices) -> list[dict]:
         """What the examples at `indices` (the `_index` of a batch's rows) are, for a report: e.g. a clip's
@@ -362,7 +359,6 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
     (state, last step, last logged metrics, last held-out metrics)."""
     last_metrics, eval_metrics, step = {}, {}, start_step
     recent = collections.deque(maxlen=int(config.log_every) + int(config.nan_patience))  # (step, example indices)
-    data_watch = task.bad_data_watch()
     for step in range(start_step + 1, total_steps + 1):
         local, indices = _host_only(next(data_iter))
         recent.append((step, indices))
@@ -380,7 +376,7 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
                     f"the examples of those steps; checkpoint {ckpt.latest_step()} is the last, with finite "
                     "parameters")
             last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped,
-                                **_bad_data_metrics(data_watch))
+                                **_bad_data_metrics(task.data_watch))
             writer.write(step, last_metrics)
         if config.eval_every and step % config.eval_every == 0 and step != total_steps:
             eval_metrics = evaluate(state["params"])
