@@ -43,7 +43,10 @@ def get_config(arg=None):
                                                   image_size=config_dict.placeholder(int),
                                                   # pyav (CPU) | nvdec (the GPU's video engines) | auto; the
                                                   # decoders' frames differ slightly, so scores name theirs
-                                                  decoder="pyav"))
+                                                  decoder="pyav",
+                                                  # True: sampled frames moved to their nearest keyframes
+                                                  # (only keyframes decoded); scores record it
+                                                  keyframes_only=False))
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
     c.batch_size = 8

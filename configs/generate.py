@@ -22,4 +22,6 @@ def get_config(arg=None):
     c.top_k = 0
     c.seed = 0
     c.decoder = "auto"  # 'pyav' (CPU) | 'nvdec' (the GPU's video engines: PyNvVideoCodec) | 'auto'
+    # True: each sampled frame moved to its nearest keyframe, only keyframes decoded (faster, other frames)
+    c.keyframes_only = False
     return c

@@ -73,7 +73,7 @@ def _generate_job(config, workdir: str) -> None:
     for key in ("run", "video", "question"):
         if not config[key]:
             raise ValueError(f"--config.{key} is required")
-    qa = VideoQA.from_run(config.run, decoder=config.decoder)
+    qa = VideoQA.from_run(config.run, decoder=config.decoder, keyframes_only=config.keyframes_only)
     print(f"decoder: {qa.decoder} ({qa.decoder_reason})")
     text = qa(config.video, config.question, max_new_tokens=config.max_new_tokens,
               temperature=config.temperature, top_k=config.top_k, seed=config.seed)
@@ -87,7 +87,7 @@ def _eval_job(config, workdir: str) -> None:
     if bool(m.run) == bool(m.internvl):
         raise ValueError("give exactly one of --config.model.run (an LMA run) and --config.model.internvl")
     preprocess = dict(sampling=config.preprocess.sampling, resize=config.preprocess.resize,
-                      decoder=config.preprocess.decoder)
+                      decoder=config.preprocess.decoder, keyframes_only=config.preprocess.keyframes_only)
     if config.preprocess.image_size and not m.run:
         raise ValueError("--config.preprocess.image_size applies to an LMA run (--config.model.run)")
     model = (VideoQA.from_run(m.run, mlp_kernel=m.mlp_kernel, image_size=config.preprocess.image_size, **preprocess)

@@ -12,14 +12,22 @@ from liteframe_jax.data import video
 def test_latency_with_decoding(tmp_path):
     out = tmp_path / "lat" / "latency.json"
     main(["latency", "--small", "--attention", "xla", "--decode", "--decode-workers", "2", "--out", str(out)])
-    rows = json.loads(out.read_text())["rows"]
-    assert {r["model"] for r in rows} == {"InternVL3-8B-style", "LiteFrame", "LiteFrame (paper_tubelet2)"}
+    video_row, *rows = json.loads(out.read_text())["rows"]
+    assert video_row["bench"] == "latency_video" and video_row["decode_workers"] == 2
+    assert video_row["keyframes"] == len(video.keyframe_indices(video_row["path"])) > 1
+    assert {r["model"] for r in rows} == {"InternVL3-8B-style", "InternVL3-8B-style + WAP 16x", "LiteFrame",
+                                          "LiteFrame (paper_tubelet2)"}
     for r in rows:
         assert "error" not in r, r
-        assert r["decode_ms"] > 0 and r["encode_ms"] > 0 and r["prefill_ms"] > 0 and r["decode_workers"] == 2
+        assert r["decode_ms"] > 0 and r["encode_ms"] > 0 and r["prefill_ms"] > 0
+        # an evaluation-shaped prompt: the visual tokens, their separators and a Video-MME question around them
+        assert r["prompt_tokens"] == r["visual_tokens"] + r["text_tokens"] and r["text_tokens"] > 60
+        assert r["keyframes_distinct"] <= video_row["keyframes"] and r["keyframes_decode_ms"] > 0
+        assert 0 < r["frames_decoded"] <= video_row["video_frames"]
         assert r["ttft_ms"] == pytest.approx(r["encode_ms"] + r["prefill_ms"])
         assert r["ttft_with_decode_ms"] == pytest.approx(r["decode_ms"] + r["ttft_ms"])
-        assert r["visual_tokens"] == r["frames"] * (4 if r["model"] == "InternVL3-8B-style" else 1)
+        per_frame = {"InternVL3-8B-style": 4, "InternVL3-8B-style + WAP 16x": 0.25}.get(r["model"], 1)
+        assert r["visual_tokens"] == r["frames"] * per_frame
     ref = next(r for r in rows if r["model"] == "InternVL3-8B-style")
     assert ref["ttft_vs_internvl_max_frames"] == 1.0
     assert (tmp_path / "lat" / "latency.png").stat().st_size > 10_000

@@ -246,3 +246,16 @@ def test_streamed_frames_are_the_decoded_frames_chunk_by_chunk(videos):
         np.testing.assert_array_equal(np.concatenate(chunks), video.decode_frames(videos[0], indices, 16))
     first = next(video.stream_frames(videos[0], list(range(0, 30, 3)), 16, chunk=2))  # without decoding the rest
     np.testing.assert_array_equal(first, video.decode_frames(videos[0], [0, 3], 16))
+
+
+def test_keyframes_are_read_from_packets_and_sampled_frames_snap_to_them(tmp_path):
+    from liteframe_jax.data import sampling
+    rng = np.random.default_rng(0)
+    frames = demo.render(demo.random_shapes(rng, 2), 90, 64, 48) + rng.integers(0, 16, (48, 64, 3), np.uint8)
+    path = demo.write_video(str(tmp_path / "k.mp4"), frames, fps=30, keyframe_every=30)
+    keys = video.keyframe_indices(path)
+    assert keys == [0, 30, 60]
+    assert sampling.snap_to_keyframes([0, 14, 15, 16, 44, 46, 89], keys) == (0, 0, 0, 30, 30, 60, 60)
+    # from each wanted frame's keyframe up to it, each frame once: 0..20, then 30..31 and 60..61
+    assert sampling.frames_to_decode([5, 20, 31, 61], keys) == 21 + 2 + 2
+    assert set(sampling.snap_to_keyframes(sampling.uniform_indices(90, 8), keys)) == set(keys)

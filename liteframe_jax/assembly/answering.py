@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from liteframe_jax.data import nvdec
 from liteframe_jax.models.generate import generate
 
 # Prompts are left-padded to a multiple of this many tokens: the jitted embedding and generation compile once
@@ -19,11 +20,14 @@ PROMPT_WIDTH_STEP = 64
 
 
 class Answerer:
-    def __init__(self, spec, tokenizer, graphdef, dtype):
+    def __init__(self, spec, tokenizer, graphdef, dtype, *, beside_decoding: bool = False):
+        """`beside_decoding`: the streamed encoder runs while NVDEC sessions decode, so it is compiled without
+        CUDA graphs (`nvdec.jit_beside_decoding`)."""
         self.spec, self.tokenizer, self.graphdef, self.dtype = spec, tokenizer, graphdef, dtype
         self._embed = jax.jit(lambda p, tok, fr: spec.embeds(nnx.merge(graphdef, p), tok, fr, dtype))
         self._embed_with = jax.jit(lambda p, tok, vis: spec.embeds_with(nnx.merge(graphdef, p), tok, vis))
-        self._encode = jax.jit(lambda p, fr: spec.visual_tokens(nnx.merge(graphdef, p), fr, dtype))
+        jit = nvdec.jit_beside_decoding if beside_decoding else jax.jit
+        self._encode = jit(lambda p, fr: spec.visual_tokens(nnx.merge(graphdef, p), fr, dtype))
 
     def encode_stream(self, params, chunks) -> jax.Array:
         """Visual tokens (1, num_visual_tokens, LLM width) of one video whose frames arrive in `chunks` (uint8

@@ -21,6 +21,7 @@ from liteframe_jax.bench.common import default_tail_kernel, fused_mlp_kernel, ma
 from liteframe_jax.bench.encoders import bench_encoders, profile_encoders
 from liteframe_jax.bench.export import bench_export
 from liteframe_jax.bench.latency import bench_latency
+from liteframe_jax.bench.latency import parse_plans as latency_plans
 from liteframe_jax.bench.pipeline import bench_pipeline
 from liteframe_jax.bench.probe import bench_probe
 from liteframe_jax.bench.scaling import bench_scaling
@@ -46,9 +47,13 @@ def main(argv=None):
                              "fc1 + GELU, on a Hopper GPU, else 'xla')")
     parser.add_argument("--decode", nargs="?", const="synthetic", default=None, metavar="VIDEO",
                         help="latency: decode each request's frames from VIDEO first (without VIDEO: a generated "
-                             "2-minute 720p H.264 video), timed as a stage of its own")
+                             "2-minute 720p H.264 video; 'synthetic:MINUTES': that video repeated to MINUTES long), "
+                             "timed as a stage of its own and, with NVDEC, streamed behind the encoder")
     parser.add_argument("--decoder", default="pyav", choices=["pyav", "nvdec", "auto"],
                         help="latency --decode: PyAV on CPU threads, or the GPU's video engines (data/nvdec.py)")
+    parser.add_argument("--latency-plans", default=None,
+                        help="latency: MODEL:FRAMES rows, e.g. 'internvl:64,liteframe:512' (models: internvl, posthoc, "
+                             "liteframe, tubelet2; default: a fixed set)")
     parser.add_argument("--decode-workers", type=int, default=0,
                         help="latency: threads decoding one request's frames (default: one per CPU core)")
     parser.add_argument("--profile-probe", action="store_true",
@@ -92,7 +97,8 @@ def main(argv=None):
                                               profile=args.profile_probe)),
                 ("latency", lambda: bench_latency(ceiling, args.small, impl,
                                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None,
-                                                  args.decode, args.decode_workers, args.decoder)),
+                                                  args.decode, args.decode_workers, args.decoder,
+                                                  latency_plans(args.latency_plans) if args.latency_plans else None)),
                 ("export", lambda: bench_export(small=args.small)),
                 ("index", lambda: bench_video_index(small=args.small)),
                 ("targets", lambda: bench_targets(args.small, args.read_threads))]
@@ -119,7 +125,9 @@ def table(rows, ceiling) -> str:
             f"{r['dtype']} lora={r['lora']}" if r["bench"] == "export" else f"workers={r.get('workers')}")
         figs = [f"{k}={r[k]:.3g}" for k in (
             "devices", "batch", "batch_frames", "frames", "visual_tokens", "tokens", "ms", "decode_ms", "encode_ms",
-            "prefill_ms", "ttft_ms", "ttft_with_decode_ms", "ttft_vs_internvl_max_frames", "vs_probe", "frames_per_s",
+            "prefill_ms", "ttft_ms", "ttft_with_decode_ms", "ttft_streamed_ms", "ttft_vs_internvl_max_frames",
+            "ttft_streamed_vs_internvl_max_frames", "prompt_tokens", "keyframes_decode_ms", "decode_vs_raw",
+            "raw_frames_per_s", "vs_probe", "frames_per_s",
             "samples_per_s", "tokens_per_s", "clips_per_s", "tflops", "mfu", "efficiency", "peak_gib", "step_gib",
             "step_gib_per_device", "compile_s", "seconds", "peak_rss_gb", "weights_float32_gb",
             "peak_over_float32_weights", "peak_over_written", "videos", "clips", "load_s", "clip_table_s",

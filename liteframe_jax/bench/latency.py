@@ -1,15 +1,19 @@
-"""`bench latency`: time to first token of the LiteFrame Video LLM against InternVL3, optionally counting the
-decoding of the video file."""
+"""`bench latency`: time to first token of the LiteFrame Video LLM against InternVL3 (and against InternVL3 with
+post-hoc compression of its tokens), at the length of an evaluation prompt, optionally counting the decoding
+of the video file, alone and streamed behind the encoder."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from liteframe_jax.bench import eval_prompt
 from liteframe_jax.bench.common import (
     BF16,
     TUBELET,
@@ -22,30 +26,66 @@ from liteframe_jax.bench.common import (
     timed,
     tubelet_student,
 )
-from liteframe_jax.bench.pipeline import synthetic_video, time_decode
+from liteframe_jax.bench.pipeline import long_video, synthetic_video, time_decode
+from liteframe_jax.models import compression
 from liteframe_jax.models.internvit import InternVisionTower, InternVLHeadConfig
 from liteframe_jax.models.qwen2 import Qwen2
 from liteframe_jax.models.student import LiteFrameStudent
-from liteframe_jax.models.video_llm import Projector, ProjectorConfig
+from liteframe_jax.models.video_llm import Projector, ProjectorConfig, splice
+
+INTERNVL = "InternVL3-8B-style"
+POSTHOC = "InternVL3-8B-style + WAP 16x"  # InternVL3's encoder, its tokens then pooled as CTD's targets are
+MODELS = (INTERNVL, POSTHOC, "LiteFrame", TUBELET)
+CLIP = 8  # frames per streamed piece: one student clip
+
+
+def default_plans(small: bool) -> list[tuple[str, int]]:
+    if small:
+        return [(INTERNVL, 8), (POSTHOC, 8), ("LiteFrame", 8), ("LiteFrame", 16), (TUBELET, 16)]
+    return ([(INTERNVL, f) for f in (16, 32, 64)] + [(m, f) for m in (POSTHOC, "LiteFrame", TUBELET)
+                                                      for f in (64, 128, 256, 512)])
+
+
+def parse_plans(text: str) -> list[tuple[str, int]]:
+    """'internvl:64,liteframe:512' -> plans; names as in MODELS, or internvl / posthoc / liteframe / tubelet2."""
+    short = {"internvl": INTERNVL, "posthoc": POSTHOC, "liteframe": "LiteFrame", "tubelet2": TUBELET}
+    plans = []
+    for item in text.split(","):
+        name, _, frames = item.rpartition(":")
+        model = short.get(name.lower(), name)
+        if model not in MODELS or not frames.isdigit():
+            raise ValueError(f"--latency-plans: {item!r} is not MODEL:FRAMES with MODEL one of {sorted(short)}")
+        plans.append((model, int(frames)))
+    return plans
+
+
+def request_video(decode: str, small: bool) -> str:
+    """The video to decode: a path, 'synthetic' (a generated 2-minute 720p H.264 video) or 'synthetic:MINUTES'
+    (that video repeated to MINUTES long)."""
+    if not decode.startswith("synthetic"):
+        return decode
+    import tempfile
+    path = synthetic_video(tempfile.mkdtemp(prefix="latency_video_"), 12 if small else 120, small)
+    minutes = decode.partition(":")[2]
+    return long_video(path, float(minutes)) if minutes else path
 
 
 def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, decode_workers: int = 0,
-                  decoder: str = "pyav"):
+                  decoder: str = "pyav", plans: list[tuple[str, int]] | None = None):
     """Per request on one GPU: vision encoding, LLM prefill and time to first token (their sum), for the
-    InternVL3-8B-style model at 16/32/64 frames and the LiteFrame model at 64..512 frames, same LLM.
-    `decode` (a video file, or "synthetic" for `synthetic_video`) adds the frame decoding before them, on
-    `decode_workers` threads (0: one per CPU core), or with `decoder='nvdec'` on the GPU's video engines
-    (`data/nvdec.py`, frames left on the GPU); the decoded frames are then the request's input."""
-    from liteframe_jax.data import nvdec
+    InternVL3-8B-style model at 16/32/64 frames, the same with its tokens pooled 16x (WAP, as CTD's targets) and
+    the LiteFrame models at 64..512 frames, one LLM, each prompt a Video-MME question with the model's
+    separators (`eval_prompt`). `decode` (a file, or `request_video`'s 'synthetic[:MINUTES]') adds decoding:
+    timed alone (`decode_workers` threads, 0: one per core; or `decoder='nvdec'`, the GPU's video engines), for
+    keyframes only, and with NVDEC streamed behind the encoder as answering runs (`ttft_streamed_ms`)."""
+    from liteframe_jax.data import nvdec, sampling, video
     decoder, decoder_reason = nvdec.choose(decoder)
-    vit, head, student_cfg, _, _ = paper_models(small)
+    vit, head, student_cfg, _, window = paper_models(small)
     llm_cfg = qwen25_7b_config(small)
-    text = 64
-    plans = ([("InternVL3-8B-style", f) for f in (16, 32, 64)] + [("LiteFrame", f) for f in (64, 128, 256, 512)]
-             + [(TUBELET, f) for f in (64, 128, 256, 512)])
     if small:
         head = InternVLHeadConfig(out_features=64)
-        plans = [("InternVL3-8B-style", 2), ("LiteFrame", 8), ("LiteFrame", 16), (TUBELET, 16)]
+        window = (4, 2, 2)
+    plans = plans or default_plans(small)
     cast = lambda tree: jax.tree.map(lambda x: x.astype(BF16), tree)
     llm = Qwen2(llm_cfg, rngs=nnx.Rngs(3), dtype=BF16, attn_impl=impl)
     llm_graph, llm_params = nnx.split(llm)
@@ -57,106 +97,176 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
     tower_graph, tower_params = nnx.split(tower)
     tower_params = cast(tower_params)
-    encoders = {}
-    student_cfgs = {"LiteFrame": student_cfg, TUBELET: tubelet_student(small)}
-    for name, cfg in student_cfgs.items():
-        student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
-        proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
-        graph, params = nnx.split((student, proj))
-        encoders[name] = (graph, cast(params))
     size = vit.image_size
+    students = {"LiteFrame": student_cfg, TUBELET: tubelet_student(small)}
 
-    @jax.jit
-    def encode_internvl(p, frames):
-        grid = nnx.merge(tower_graph, p).features(normalise_frames(frames), "projector")
-        return grid.reshape(1, -1, grid.shape[-1])
+    def internvl(pooled: bool):
+        def encode(p, frames):
+            grid = nnx.merge(tower_graph, p).features(normalise_frames(frames), "projector")
+            if pooled:  # the paper preset's WAP: weights proportional to each token's norm
+                grid = compression.compress(grid[None], window, "norm").astype(BF16)
+            return grid.reshape(1, -1, grid.shape[-1])
+        return encode
 
-    def liteframe_encoder(graph):
-        @jax.jit
+    def liteframe(graph, cfg):
         def encode(p, frames):
             s, pr = nnx.merge(graph, p)
-            clips = normalise_frames(frames).reshape(-1, student_cfg.num_frames, size, size, 3)
+            clips = normalise_frames(frames).reshape(-1, cfg.num_frames, size, size, 3)
             return pr(s(clips)).reshape(1, -1, llm_cfg.hidden_size)
         return encode
 
-    encoders = {name: (liteframe_encoder(graph), params) for name, (graph, params) in encoders.items()}
+    encoders = {INTERNVL: (internvl(False), tower_params), POSTHOC: (internvl(True), tower_params)}
+    slices = {}  # a student's temporal slices per clip
+    for name, cfg in students.items():
+        student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
+        proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
+        graph, params = nnx.split((student, proj))
+        encoders[name] = (liteframe(graph, cfg), cast(params))
+        clip = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), BF16)
+        slices[name] = jax.eval_shape(lambda x, g=graph, p=params: nnx.merge(g, p)[0](x), clip).shape[1]
+
+    def prompt_shape(model: str, frames_n: int, visual_tokens: int) -> tuple[str, int]:
+        """(separators, visual groups): InternVL's own "Frame{k}: <img>...</img>" lines per frame (per pooled
+        group); LiteFrame's `paper` LMA preset puts a timestamp before each temporal slice."""
+        if model in (INTERNVL, POSTHOC):
+            return "internvl", frames_n // (window[0] if model == POSTHOC else 1)
+        return "timestamp", frames_n // students[model].num_frames * slices[model]
 
     @jax.jit
     def prefill(p, visual, tokens):
         m = nnx.merge(llm_graph, p)
-        embeds = jnp.concatenate([m.embed_tokens(tokens[:, :text // 2]), visual.astype(BF16),
-                                  m.embed_tokens(tokens[:, text // 2:])], 1)
-        n = embeds.shape[1]
-        h, _ = m.hidden(embeds, jnp.arange(n)[None], None)  # one request, no padding: no length mask
+        embeds = splice(m.embed_tokens(tokens), tokens, visual, eval_prompt.VIDEO_TOKEN_ID)
+        h, _ = m.hidden(embeds, jnp.arange(embeds.shape[1])[None], None)  # one request, no padding: no mask
         return jnp.argmax(m.logits(h[:, -1]), -1)  # the first token
 
-    if decode == "synthetic":
-        import tempfile
-        decode = synthetic_video(tempfile.mkdtemp(prefix="latency_video_"), 12 if small else 120, small)
-    decode_workers = decode_workers or os.cpu_count() or 1
+    jitted = {name: jax.jit(fn) for name, (fn, _) in encoders.items()}
+    beside = {name: nvdec.jit_beside_decoding(fn) for name, (fn, _) in encoders.items()}  # while NVDEC decodes
+
+    path = request_video(decode, small) if decode else None
+    stage = {}
+    if path:
+        info = video.probe(path)
+        keyframes = video.keyframe_indices(path)
+        stage = {"video": os.path.basename(path), "path": path, "video_frames": info.num_frames, "keyframes": len(keyframes),
+                 "decoder": decoder, "decoder_reason": decoder_reason,
+                 "decode_workers": (decode_workers or os.cpu_count() or 1) if decoder == "pyav" else nvdec.SESSIONS}
+        if decoder == "nvdec":  # the decode engines' own speed on this file, once, before the requests
+            stage.update(nvdec.raw_throughput(path, info.num_frames))
+        print(json.dumps({"bench": "latency_video", **stage}), flush=True)
     rows = []
     for model, frames_n in plans:
+        encode, params = encoders[model]
         frames = random_frames(1, frames_n, size)[0]
-        tokens = jax.random.randint(jax.random.key(5), (1, text), 0, 500)
         decoded = {}
-        if decode:  # a bad path or an unreadable file stops the bench here, naming the file
-            dec_s, array = time_decode(decode, frames_n, size, decode_workers, decoder=decoder)
-            frames = jnp.asarray(array)
-            decoded = {"decode_ms": dec_s * 1e3, "decoder": decoder, "decoder_reason": decoder_reason,
-                       "decode_workers": decode_workers if decoder == "pyav" else nvdec.SESSIONS,
-                       "video": os.path.basename(decode)}
         try:
-            if model in encoders:
-                encode, params = encoders[model]
-                enc_s = timed(encode, params, frames)
-                visual = encode(params, frames)
-            else:
-                enc_s = timed(encode_internvl, tower_params, frames)
-                visual = encode_internvl(tower_params, frames)
+            if path:  # a bad path or an unreadable file stops the bench here, naming the file
+                idx = sampling.uniform_indices(info.num_frames, frames_n)
+                decoded = decode_stage(path, idx, keyframes, size, decode_workers or os.cpu_count() or 1, decoder,
+                                       stage)
+                frames = decoded.pop("frames")
+            enc_s = timed(jitted[model], params, frames)
+            visual = jitted[model](params, frames)
+            separators, groups = prompt_shape(model, frames_n, visual.shape[1])
+            ids = eval_prompt.request_ids(separators, groups, visual.shape[1] // groups)
+            tokens = jnp.asarray(ids)[None]
             pre_s = timed(prefill, llm_params, visual, tokens, iters=5)
+            if path and decoder == "nvdec":
+                decoded.update(streamed(path, idx, info.num_frames, size, beside[model], params, prefill,
+                                        llm_params, tokens))
+                decoded["encode_without_cuda_graphs_ms"] = timed(beside[model], params, frames) * 1e3
         except Exception as e:
             rows.append({"bench": "latency", "model": model, "frames": frames_n,
                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(json.dumps(rows[-1]), flush=True)
             continue
+        ttft = (enc_s + pre_s) * 1e3
         rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
-                     "mlp_kernel": mlp_kernel,
-                     "student_act": student_cfgs[model].act if model in encoders else None,
-                     "visual_tokens": int(visual.shape[1]),
-                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": (enc_s + pre_s) * 1e3,
-                     **decoded, **({"ttft_with_decode_ms": decoded["decode_ms"] + (enc_s + pre_s) * 1e3}
-                                   if decoded else {}),
+                     "mlp_kernel": mlp_kernel, "student_act": students[model].act if model in students else None,
+                     "visual_tokens": int(visual.shape[1]), "prompt_tokens": int(tokens.shape[1]),
+                     "text_tokens": int(tokens.shape[1] - visual.shape[1]), "separators": separators,
+                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": ttft, **decoded,
+                     **({"ttft_with_decode_ms": decoded["decode_ms"] + ttft} if decoded else {}),
                      "peak_gib": peak_memory_gib()})
-        print(json.dumps(rows[-1]), flush=True)  # progress: the ratio column comes with the final rows
+        print(json.dumps(rows[-1]), flush=True)  # progress: the ratio columns come with the final rows
+    add_ratios(rows)
+    if out_dir and any("error" not in r for r in rows):
+        plot(rows, out_dir)
+    return ([{"bench": "latency_video", **stage}] if stage else []) + rows
+
+
+def decode_stage(path, idx, keyframes, size, workers, decoder, stage) -> dict:
+    """The request's frames decoded alone (median of 3 runs; the first, with the sessions' start, apart), the
+    frames the decoder had to decode for them against the engines' own speed, and the same request with each
+    frame snapped to its nearest keyframe (`sampling.snap_to_keyframes`)."""
+    from liteframe_jax.data import sampling
+    times, frames = time_decode(path, idx, size, workers, decoder=decoder)
+    work = sampling.frames_to_decode(idx, keyframes)
+    out = {"frames": jnp.asarray(frames), "decode_ms": statistics.median(times) * 1e3, "decode_first_ms": times[0] * 1e3,
+           "frames_decoded": work, "decode_stage_frames_per_s": work / statistics.median(times)}
+    if "raw_frames_per_s" in stage:
+        out["decode_vs_raw"] = statistics.median(times) / (work / stage["raw_frames_per_s"])
+    snapped = sampling.snap_to_keyframes(idx, keyframes)
+    key_times, _ = time_decode(path, snapped, size, workers, decoder=decoder)
+    out.update(keyframes_decode_ms=statistics.median(key_times) * 1e3, keyframes_distinct=len(set(snapped)))
+    return out
+
+
+def streamed(path, idx, num_frames, size, encode, params, prefill, llm_params, tokens, runs: int = 3) -> dict:
+    """Time to first token from the file with NVDEC: each piece of one clip encoded as soon as it is decoded
+    (`nvdec.stream_frames`, as `VideoQA.encode_streaming` runs it), then the prefill; the median of `runs`
+    after one untimed run that compiles."""
+    from liteframe_jax.data import nvdec
+
+    def request():
+        pieces = nvdec.stream_frames(path, idx, size, num_frames, CLIP)
+        visual = jnp.concatenate([encode(params, p) for p in pieces], axis=1)
+        return prefill(llm_params, visual, tokens).block_until_ready()
+
+    request()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        request()
+        times.append(time.perf_counter() - t)
+    return {"ttft_streamed_ms": statistics.median(times) * 1e3}
+
+
+def add_ratios(rows) -> None:
+    """Each row against InternVL3 at its most frames: model only, with decoding added, and streamed."""
     ok = [r for r in rows if "error" not in r]
-    internvl = [r for r in ok if r["model"] == "InternVL3-8B-style"]
-    ref = max(internvl, key=lambda r: r["frames"]) if internvl else None
+    internvl = [r for r in ok if r["model"] == INTERNVL]
+    if not internvl:
+        return
+    ref = max(internvl, key=lambda r: r["frames"])
     for r in ok:
-        if ref:
-            r["ttft_vs_internvl_max_frames"] = r["ttft_ms"] / ref["ttft_ms"]
-    if out_dir and ok:
-        os.makedirs(out_dir, exist_ok=True)
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for model, colour in (("InternVL3-8B-style", "tab:red"), ("LiteFrame", "tab:blue"),
-                              (TUBELET, "tab:green")):
-            pts = [(r["frames"], r["ttft_ms"], r["encode_ms"], r.get("ttft_with_decode_ms")) for r in ok
-                   if r["model"] == model]
-            if pts and pts[0][3] is not None:
-                ax.plot([p[0] for p in pts], [p[3] for p in pts], "s:", color=colour, alpha=0.8,
-                        label=f"{model}: decode+encode+prefill")
+        r["ttft_vs_internvl_max_frames"] = r["ttft_ms"] / ref["ttft_ms"]
+        for key in ("ttft_with_decode_ms", "ttft_streamed_ms"):
+            if key in r and key in ref:
+                r[key.replace("_ms", "_vs_internvl_max_frames")] = r[key] / ref[key]
+
+
+def plot(rows, out_dir) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colours = {INTERNVL: "tab:red", POSTHOC: "tab:orange", "LiteFrame": "tab:blue", TUBELET: "tab:green"}
+    styles = (("ttft_streamed_ms", "D-", 1.0, "decode streamed + encode + prefill"),
+              ("ttft_with_decode_ms", "s:", 0.6, "decode, then encode + prefill"),
+              ("ttft_ms", "o-", 0.9, "encode + prefill"), ("encode_ms", "x--", 0.5, "encode"))
+    for model, colour in colours.items():
+        mine = [r for r in rows if r["model"] == model and "error" not in r]
+        for key, style, alpha, what in styles:
+            pts = [(r["frames"], r[key]) for r in mine if key in r]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=f"{model}: encode+prefill")
-                ax.plot([p[0] for p in pts], [p[2] for p in pts], "x--", color=colour, alpha=0.6,
-                        label=f"{model}: encode")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("frames per request")
-        ax.set_ylabel("ms (median)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"time to first token on {jax.devices()[0].device_kind}")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "latency.png"), dpi=120)
-        plt.close(fig)
-    return rows
+                ax.plot(*zip(*pts), style, color=colour, alpha=alpha, label=f"{model}: {what}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("frames per request")
+    ax.set_ylabel("ms (median)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5)
+    ax.set_title(f"time to first token on {jax.devices()[0].device_kind}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "latency.png"), dpi=120)
+    plt.close(fig)

@@ -4,7 +4,6 @@ processes; the synthetic 720p video the latency bench decodes too."""
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import numpy as np
@@ -89,21 +88,38 @@ def synthetic_video(folder: str, seconds: int, small: bool) -> str:
                             keyframe_every=2 * fps)
 
 
-def time_decode(path: str, frames_n: int, size: int, workers: int, runs: int = 3, decoder: str = "pyav"):
-    """(median seconds, frames): `frames_n` frames uniform over the whole video, decoded and resized by
-    `workers` threads, each over its own stretch of the file (`video.decode_frames_split`), or with
-    `decoder='nvdec'` by the GPU's decode sessions (`nvdec.decode_frames`, timed until the frames are on the
-    GPU)."""
+def long_video(path: str, minutes: float) -> str:
+    """`path` played over and over to `minutes` long, its packets copied with shifted timestamps (nothing is
+    re-encoded): a long request video in seconds."""
+    import av
+    out_path = path.replace(".mp4", f"_{minutes:g}min.mp4")
+    with av.open(path) as src, av.open(out_path, "w") as out:
+        s = src.streams.video[0]
+        o = out.add_stream_from_template(s)
+        packets = [p for p in src.demux(s) if p.dts is not None]
+        length = max(p.pts for p in packets) + (packets[-1].duration or 1) - min(p.pts for p in packets)
+        repeats = int(np.ceil(minutes * 60 / float(length * s.time_base)))
+        for r in range(repeats):
+            for p in packets:
+                copy = av.Packet(bytes(p))
+                copy.pts, copy.dts, copy.duration = p.pts + r * length, p.dts + r * length, p.duration
+                copy.is_keyframe, copy.time_base, copy.stream = p.is_keyframe, p.time_base, o
+                out.mux(copy)
+    return out_path
+
+
+def time_decode(path: str, indices, size: int, workers: int, runs: int = 3, decoder: str = "pyav"):
+    """(seconds of each run, frames): the frames at `indices` decoded and resized by `workers` threads, each
+    over its own stretch of the file (`video.decode_frames_split`), or with `decoder='nvdec'` by the GPU's
+    decode sessions (`nvdec.decode_frames`, timed until the frames are on the GPU)."""
     from liteframe_jax.data import nvdec, video
-    from liteframe_jax.data.sampling import uniform_indices
     num_frames = video.probe(path).num_frames
-    idx = uniform_indices(num_frames, frames_n)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         if decoder == "nvdec":
-            frames = nvdec.decode_frames(path, idx, size, num_frames).block_until_ready()
+            frames = nvdec.decode_frames(path, indices, size, num_frames).block_until_ready()
         else:
-            frames = video.decode_frames_split(path, idx, size, workers)
+            frames = video.decode_frames_split(path, indices, size, workers)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), frames
+    return times, frames

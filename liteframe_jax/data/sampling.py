@@ -30,3 +30,30 @@ def sample_indices(rule: str, num_video_frames: int, num_frames: int) -> tuple[i
     if rule == "internvl":
         return internvl_indices(num_video_frames, num_frames)
     raise ValueError(f"unknown frame sampling {rule!r}; choose one of {SAMPLING_RULES}")
+
+
+def snap_to_keyframes(indices, keyframes) -> tuple[int, ...]:
+    """Each index moved to the nearest keyframe (the earlier one on a tie): an explicit, lossy option that
+    decodes only keyframes, each on its own; where keyframes are sparser than the sample, frames repeat."""
+    keys = np.asarray(sorted(keyframes))
+    if not len(keys):
+        raise ValueError("the video lists no keyframes to snap to")
+    idx = np.asarray(indices)
+    after = np.clip(np.searchsorted(keys, idx), 0, len(keys) - 1)
+    before = np.clip(after - 1, 0, len(keys) - 1)
+    nearer_before = np.abs(idx - keys[before]) <= np.abs(keys[after] - idx)
+    return tuple(int(k) for k in np.where(nearer_before, keys[before], keys[after]))
+
+
+def frames_to_decode(indices, keyframes) -> int:
+    """How many frames a decoder must decode to reach `indices`: from each wanted frame's keyframe (at or
+    before it) up to it, each frame counted once."""
+    keys = np.asarray(sorted(keyframes))
+    spans = sorted({(int(keys[max(np.searchsorted(keys, i, side="right") - 1, 0)]), int(i)) for i in indices})
+    count, reached = 0, -1
+    for start, end in spans:
+        start = max(start, reached + 1)
+        if end >= start:
+            count += end - start + 1
+            reached = end
+    return count

@@ -228,13 +228,31 @@ def _wanted_frames(path: str, indices, size: int, resize: str):
                     if k == len(pending):
                         break
                     gap_limit = SEEK_GAP if key_interval is None else min(SEEK_GAP, key_interval)
-                    if seekable and i >= hold_until and pending[k] - i > gap_limit:
+                    # at a keyframe spacing or more ahead, a seek lands no further back than decoding on
+                    if seekable and i >= hold_until and pending[k] - i >= gap_limit:
                         jumped, jumped_from, last_key = True, i, None  # the next keyframe seen is no pair
                         break
                 if not jumped:
                     break  # every wanted frame reached, or the file ended before the rest
     except Exception as e:
         raise VideoError(path, f"decoding failed: {type(e).__name__}: {e}") from e
+
+
+def keyframe_indices(path: str) -> list[int]:
+    """The indices (in display order) of the video's keyframes, read from its packets: nothing is decoded."""
+    try:
+        with open_container(path) as container:
+            stream = container.streams.video[0]
+            pts, key = [], []
+            for packet in container.demux(stream):
+                if packet.pts is not None:  # the flushing packet at the end has none
+                    pts.append(packet.pts)
+                    key.append(packet.is_keyframe)
+    except Exception as e:
+        raise VideoError(path, f"reading its packets failed: {type(e).__name__}: {e}") from e
+    rank = np.empty(len(pts), int)
+    rank[np.argsort(pts, kind="stable")] = np.arange(len(pts))
+    return sorted(int(rank[j]) for j in range(len(pts)) if key[j])
 
 
 def decode_frames(path: str, indices, size: int, resize: str = "bilinear") -> np.ndarray:

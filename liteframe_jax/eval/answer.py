@@ -20,7 +20,7 @@ from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.data import nvdec, video
 from liteframe_jax.data.conversations import VIDEO_MARKER
-from liteframe_jax.data.sampling import sample_indices
+from liteframe_jax.data.sampling import sample_indices, snap_to_keyframes
 from liteframe_jax.eval.prompts import Prompt
 from liteframe_jax.models import kernel_choice
 
@@ -29,24 +29,27 @@ class VideoQA:
     """A Video LLM ready to answer: `from_run` (an LMA run folder) or `internvl_baseline` (a Hugging Face
     folder). `sampling` / `resize`: which frames (data/sampling.py) and which resize filter (data/video.py).
     `decoder`: 'pyav' (the CPU), 'nvdec' (the GPU's video engines, data/nvdec.py: frames stay on the GPU, a
-    linear resize there) or 'auto' (NVDEC where it can run); `decoder_reason` says why."""
+    linear resize there) or 'auto' (NVDEC where it can run); `decoder_reason` says why. `keyframes_only`:
+    each sampled frame moved to its nearest keyframe (`sampling.snap_to_keyframes`), so only keyframes are
+    decoded: faster, not the same frames, never the default."""
 
     def __init__(self, spec: VideoLLMSpec, tokenizer, graphdef, params, *, dtype, sampling: str, resize: str,
-                 identity: dict, decoder: str = "pyav"):
+                 identity: dict, decoder: str = "pyav", keyframes_only: bool = False):
         sample_indices(sampling, 1, 1)  # an unknown rule fails here, before any work
         self.decoder, self.decoder_reason = nvdec.choose(decoder)
         if resize not in video.RESIZE_FILTERS:
             raise ValueError(f"unknown resize filter {resize!r}; choose one of {video.RESIZE_FILTERS}")
         self.spec, self.tokenizer, self.sampling, self.resize = spec, tokenizer, sampling, resize
+        self.keyframes_only = bool(keyframes_only)
         self.graphdef, self.params = graphdef, jax.tree.map(jnp.asarray, params)
         self.builder = spec.prompt_builder(tokenizer)  # at inference the LLM's own context is the limit
-        self.answerer = Answerer(spec, tokenizer, graphdef, dtype)
+        self.answerer = Answerer(spec, tokenizer, graphdef, dtype, beside_decoding=self.decoder == "nvdec")
         self.identity = identity
 
     @classmethod
     def from_run(cls, run_dir: str, *, step: int | None = None, mlp_kernel: str | None = None,
                  dtype: str | None = None, sampling: str | None = None, resize: str | None = None,
-                 image_size: int | None = None, decoder: str = "pyav") -> "VideoQA":
+                 image_size: int | None = None, decoder: str = "pyav", keyframes_only: bool = False) -> "VideoQA":
         """The Video LLM of an LMA run folder at `step` (default: the latest). `mlp_kernel` ('xla' | 'pallas')
         and `dtype` change how it runs, not what it computes; by default the run's own (from its config.json,
         or 'xla' and 'float32'). By default frames are sampled as in training: `uniform` and `bilinear`.
@@ -62,7 +65,7 @@ class VideoQA:
             image_size=image_size)
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
                    resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)},
-                   decoder=decoder)
+                   decoder=decoder, keyframes_only=keyframes_only)
 
     @property
     def step(self) -> int | None:
@@ -87,7 +90,7 @@ class VideoQA:
     def preprocessing(self) -> dict:
         e = self.spec.encoder
         return {"sampling": self.sampling, "resize": self.resize if self.decoder == "pyav" else "nvdec-linear",
-                "decoder": self.decoder, "image_size": e.image_size, "pixel_mean": list(e.pixel_mean),
+                "decoder": self.decoder, "keyframes_only": self.keyframes_only, "image_size": e.image_size, "pixel_mean": list(e.pixel_mean),
                 "pixel_std": list(e.pixel_std)}
 
     @property
@@ -104,6 +107,8 @@ class VideoQA:
         spec = self.spec
         info = video.probe(video_path)
         idx = sample_indices(self.sampling, info.num_frames, num_frames or spec.num_frames)
+        if self.keyframes_only:
+            idx = snap_to_keyframes(idx, video.keyframe_indices(video_path))
         per_group = spec.num_frames // spec.visual_groups
         return idx, [idx[g * per_group] / (info.fps or 1.0) for g in range(spec.visual_groups)], info.num_frames
 
@@ -174,7 +179,7 @@ def _run_settings(run_dir: str) -> dict:
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",
                       mlp_kernel: str = "auto", sampling: str | None = None, resize: str | None = None,
-                      decoder: str = "pyav") -> VideoQA:
+                      decoder: str = "pyav", keyframes_only: bool = False) -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder (`VideoLLMSpec.internvl`). Frames are
     preprocessed as InternVL's reference video loader does by default: its frame indices
     (`sampling="internvl"`), a PIL bicubic stretch to 448x448 (`resize="bicubic"`) and ImageNet normalisation.
@@ -188,4 +193,5 @@ def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat
                                                video_token_id=tokenizer.video_token_id)
     return VideoQA(spec, tokenizer, graphdef, params, dtype=compute, sampling=sampling or "internvl",
                    resize=resize or "bicubic", identity={"internvl": os.path.abspath(folder), "step": None,
-                                                         "spec_sha256": _digest(spec)}, decoder=decoder)
+                                                         "spec_sha256": _digest(spec)}, decoder=decoder,
+                   keyframes_only=keyframes_only)

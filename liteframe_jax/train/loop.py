@@ -359,8 +359,13 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
     (state, last step, last logged metrics, last held-out metrics)."""
     last_metrics, eval_metrics, step = {}, {}, start_step
     recent = collections.deque(maxlen=int(config.log_every) + int(config.nan_patience))  # (step, example indices)
+    # the share of the loop's time spent waiting for the input pipeline (evaluation and saving left out): near 0
+    # when the data is delivered at least as fast as the steps consume it
+    waited = busy = 0.0
     for step in range(start_step + 1, total_steps + 1):
+        began = time.perf_counter()
         local, indices = _host_only(next(data_iter))
+        waited += time.perf_counter() - began
         recent.append((step, indices))
         state, metrics = step_fn(state, frozen, sharding.global_batch(local, mesh))
         stop = watch.reached(step)
@@ -375,9 +380,13 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
                     f"skipped in all; non-finite: {bad}). Lower optimizer.lr or check the data: {report} lists "
                     f"the examples of those steps; checkpoint {ckpt.latest_step()} is the last, with finite "
                     "parameters")
+            busy += time.perf_counter() - began
             last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped,
-                                **_bad_data_metrics(task.data_watch))
+                                input_wait_fraction=waited / busy, **_bad_data_metrics(task.data_watch))
             writer.write(step, last_metrics)
+            waited = busy = 0.0
+        else:
+            busy += time.perf_counter() - began
         if config.eval_every and step % config.eval_every == 0 and step != total_steps:
             eval_metrics = evaluate(state["params"])
             writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
