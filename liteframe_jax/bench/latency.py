@@ -125,7 +125,7 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         clip = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), BF16)
         slices[name] = jax.eval_shape(lambda x, g=graph, p=params: nnx.merge(g, p)[0](x), clip).shape[1]
 
-    def prompt_shape(model: str, frames_n: int, visual_tokens: int) -> tuple[str, int]:
+    def prompt_shape(model: str, frames_n: int) -> tuple[str, int]:
         """(separators, visual groups): InternVL's own "Frame{k}: <img>...</img>" lines per frame (per pooled
         group); LiteFrame's `paper` LMA preset puts a timestamp before each temporal slice."""
         if model in (INTERNVL, POSTHOC):
@@ -166,7 +166,7 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
                 frames = decoded.pop("frames")
             enc_s = timed(jitted[model], params, frames)
             visual = jitted[model](params, frames)
-            separators, groups = prompt_shape(model, frames_n, visual.shape[1])
+            separators, groups = prompt_shape(model, frames_n)
             ids = eval_prompt.request_ids(separators, groups, visual.shape[1] // groups)
             tokens = jnp.asarray(ids)[None]
             pre_s = timed(prefill, llm_params, visual, tokens, iters=5)
@@ -200,11 +200,11 @@ def decode_stage(path, idx, keyframes, size, workers, decoder, stage) -> dict:
     frame snapped to its nearest keyframe (`sampling.snap_to_keyframes`)."""
     from liteframe_jax.data import sampling
     times, frames = time_decode(path, idx, size, workers, decoder=decoder)
-    work = sampling.frames_to_decode(idx, keyframes)
-    out = {"frames": jnp.asarray(frames), "decode_ms": statistics.median(times) * 1e3, "decode_first_ms": times[0] * 1e3,
-           "frames_decoded": work, "decode_stage_frames_per_s": work / statistics.median(times)}
+    work, median = sampling.frames_to_decode(idx, keyframes), statistics.median(times)
+    out = {"frames": jnp.asarray(frames), "decode_ms": median * 1e3, "decode_first_ms": times[0] * 1e3,
+           "frames_decoded": work, "decode_stage_frames_per_s": work / median}
     if "raw_frames_per_s" in stage:
-        out["decode_vs_raw"] = statistics.median(times) / (work / stage["raw_frames_per_s"])
+        out["decode_vs_raw"] = median / (work / stage["raw_frames_per_s"])
     snapped = sampling.snap_to_keyframes(idx, keyframes)
     key_times, _ = time_decode(path, snapped, size, workers, decoder=decoder)
     out.update(keyframes_decode_ms=statistics.median(key_times) * 1e3, keyframes_distinct=len(set(snapped)))
