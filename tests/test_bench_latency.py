@@ -28,11 +28,33 @@ def test_latency_with_decoding(tmp_path):
         assert r["ttft_with_decode_ms"] == pytest.approx(r["decode_ms"] + r["ttft_ms"])
         per_frame = {"InternVL3-8B-style": 4, "InternVL3-8B-style + WAP 16x": 0.25}.get(r["model"], 1)
         assert r["visual_tokens"] == r["frames"] * per_frame
+        # one separator per frame (InternVL3), per pooled group of 4 frames (WAP 16x) or per temporal slice of
+        # a student's clip (8 frames -> 2 slices), each a few tokens: the question is the rest
+        frames_per_group = 1 if r["model"] == "InternVL3-8B-style" else 4
+        assert r["visual_groups"] == r["frames"] // frames_per_group
+        assert r["text_tokens"] < 300 + 12 * r["visual_groups"]
     ref = next(r for r in rows if r["model"] == "InternVL3-8B-style")
     assert ref["ttft_vs_internvl_max_frames"] == 1.0
     assert (tmp_path / "lat" / "latency.png").stat().st_size > 10_000
+    assert (tmp_path / "lat" / "latency_stages.png").stat().st_size > 10_000
 
 
 def test_latency_with_a_missing_video_names_it(tmp_path):
     with pytest.raises(video.VideoError, match="nowhere.mp4"):
         main(["latency", "--small", "--attention", "xla", "--decode", str(tmp_path / "nowhere.mp4")])
+
+
+def test_rows_are_written_as_they_come(tmp_path, monkeypatch):
+    """A run stopped part way (a time limit, a crash) keeps the rows it measured in --out."""
+    from liteframe_jax.bench import __main__ as bench_main
+    first = {"bench": "latency", "model": "InternVL3-8B-style", "frames": 4, "error": "stand-in row"}
+
+    def stopped(*args, **kwargs):
+        yield first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_main, "bench_latency", stopped)
+    out = tmp_path / "lat" / "latency.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["latency", "--small", "--attention", "xla", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == [first]

@@ -107,11 +107,18 @@ def main(argv=None):
             for row in fn():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.out:  # after every row: a run stopped by a time limit keeps what it measured
+                    write_rows(args.out, header, rows)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"header": header, "rows": rows}, f, indent=1)
+        write_rows(args.out, header, rows)
     print("\n" + table(rows, ceiling))
+
+
+def write_rows(path: str, header: dict, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def table(rows, ceiling) -> str:

@@ -4,7 +4,6 @@ of the video file, alone and streamed behind the encoder."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -77,7 +76,8 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     the LiteFrame models at 64..512 frames, one LLM, each prompt a Video-MME question with the model's
     separators (`eval_prompt`). `decode` (a file, or `request_video`'s 'synthetic[:MINUTES]') adds decoding:
     timed alone (`decode_workers` threads, 0: one per core; or `decoder='nvdec'`, the GPU's video engines), for
-    keyframes only, and with NVDEC streamed behind the encoder as answering runs (`ttft_streamed_ms`)."""
+    keyframes only, and with NVDEC streamed behind the encoder as answering runs (`ttft_streamed_ms`). Rows
+    come as they are measured, the video's first."""
     from liteframe_jax.data import nvdec, sampling, video
     decoder, decoder_reason = nvdec.choose(decoder)
     vit, head, student_cfg, _, window = paper_models(small)
@@ -116,21 +116,19 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         return encode
 
     encoders = {INTERNVL: (internvl(False), tower_params), POSTHOC: (internvl(True), tower_params)}
-    slices = {}  # a student's temporal slices per clip
     for name, cfg in students.items():
         student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
         proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
         graph, params = nnx.split((student, proj))
         encoders[name] = (liteframe(graph, cfg), cast(params))
-        clip = jax.ShapeDtypeStruct((1, cfg.num_frames, size, size, 3), BF16)
-        slices[name] = jax.eval_shape(lambda x, g=graph, p=params: nnx.merge(g, p)[0](x), clip).shape[1]
 
     def prompt_shape(model: str, frames_n: int) -> tuple[str, int]:
         """(separators, visual groups): InternVL's own "Frame{k}: <img>...</img>" lines per frame (per pooled
         group); LiteFrame's `paper` LMA preset puts a timestamp before each temporal slice."""
         if model in (INTERNVL, POSTHOC):
             return "internvl", frames_n // (window[0] if model == POSTHOC else 1)
-        return "timestamp", frames_n // students[model].num_frames * slices[model]
+        cfg = students[model]  # its tokens come flat, (clip, slice, row, column) in order
+        return "timestamp", frames_n // cfg.num_frames * cfg.output_grid[0]
 
     @jax.jit
     def prefill(p, visual, tokens):
@@ -152,7 +150,7 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
                  "decode_workers": (decode_workers or os.cpu_count() or 1) if decoder == "pyav" else nvdec.SESSIONS}
         if decoder == "nvdec":  # the decode engines' own speed on this file, once, before the requests
             stage.update(nvdec.raw_throughput(path, info.num_frames))
-        print(json.dumps({"bench": "latency_video", **stage}), flush=True)
+        yield {"bench": "latency_video", **stage}
     rows = []
     for model, frames_n in plans:
         encode, params = encoders[model]
@@ -177,21 +175,24 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         except Exception as e:
             rows.append({"bench": "latency", "model": model, "frames": frames_n,
                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
-            print(json.dumps(rows[-1]), flush=True)
+            yield rows[-1]
             continue
         ttft = (enc_s + pre_s) * 1e3
         rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
                      "mlp_kernel": mlp_kernel, "student_act": students[model].act if model in students else None,
                      "visual_tokens": int(visual.shape[1]), "prompt_tokens": int(tokens.shape[1]),
                      "text_tokens": int(tokens.shape[1] - visual.shape[1]), "separators": separators,
-                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": ttft, **decoded,
+                     "visual_groups": groups,
+                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": ttft,
+                     **({"decoder": decoder} if path else {}), **decoded,
                      **({"ttft_with_decode_ms": decoded["decode_ms"] + ttft} if decoded else {}),
                      "peak_gib": peak_memory_gib()})
-        print(json.dumps(rows[-1]), flush=True)  # progress: the ratio columns come with the final rows
-    add_ratios(rows)
-    if out_dir and any("error" not in r for r in rows):
-        plot(rows, out_dir)
-    return ([{"bench": "latency_video", **stage}] if stage else []) + rows
+        # the ratios and the plot after every row, against the rows so far: a run stopped by a time limit
+        # keeps them (the rows are the same dicts, written again by the caller)
+        add_ratios(rows)
+        if out_dir:
+            plot(rows, out_dir)
+        yield rows[-1]
 
 
 def decode_stage(path, idx, keyframes, size, workers, decoder, stage) -> dict:
@@ -245,11 +246,14 @@ def add_ratios(rows) -> None:
                 r[key.replace("_ms", "_vs_internvl_max_frames")] = r[key] / ref[key]
 
 
-def plot(rows, out_dir) -> None:
+def plot(rows, out_dir, device: str | None = None) -> None:
+    """`latency.png` (each model's stages against frames per request) and, where decoding was timed,
+    `latency_stages.png` (each request's decode, encode and prefill end to end, and the streamed total)."""
     os.makedirs(out_dir, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    device = device or jax.devices()[0].device_kind
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colours = {INTERNVL: "tab:red", POSTHOC: "tab:orange", "LiteFrame": "tab:blue", TUBELET: "tab:green"}
     styles = (("ttft_streamed_ms", "D-", 1.0, "decode streamed + encode + prefill"),
@@ -266,7 +270,35 @@ def plot(rows, out_dir) -> None:
     ax.set_ylabel("ms (median)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5)
-    ax.set_title(f"time to first token on {jax.devices()[0].device_kind}")
+    ax.set_title(f"time to first token on {device}")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "latency.png"), dpi=120)
+    plt.close(fig)
+    decoded = [r for r in rows if "error" not in r and "decode_ms" in r]
+    if decoded:
+        plot_stages(decoded, os.path.join(out_dir, "latency_stages.png"), device)
+
+
+def plot_stages(rows, path: str, device: str) -> None:
+    """One bar per request: decoding, then encoding, then the prefill, as run one after the other; a diamond
+    where the request ends with decoding streamed behind the encoder."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 1.8 + 0.5 * len(rows)), layout="constrained")
+    stages = (("decode_ms", "tab:gray", "decode"), ("encode_ms", "tab:blue", "encode"),
+              ("prefill_ms", "tab:orange", "prefill"))
+    labels = [f"{r['model']} @ {r['frames']}" for r in rows]
+    left = [0.0] * len(rows)
+    for key, colour, what in stages:
+        widths = [r[key] for r in rows]
+        ax.barh(labels, widths, left=left, color=colour, label=what)
+        left = [a + b for a, b in zip(left, widths)]
+    streamed = [(r["ttft_streamed_ms"], label) for r, label in zip(rows, labels) if "ttft_streamed_ms" in r]
+    if streamed:
+        ax.plot(*zip(*streamed), "kD", label="decode streamed behind the encoder, then prefill")
+    ax.invert_yaxis()
+    ax.set_xlabel("ms from the video file to the first token (medians)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(fontsize=7, loc="outside lower center", ncol=4)
+    ax.set_title(f"one request, {rows[0]['decoder']} decoding, {device}", fontsize=9)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -359,13 +359,17 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
     (state, last step, last logged metrics, last held-out metrics)."""
     last_metrics, eval_metrics, step = {}, {}, start_step
     recent = collections.deque(maxlen=int(config.log_every) + int(config.nan_patience))  # (step, example indices)
-    # the share of the loop's time spent waiting for the input pipeline (evaluation and saving left out): near 0
-    # when the data is delivered at least as fast as the steps consume it
+    # The loop's host time spent getting each batch (the workers' queue, then assembling the batch), as a share
+    # of the loop's time (evaluation and saving left out) and per batch. Steps run asynchronously, so the device
+    # waits for data only when a batch takes about as long as a step: the per-batch time against the step's is
+    # the headroom, the share near 1 means the input pipeline is the bottleneck.
     waited = busy = 0.0
+    fetched = 0
     for step in range(start_step + 1, total_steps + 1):
         began = time.perf_counter()
         local, indices = _host_only(next(data_iter))
         waited += time.perf_counter() - began
+        fetched += 1
         recent.append((step, indices))
         state, metrics = step_fn(state, frozen, sharding.global_batch(local, mesh))
         stop = watch.reached(step)
@@ -382,9 +386,11 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
                     "parameters")
             busy += time.perf_counter() - began
             last_metrics.update(steps_per_sec=writer.steps_per_sec(step), skipped_steps=skipped,
-                                input_wait_fraction=waited / busy, **_bad_data_metrics(task.data_watch))
+                                input_wait_fraction=waited / busy, input_ms_per_batch=waited / fetched * 1e3,
+                                **_bad_data_metrics(task.data_watch))
             writer.write(step, last_metrics)
             waited = busy = 0.0
+            fetched = 0
         else:
             busy += time.perf_counter() - began
         if config.eval_every and step % config.eval_every == 0 and step != total_steps:

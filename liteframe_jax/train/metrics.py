@@ -77,8 +77,8 @@ class MetricWriter:
             eta = (self.total_steps - step) / row["steps_per_sec"]
             parts.append(f"{row['steps_per_sec']:.2f} steps/s")
             parts.append(f"ETA {datetime.timedelta(seconds=int(eta))}")
-        if "input_wait_fraction" in row:
-            parts.append(f"waiting for data {row['input_wait_fraction']:.0%}")
+        if "input_wait_fraction" in row:  # the loop's host time getting batches (train/loop.py)
+            parts.append(f"input {row['input_ms_per_batch']:.0f} ms/batch ({row['input_wait_fraction']:.0%} of the loop)")
         return " | ".join(parts)
 
     def close(self) -> None:
