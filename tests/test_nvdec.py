@@ -21,6 +21,20 @@ def test_the_choice_of_decoder_says_why_and_an_impossible_nvdec_is_an_error():
         nvdec.choose("gpu")
 
 
+@pytest.mark.parametrize("frames", [1, 5, 16, 32, 64, 100, 512])
+def test_frames_decoded_at_once_are_shared_evenly_between_sessions(frames):
+    chunk = nvdec.balanced_piece(frames, nvdec.SESSIONS)
+    pieces = [min(chunk, frames - s) for s in range(0, frames, chunk)]
+    shares = nvdec.deal(len(pieces), nvdec.SESSIONS)
+    assert 1 <= chunk <= 8 and sorted(p for share in shares for p in share) == list(range(len(pieces)))
+    loads = [sum(pieces[p] for p in share) for share in shares]
+    # no session has more than one frame per round over an even share (fixed pieces of 8 would give one of 7
+    # sessions 16 of 64 frames, or 8 of 16)
+    rounds = max(len(share) for share in shares)
+    assert max(loads) < frames / nvdec.SESSIONS + rounds
+    assert all(share == sorted(share) for share in shares)  # each session's pieces in order
+
+
 @pytest.mark.skipif(NO_NVDEC is not None, reason=f"needs NVDEC: {NO_NVDEC}")
 def test_nvdec_frames_match_pyav_and_stream_in_order(tmp_path):
     rng = np.random.default_rng(0)

@@ -1,9 +1,10 @@
 """Decoding on the GPU's video engines (NVDEC, through NVIDIA's PyNvVideoCodec), for answering questions:
 frames decoded, resized and handed to JAX on the GPU, never through the host.
 
-The wanted frames are cut into pieces of whole clips, dealt round-robin to several decoder sessions in
-threads, so the GPU's decode engines work at once and the first pieces are ready while later ones still
-decode: the encoder starts on them (`eval.answer.VideoQA.encode_streaming`). Sessions are kept for the
+The wanted frames are cut into pieces, dealt round-robin to several decoder sessions in threads, so the GPU's
+decode engines work at once. Streamed, a piece is a whole clip and the first pieces are ready while later
+ones still decode: the encoder starts on them (`eval.answer.VideoQA.encode_streaming`). Decoded at once,
+pieces are sized so that every session gets about the same frames (`balanced_piece`). Sessions are kept for the
 process and pointed at each new video (`reconfigure_decoder`), since starting one costs more than decoding a
 short request. `choose` picks between this and PyAV (`data/video.py`) and says why.
 
@@ -107,11 +108,12 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
     import jax.numpy as jnp
     wanted = [min(int(i), num_frames - 1) for i in indices]
     pieces = [wanted[s:s + chunk] for s in range(0, len(wanted), chunk)]
-    n = max(1, min(sessions, len(pieces)))
+    shares = deal(len(pieces), sessions)
+    n = len(shares)
     done = [concurrent.futures.Future() for _ in pieces]
 
     def decode(session, k):
-        for p in range(k, len(pieces), n):  # piece p goes to session p % n
+        for p in shares[k]:
             try:
                 distinct = sorted(set(pieces[p]))
                 frames = session.get_batch_frames_by_index(distinct)
@@ -123,7 +125,7 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
                                size).block_until_ready()
                 done[p].set_result(out)
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it in order
-                for rest in range(p, len(pieces), n):
+                for rest in shares[k][shares[k].index(p):]:
                     done[rest].set_exception(e)
                 return
 
@@ -136,10 +138,26 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
                 yield future.result()
 
 
+def deal(num_pieces: int, sessions: int) -> list[list[int]]:
+    """Pieces (in order) per session, round-robin: session k gets pieces k, k + n, ... of n = min(sessions,
+    num_pieces) sessions, so the first pieces are decoded first, side by side."""
+    n = max(1, min(sessions, num_pieces))
+    return [list(range(k, num_pieces, n)) for k in range(n)]
+
+
+def balanced_piece(num_frames: int, sessions: int, most: int = 8) -> int:
+    """Frames per piece, at most `most`, for `num_frames` decoded at once: as many pieces as fill whole rounds
+    of the sessions, so each session gets about the same frames (64 frames on 7 sessions: pieces of 5, at
+    most 10 frames a session; pieces of 8 would give one session 16)."""
+    rounds = -(-num_frames // (most * sessions))
+    return max(1, -(-num_frames // (rounds * sessions)))
+
+
 def decode_frames(path: str, indices, size: int, num_frames: int, sessions: int = SESSIONS):
     """`stream_frames` at once: (len(indices), size, size, 3) uint8 on the GPU."""
     import jax.numpy as jnp
-    return jnp.concatenate(list(stream_frames(path, indices, size, num_frames, 8, sessions)))
+    chunk = balanced_piece(len(indices), sessions)
+    return jnp.concatenate(list(stream_frames(path, indices, size, num_frames, chunk, sessions)))
 
 
 def raw_throughput(path: str, num_frames: int, sessions: int = SESSIONS, batch: int = 64) -> dict:
