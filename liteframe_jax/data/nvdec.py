@@ -149,7 +149,7 @@ def balanced_piece(num_frames: int, sessions: int, most: int = 8) -> int:
     """Frames per piece, at most `most`, for `num_frames` decoded at once: as many pieces as fill whole rounds
     of the sessions, so each session gets about the same frames (64 frames on 7 sessions: pieces of 5, at
     most 10 frames a session; pieces of 8 would give one session 16)."""
-    rounds = -(-num_frames // (most * sessions))
+    rounds = max(1, -(-num_frames // (most * sessions)))
     return max(1, -(-num_frames // (rounds * sessions)))
 
 
