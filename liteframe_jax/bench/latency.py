@@ -145,8 +145,8 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     if path:
         info = video.probe(path)
         keyframes = video.keyframe_indices(path)
-        stage = {"video": os.path.basename(path), "path": path, "video_frames": info.num_frames, "keyframes": len(keyframes),
-                 "decoder": decoder, "decoder_reason": decoder_reason,
+        stage = {"video": os.path.basename(path), "path": path, "video_frames": info.num_frames,
+                 "keyframes": len(keyframes), "decoder": decoder, "decoder_reason": decoder_reason,
                  "decode_workers": (decode_workers or os.cpu_count() or 1) if decoder == "pyav" else nvdec.SESSIONS}
         if decoder == "nvdec":  # the decode engines' own speed on this file, once, before the requests
             stage.update(nvdec.raw_throughput(path, info.num_frames))
