@@ -84,6 +84,7 @@ def test_internvl_baseline_answers_like_transformers(tmp_path):
     pad = "<IMG_CONTEXT>" * 4
     assert f"Frame1: <img>{pad}</img>\nFrame2: <img>{pad}</img>" in text  # InternVL's own video prompt
     ours = vqa.answer_batch([frames], [times], ["What moves?"], max_new_tokens=5)[0]
+    assert vqa(path, "What moves?", max_new_tokens=5) == ours  # encoded streaming behind decoding, the same
 
     # InternVL's reference video loader written out: get_index over the last frame index, a PIL bicubic
     # stretch (torchvision's Resize on a PIL image), ImageNet statistics

@@ -310,6 +310,13 @@ def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):
         VideoQA.from_run(str(moved))
 
 
+def test_streamed_pieces_are_whole_clips_of_about_eight_frames():
+    from liteframe_jax.eval.answer import stream_piece
+    assert stream_piece(8) == 8 and stream_piece(1) == 8 and stream_piece(4) == 8  # student, InternVL3, WAP 4
+    assert stream_piece(16) == 16 and stream_piece(3) == 6  # never part of a clip
+    assert stream_piece(8, clips_per_call=2) == 16 and stream_piece(1, clips_per_call=1) == 1
+
+
 @pytest.mark.parametrize("decoder", ["pyav", pytest.param("nvdec", marks=pytest.mark.skipif(
     nvdec.problem() is not None, reason=f"needs NVDEC: {nvdec.problem()}"))])
 def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa, decoder):

@@ -26,6 +26,7 @@ from liteframe_jax.bench.common import (
     tubelet_student,
 )
 from liteframe_jax.bench.pipeline import long_video, synthetic_video, time_decode
+from liteframe_jax.eval.answer import stream_piece
 from liteframe_jax.models import compression
 from liteframe_jax.models.internvit import InternVisionTower, InternVLHeadConfig
 from liteframe_jax.models.qwen2 import Qwen2
@@ -35,7 +36,6 @@ from liteframe_jax.models.video_llm import Projector, ProjectorConfig, splice
 INTERNVL = "InternVL3-8B-style"
 POSTHOC = "InternVL3-8B-style + WAP 16x"  # InternVL3's encoder, its tokens then pooled as CTD's targets are
 MODELS = (INTERNVL, POSTHOC, "LiteFrame", TUBELET)
-CLIP = 8  # frames per streamed piece: one student clip
 
 
 def default_plans(small: bool) -> list[tuple[str, int]]:
@@ -122,6 +122,10 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         graph, params = nnx.split((student, proj))
         encoders[name] = (liteframe(graph, cfg), cast(params))
 
+    def clip_frames(model: str) -> int:
+        """The frames one encoder call needs whole: a student's clip, WAP's temporal window, or one frame."""
+        return {INTERNVL: 1, POSTHOC: window[0]}.get(model) or students[model].num_frames
+
     def prompt_shape(model: str, frames_n: int) -> tuple[str, int]:
         """(separators, visual groups): InternVL's own "Frame{k}: <img>...</img>" lines per frame (per pooled
         group); LiteFrame's `paper` LMA preset puts a timestamp before each temporal slice."""
@@ -169,7 +173,8 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
             tokens = jnp.asarray(ids)[None]
             pre_s = timed(prefill, llm_params, visual, tokens, iters=5)
             if path and decoder == "nvdec":
-                decoded.update(streamed(path, idx, info.num_frames, size, beside[model], params, prefill,
+                chunk = stream_piece(clip_frames(model))
+                decoded.update(streamed(path, idx, info.num_frames, size, chunk, beside[model], params, prefill,
                                         llm_params, tokens))
                 decoded["encode_without_cuda_graphs_ms"] = timed(beside[model], params, frames) * 1e3
         except Exception as e:
@@ -212,14 +217,15 @@ def decode_stage(path, idx, keyframes, size, workers, decoder, stage) -> dict:
     return out
 
 
-def streamed(path, idx, num_frames, size, encode, params, prefill, llm_params, tokens, runs: int = 3) -> dict:
-    """Time to first token from the file with NVDEC: each piece of one clip encoded as soon as it is decoded
-    (`nvdec.stream_frames`, as `VideoQA.encode_streaming` runs it), then the prefill; the median of `runs`
-    after one untimed run that compiles."""
+def streamed(path, idx, num_frames, size, chunk, encode, params, prefill, llm_params, tokens,
+             runs: int = 3) -> dict:
+    """Time to first token from the file with NVDEC: each piece of `chunk` frames encoded as soon as it is
+    decoded (`nvdec.stream_frames`, as `VideoQA.encode_streaming` runs it), then the prefill; the median of
+    `runs` after one untimed run that compiles."""
     from liteframe_jax.data import nvdec
 
     def request():
-        pieces = nvdec.stream_frames(path, idx, size, num_frames, CLIP)
+        pieces = nvdec.stream_frames(path, idx, size, num_frames, chunk)
         visual = jnp.concatenate([encode(params, p) for p in pieces], axis=1)
         return prefill(llm_params, visual, tokens).block_until_ready()
 

@@ -24,6 +24,15 @@ from liteframe_jax.data.sampling import sample_indices, snap_to_keyframes
 from liteframe_jax.eval.prompts import Prompt
 from liteframe_jax.models import kernel_choice
 
+STREAM_FRAMES = 8  # frames per streamed piece: one student clip, or as many frames of a per-frame encoder
+
+
+def stream_piece(clip_frames: int, clips_per_call: int | None = None) -> int:
+    """Frames per piece when encoding streams behind decoding: `clips_per_call` whole clips, by default as
+    many as make `STREAM_FRAMES` (a per-frame encoder's call then holds 8 frames, not one)."""
+    clips = clips_per_call or max(1, STREAM_FRAMES // clip_frames)
+    return clip_frames * clips
+
 
 class VideoQA:
     """A Video LLM ready to answer: `from_run` (an LMA run folder) or `internvl_baseline` (a Hugging Face
@@ -136,12 +145,12 @@ class VideoQA:
         return self.answerer(self.params, ids, frames, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, seed=seed)
 
-    def encode_streaming(self, video_path: str, clips_per_call: int = 1):
-        """(visual tokens (1, N, LLM width), group start times) of one video, its frames decoded clip by clip and
-        each chunk of `clips_per_call` clips encoded as soon as it is decoded, so the time to the prompt is about
-        the longer of decoding and encoding, not their sum."""
+    def encode_streaming(self, video_path: str, clips_per_call: int | None = None):
+        """(visual tokens (1, N, LLM width), group start times) of one video, its frames decoded piece by piece
+        and each piece (`stream_piece`: whole clips) encoded as soon as it is decoded, so the time to the prompt
+        is about the longer of decoding and encoding, not their sum."""
         idx, times, count = self._plan(video_path)
-        chunk = self.spec.encoder.clip_frames * max(1, clips_per_call)
+        chunk = stream_piece(self.spec.encoder.clip_frames, clips_per_call)
         if self.decoder == "nvdec":  # pieces of whole clips, one per decode session
             chunks = nvdec.stream_frames(video_path, idx, self.spec.encoder.image_size, count, chunk)
         else:
