@@ -113,7 +113,7 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
     done = [concurrent.futures.Future() for _ in pieces]
 
     def decode(session, k):
-        for p in shares[k]:
+        for j, p in enumerate(shares[k]):
             try:
                 distinct = sorted(set(pieces[p]))
                 frames = session.get_batch_frames_by_index(distinct)
@@ -125,7 +125,7 @@ def stream_frames(path: str, indices, size: int, num_frames: int, chunk: int = 1
                                size).block_until_ready()
                 done[p].set_result(out)
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it in order
-                for rest in shares[k][shares[k].index(p):]:
+                for rest in shares[k][j:]:
                     done[rest].set_exception(e)
                 return
 

@@ -78,7 +78,8 @@ class MetricWriter:
             parts.append(f"{row['steps_per_sec']:.2f} steps/s")
             parts.append(f"ETA {datetime.timedelta(seconds=int(eta))}")
         if "input_wait_fraction" in row:  # the loop's host time getting batches (train/loop.py)
-            parts.append(f"input {row['input_ms_per_batch']:.0f} ms/batch ({row['input_wait_fraction']:.0%} of the loop)")
+            share = row["input_wait_fraction"]
+            parts.append(f"input {row['input_ms_per_batch']:.0f} ms/batch ({share:.0%} of the loop)")
         return " | ".join(parts)
 
     def close(self) -> None:
