@@ -84,7 +84,6 @@ def synthetic_video(folder: str, seconds: int, small: bool) -> str:
         for s in range(seconds):
             yield from np.roll(second, 37 * s, axis=2)
 
-    os.makedirs(folder, exist_ok=True)
     return demo.write_video(os.path.join(folder, f"request_{w}x{h}_{seconds}s.mp4"), frames(), fps=fps,
                             keyframe_every=2 * fps)
 

@@ -57,6 +57,7 @@ def write_video(path: str, frames, fps: int = 12, keyframe_every: int | None = N
     codec = {".webm": "libvpx-vp9"}.get(os.path.splitext(path)[1].lower(), "libx264")
     tmp = (path + ".partial" if not paths.is_remote(path) else
            os.path.join(tempfile.mkdtemp(prefix="liteframe_"), "video")) + os.path.splitext(path)[1]
+    paths.makedirs(os.path.dirname(path) or ".")
     frames = iter(frames)
     first = next(frames)
     with av.open(tmp, mode="w") as container:
