@@ -47,6 +47,7 @@ def test_videomme_parquet_as_released(tmp_path, video):
     assert set(qs) == {"001-1", "001-2", "001-3", "002-1"}
     q = qs["001-1"]
     assert q.options == ("one", "two", "three", "four") and q.answer == "B" and q.question == "What is shown 0?"
+    assert q.released_options == ("A. one", "B. two", "C. three", "D. four")
     assert dict(q.categories) == {"duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
                                   "task_type": "Counting Problem"}
     assert q.video.endswith("data/fFjv93ACGo8.mp4") and os.path.isfile(q.video)
@@ -93,21 +94,73 @@ def test_mlvu_dev_as_released(tmp_path, video):
     assert "open-ended tasks, not scored: subPlot (1 rows)" in bench.report()
 
 
+# `sy1998/MLVU_dev` rows as lmms-eval's `mlvu_dev` task reads them: every released column; the stem of the
+# first keeps the trailing space the release's text has before its option lines.
+MLVU_LMMS_ROWS = [
+    {"video_name": "count_12.mp4", "duration": 300.5, "question": "How many times does he jump? \n(A) 1\n(B) 3\n(C) 5\n(D) 7",
+     "candidates": ["1", "3", "5", "7"], "answer": "B", "task_type": "count", "question_id": "count_0"},
+    {"video_name": "needle_3.mp4", "duration": 467.0, "question": "What is inserted?\n(A) a cat\n(B) a hat",
+     "candidates": ["a cat", "a hat"], "answer": "(A)", "task_type": "needle", "question_id": "needle_1"},
+]
+
+
+def write_mlvu_lmms_eval(root, video, name="mlvu_dev.parquet", extra=()):
+    """lmms-eval's MLVU release: one table of rows, videos found by video_name under video/<task>/."""
+    for folder, file in (("count", "count_12.mp4"), ("needle", "needle_3.mp4")):
+        os.makedirs(root / "video" / folder, exist_ok=True)
+        os.link(video, root / "video" / folder / file)
+    rows = MLVU_LMMS_ROWS + list(extra)
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), root / name)
+    else:
+        (root / name).write_text(json.dumps(rows))
+    return root / name
+
+
 def test_mlvu_in_lmms_eval_layout(tmp_path, video):
-    """lmms-eval's MLVU rows: video_name, the options inside the question, the answer as a letter."""
-    os.makedirs(tmp_path / "video" / "count")
-    os.link(video, tmp_path / "video" / "count" / "count_12.mp4")
-    path = tmp_path / "mlvu_dev.json"
-    path.write_text(json.dumps([
-        {"video_name": "count_12.mp4", "duration": 300, "task_type": "count", "answer": "B",
-         "question": "How many times does he jump?\n(A) 1\n(B) 3\n(C) 5\n(D) 7"},
-        {"video_name": "count_12.mp4", "duration": 300, "task_type": "count", "answer": "E",
-         "question": "How many birds?\n(A) 2\n(B) 4"}]))
-    bench = benchmarks.load("mlvu", str(tmp_path), str(path))
-    (q,) = bench.questions
-    assert q.question == "How many times does he jump?" and q.options == ("1", "3", "5", "7") and q.answer == "B"
-    assert os.path.isfile(q.video)
-    assert "row 1" in bench.annotation_errors[0] and "'E'" in bench.annotation_errors[0]
+    """Told from the authors' rows by video_name and task_type although it also has candidates; the stem
+    keeps its text exactly; the question as released is kept for the prompt lmms-eval asks."""
+    bad = [{**MLVU_LMMS_ROWS[0], "question_id": "count_9", "answer": "E"},
+           {**MLVU_LMMS_ROWS[0], "question_id": "count_10", "candidates": ["1", "3"]},
+           {**MLVU_LMMS_ROWS[0], "question_id": "count_11", "question": "How many?\n(A) 1\nsee above"}]
+    path = write_mlvu_lmms_eval(tmp_path, video, extra=bad)
+    bench = benchmarks.load("mlvu", str(tmp_path))  # no json/ folder: the parquet under ROOT
+    assert bench.annotation == str(path)
+    count, needle = bench.questions
+    assert count.question == "How many times does he jump? " and count.options == ("1", "3", "5", "7")
+    assert count.answer == "B" and count.released_question == MLVU_LMMS_ROWS[0]["question"]
+    assert dict(count.categories) == {"task_type": "count"} and count.video.endswith("video/count/count_12.mp4")
+    assert needle.answer == "A" and os.path.isfile(needle.video)
+    errors = bench.annotation_errors
+    assert len(errors) == 3 and all(e.startswith("mlvu_dev.parquet row ") for e in errors)
+    assert "row 2 (question_id count_9): answer 'E'" in errors[0]
+    assert "row 3 (question_id count_10): 2 candidates but 4 option lines" in errors[1]
+    assert "row 4 (question_id count_11): line 'see above' after the options" in errors[2]
+    both = {"video": "x.mp4", "video_name": "x.mp4", "question": "Q?", "task_type": "count", "question_type": "count"}
+    path = write_mlvu_lmms_eval(tmp_path / "j", video, "dev.json", extra=[both])
+    from_json = benchmarks.load("mlvu", str(tmp_path / "j"), str(path))
+    assert [q.released_question for q in from_json.questions] == [r["question"] for r in MLVU_LMMS_ROWS]
+    assert from_json.annotation_errors == ["dev.json row 2: both of MLVU's layouts: the authors' rows carry video and "
+                                           "question_type, lmms-eval's video_name and task_type"]
+
+
+def test_rows_that_do_not_fit_are_reported_never_a_crash(tmp_path, video):
+    write_mlvu(tmp_path, video)
+    (tmp_path / "json" / "9_odd.json").write_text(json.dumps([
+        "not a row", {"question": "Q?", "answer": "a"},  # neither layout
+        {"video": "ego_35.mp4", "question": "Q?", "candidates": "abc", "answer": "a", "question_type": "ego"}]))
+    bench = benchmarks.load("mlvu", str(tmp_path))
+    odd = [e for e in bench.annotation_errors if e.startswith("9_odd.json")]
+    assert odd == ["9_odd.json row 0: not an object",
+                   "9_odd.json row 1: neither of MLVU's layouts: the authors' rows carry video and question_type, "
+                   "lmms-eval's video_name and task_type",
+                   "9_odd.json row 2: field 'candidates' is not a list (str)"]
+    assert len(bench.questions) == 4  # the release's rows still load
+    rows = [{**LVB_ROW, "candidates": ["a", "b"]}, {**LVB_ROW, "id": "x1", "candidates": ["a"], "correct_choice": "one"}]
+    (tmp_path / "lvb_val.json").write_text(json.dumps(rows))
+    lvb = benchmarks.load("longvideobench", str(tmp_path))
+    assert len(lvb.questions) == 1
+    assert lvb.annotation_errors == ["lvb_val.json row 1 (id x1): field 'correct_choice' is not a whole number ('one')"]
 
 
 LVB_ROW = {"video_id": "86CxyhFV9MI", "duration_group": 600, "question": "What is the man holding?",

@@ -9,9 +9,11 @@ Layouts read (ROOT is `data.root`; `data.annotation` names another annotation fi
   answer as text, question_type; the needle task is `findNeedle`), videos `ROOT/video/<n>_<task>/<video>`.
   Rows without candidates are the open-ended tasks (listed as not scored). A row whose answer is not among
   its candidates is an annotation error (reported, not scored).
-- MLVU dev, lmms-eval's layout: rows with video_name, question (options inside as "(A) ..." lines),
-  answer (a letter) and task_type, in a JSON/JSONL/parquet file; videos `ROOT/<video_name>` (or under
-  `ROOT/video/`, one task folder deep).
+- MLVU dev, lmms-eval's layout (the `sy1998/MLVU_dev` release its `mlvu_dev` task reads): rows with
+  video_name, duration, question (the stem, then one "(A) ..." line per option), candidates, answer (a
+  letter), task_type and question_id, in a JSON/JSONL/parquet file; videos `ROOT/<video_name>` (or under
+  `ROOT/video/`, one task folder deep). Each row is told apart by the fields only its layout has:
+  `video_name` + `task_type` (lmms-eval's) or `video` + `question_type` (the authors').
 - LongVideoBench val: `ROOT/lvb_val.json` (candidates, correct_choice, duration_group, question_category,
   video_path, ...) or its parquet form (option0..option4, "N/A" = absent); videos `ROOT/videos/<video_path>`.
 - demo: the generated QA set's `eval_mc.json` (data/qa_demo.py).
@@ -20,6 +22,7 @@ Layouts read (ROOT is `data.root`; `data.annotation` names another annotation fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -38,6 +41,10 @@ class MCQuestion:
     options: tuple[str, ...]  # option texts without letters
     answer: str  # the correct letter
     categories: tuple[tuple[str, str], ...] = ()  # (name, value): duration, domain, task_type, ...
+    # The release's own text, for protocols that print it unchanged: the question field where the options
+    # are inside it (lmms-eval's MLVU rows), and the options with their letters (Video-MME's "A. ...").
+    released_question: str = ""
+    released_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -108,14 +115,25 @@ def _existing(candidates) -> str | None:
     return next((c for c in candidates if paths.isfile(c)), None)
 
 
+def _parse_row(parse, row, where: str, errors: list[str]):
+    """`parse(row, where)`, or None with the reason added to `errors`: a value of the wrong type (a letter
+    where a number belongs, a string where a list does) is a row that does not fit, not a crash."""
+    try:
+        return parse(row, where)
+    except RowError as e:
+        errors.append(str(e))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        errors.append(f"{where}: {type(e).__name__}: {e}")
+    return None
+
+
 def _collect(out: Benchmark, path: str, parse) -> Benchmark:
-    """`parse(row, where)` for every row of `path`: its MCQuestion joins the benchmark, its RowError the
-    annotation errors."""
+    """`parse(row, where)` for every row of `path`: its MCQuestion joins the benchmark, a row that does not
+    fit the annotation errors."""
     for i, row in enumerate(read_table(path)):
-        try:
-            out.questions.append(parse(row, f"{os.path.basename(path)} row {i}"))
-        except RowError as e:
-            out.annotation_errors.append(str(e))
+        question = _parse_row(parse, row, f"{os.path.basename(path)} row {i}", out.annotation_errors)
+        if question is not None:
+            out.questions.append(question)
     return out
 
 
@@ -125,35 +143,71 @@ def load_videomme(root: str, annotation: str | None = None) -> Benchmark:
 
     def parse(row, where):
         where += f" (question_id {_field(row, 'question_id', where)})"
-        options = tuple(_strip_letter(o) for o in _field(row, "options", where))
+        released = tuple(str(o) for o in _list(row, "options", where))
+        options = tuple(_strip_letter(o) for o in released)
         answer = str(_field(row, "answer", where)).strip()
         if answer not in LETTERS[:len(options)]:
             raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
         stem = os.path.join(root, "data", str(_field(row, "videoID", where)))
         video = _existing(stem + ext for ext in VIDEOMME_EXTENSIONS) or stem + ".mp4"
         return MCQuestion(str(row["question_id"]), video, str(_field(row, "question", where)), options, answer,
-                          tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type")))
+                          tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type")),
+                          released_options=released)
 
     return _collect(Benchmark("videomme", path, []), path, parse)
 
 
-_OPTION_LINE = re.compile(r"^\s*\(([A-H])\)\s?(.*)$")
+_OPTION_LINE = re.compile(r"^\(([A-H])\) ?(.*)$")
 
 
 def _split_options(text: str, where: str) -> tuple[str, tuple[str, ...]]:
-    """lmms-eval's MLVU question: the stem, then one "(A) text" line per option."""
-    stem, options = [], []
-    for line in text.split("\n"):
-        m = _OPTION_LINE.match(line)
-        if m and m.group(1) == LETTERS[len(options)]:
-            options.append(m.group(2).strip())
-        elif not options:
-            stem.append(line)
-        else:
-            raise RowError(f"{where}: text after the options in the question")
-    if not options:
+    """lmms-eval's MLVU question: the stem, then one "(A) text" line per option. The stem is the text before
+    the newline that starts the options, unchanged (whitespace included)."""
+    lines = text.split("\n")
+    first = next((k for k, line in enumerate(lines) if (m := _OPTION_LINE.match(line)) and m.group(1) == "A"), None)
+    if first is None:
         raise RowError(f"{where}: the question holds no '(A) ...' option lines")
-    return "\n".join(stem).strip(), tuple(options)
+    options = []
+    for line in lines[first:]:
+        m = _OPTION_LINE.match(line)
+        if not m or m.group(1) != LETTERS[len(options)]:
+            raise RowError(f"{where}: line {line!r} after the options is not the option "
+                           f"'({LETTERS[len(options)]}) ...'")
+        options.append(m.group(2))
+    return "\n".join(lines[:first]), tuple(options)
+
+
+def _list(row: dict, key: str, where: str) -> list:
+    value = _field(row, key, where)
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise RowError(f"{where}: field {key!r} is not a list ({type(value).__name__})")
+    return list(value)
+
+
+def _int(row: dict, key: str, where: str) -> int:
+    value = _field(row, key, where)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise RowError(f"{where}: field {key!r} is not a whole number ({value!r})") from None
+
+
+# The fields only one MLVU layout has, which tell a row's layout.
+MLVU_LMMS_EVAL_FIELDS = ("video_name", "task_type")
+MLVU_AUTHORS_FIELDS = ("video", "question_type")
+
+
+def mlvu_layout(row, where: str) -> str:
+    """'lmms_eval' or 'authors', by the fields the row carries."""
+    if not isinstance(row, dict):
+        raise RowError(f"{where}: not an object")
+    # a table's missing cells read as None: a parquet of mixed rows gives every row every column
+    lmms = all(row.get(k) is not None for k in MLVU_LMMS_EVAL_FIELDS)
+    authors = all(row.get(k) is not None for k in MLVU_AUTHORS_FIELDS)
+    if lmms == authors:
+        raise RowError(f"{where}: {'both' if lmms else 'neither'} of MLVU's layouts: the authors' rows carry "
+                       f"{' and '.join(MLVU_AUTHORS_FIELDS)}, lmms-eval's {' and '.join(MLVU_LMMS_EVAL_FIELDS)}")
+    return "lmms_eval" if lmms else "authors"
 
 
 def load_mlvu(root: str, annotation: str | None = None) -> Benchmark:
@@ -168,35 +222,23 @@ def load_mlvu(root: str, annotation: str | None = None) -> Benchmark:
     for path in files:
         folder = os.path.splitext(os.path.basename(path))[0]  # 1_plotQA: the release's video folder
         for i, row in enumerate(read_table(path)):
-            where = f"{os.path.basename(path)} row {i}"
-            try:
-                question = _mlvu_row(root, folder, i, row, where)
-            except RowError as e:
-                out.annotation_errors.append(str(e))
-                continue
+            question = _parse_row(functools.partial(_mlvu_row, root, folder, i), row,
+                                  f"{os.path.basename(path)} row {i}", out.annotation_errors)
             if isinstance(question, str):  # an open-ended task
                 out.not_scored[question] = out.not_scored.get(question, 0) + 1
-            else:
+            elif question is not None:
                 out.questions.append(question)
     return out
 
 
 def _mlvu_row(root: str, folder: str, i: int, row, where: str):
     """An MCQuestion, or the task name of an open-ended row."""
-    if isinstance(row, dict) and "video_name" in row and "candidates" not in row:  # lmms-eval's layout
-        task = str(_field(row, "task_type", where))
-        stem, options = _split_options(str(_field(row, "question", where)), where)
-        answer = str(_field(row, "answer", where)).strip().strip("()")
-        if answer not in LETTERS[:len(options)]:
-            raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
-        name = str(row["video_name"])
-        video = _existing([os.path.join(root, name), os.path.join(root, "video", name),
-                           *paths.glob(os.path.join(root, "video", "*", name))]) or os.path.join(root, name)
-        return MCQuestion(f"{folder}#{i}", video, stem, options, answer, (("task_type", task),))
+    if mlvu_layout(row, where) == "lmms_eval":
+        return _mlvu_lmms_eval_row(root, folder, i, row, where)
     task = str(_field(row, "question_type", where))
-    if "candidates" not in row:
+    if row.get("candidates") is None:
         return task
-    options = tuple(str(c) for c in _field(row, "candidates", where))
+    options = tuple(str(c) for c in _list(row, "candidates", where))
     answer_text = str(_field(row, "answer", where))
     if answer_text not in options:
         raise RowError(f"{where}: answer {answer_text!r} is not among its candidates {list(options)}")
@@ -207,6 +249,25 @@ def _mlvu_row(root: str, folder: str, i: int, row, where: str):
                       LETTERS[options.index(answer_text)], (("task_type", task),))
 
 
+def _mlvu_lmms_eval_row(root: str, folder: str, i: int, row: dict, where: str) -> MCQuestion:
+    """A `sy1998/MLVU_dev` row: the model is asked the question field as released (options inside it); the
+    option texts are its `candidates`, which must be as many as the question's option lines."""
+    where += f" (question_id {row.get('question_id')})"
+    task = str(_field(row, "task_type", where))
+    text = str(_field(row, "question", where))
+    stem, lines = _split_options(text, where)
+    options = tuple(str(c) for c in _list(row, "candidates", where)) if row.get("candidates") is not None else lines
+    if len(options) != len(lines):
+        raise RowError(f"{where}: {len(options)} candidates but {len(lines)} option lines in the question")
+    answer = str(_field(row, "answer", where)).strip().strip("()")
+    if answer not in LETTERS[:len(options)]:
+        raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
+    name = str(_field(row, "video_name", where))
+    video = _existing([os.path.join(root, name), os.path.join(root, "video", name),
+                       *paths.glob(os.path.join(root, "video", "*", name))]) or os.path.join(root, name)
+    return MCQuestion(f"{folder}#{i}", video, stem, options, answer, (("task_type", task),), released_question=text)
+
+
 def load_longvideobench(root: str, annotation: str | None = None) -> Benchmark:
     path = annotation or _first_file(root, ("lvb_val.json", "**/validation-*.parquet", "**/*val*.parquet"),
                                      "LongVideoBench")
@@ -214,12 +275,12 @@ def load_longvideobench(root: str, annotation: str | None = None) -> Benchmark:
     def parse(row, where):
         where += f" (id {_field(row, 'id', where)})"
         if row.get("candidates") is not None:
-            options = tuple(str(c) for c in row["candidates"])
+            options = tuple(str(c) for c in _list(row, "candidates", where))
         else:
             options = tuple(str(row[f"option{k}"]) for k in range(5) if row.get(f"option{k}") not in (None, "N/A"))
         if not options:
             raise RowError(f"{where}: no candidates or option0..option4")
-        choice = int(_field(row, "correct_choice", where))
+        choice = _int(row, "correct_choice", where)
         if not 0 <= choice < len(options):
             raise RowError(f"{where}: correct_choice {choice} is outside its {len(options)} options")
         return MCQuestion(str(row["id"]), os.path.join(root, "videos", str(_field(row, "video_path", where))),
