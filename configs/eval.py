@@ -12,8 +12,12 @@ choice, `xla` for the baseline). Answers are written as they come
 (WORKDIR/results.jsonl): running the same command again resumes where it stopped; a resume with another
 model, step, protocol or setting is refused with what differs.
 
-`protocol`: `lmms_eval` (lmms-eval's task prompts and answer extraction, the default) or `official` (the
-benchmark authors' scripts); liteframe_jax/eval/prompts.py holds both, results.json their hash.
+`protocol`: `lmms_eval` (lmms-eval 0.7.3's task prompts and answer reading, the default), `lmms_eval_v0.7.1`
+(the same prompts, answers read as lmms-eval did up to v0.7.1), `official` (the benchmark authors' scripts;
+MLVU's videochat2/choice_bench.py) or `official_generic` (MLVU's multiple_choice_evaluation/choice_bench.py);
+liteframe_jax/eval/prompts.py holds them, results.json their hash, the code each reproduces and the lmms-eval
+version it follows. `model.internvl_prompt`: the InternVL3 baseline asked as InternVL's `model.chat` asks
+(`chat`, its system message; the default) or as the `-hf` processor does (`hf`, no system turn).
 `preprocess.sampling` / `preprocess.resize`: which frames and which resize filter; empty means the model's
 own: `uniform` + `bilinear` for an LMA run (as it trained), `internvl` + `bicubic` for the InternVL3
 baseline (InternVL's reference video loader).
@@ -32,10 +36,13 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.trainer = "eval"
     c.benchmark = bench
-    c.protocol = "lmms_eval"  # lmms_eval | official
+    c.protocol = "lmms_eval"  # lmms_eval | lmms_eval_v0.7.1 | official | official_generic (MLVU)
     c.seed = 0  # LongVideoBench's random fallback when no letter parses
+    # internvl_prompt: how the InternVL3 baseline is asked: `chat` (InternVL's model.chat: its template's
+    # system message before the frames) or `hf` (the -hf processor's chat template: no system turn)
     c.model = ml_collections.ConfigDict(dict(run=config_dict.placeholder(str), internvl=config_dict.placeholder(str),
-                                             internvl_frames=64, mlp_kernel=config_dict.placeholder(str)))
+                                             internvl_frames=64, internvl_prompt="chat",
+                                             mlp_kernel=config_dict.placeholder(str)))
     c.preprocess = ml_collections.ConfigDict(dict(sampling=config_dict.placeholder(str),  # uniform | internvl
                                                   resize=config_dict.placeholder(str),  # bilinear | bicubic
                                                   # frames of another size than the run's encoder was trained

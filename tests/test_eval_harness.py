@@ -33,21 +33,71 @@ def test_videomme_prompts_word_for_word():
 
 def test_mlvu_and_longvideobench_prompts():
     q = MCQuestion("1", "v.mp4", "Who drives?", ("a man", "a woman"), "A")
-    official = prompts.protocol("mlvu", "official").render(q)  # MLVU's choice_bench.py
+    official = prompts.protocol("mlvu", "official").render(q)  # MLVU's videochat2/choice_bench.py
     assert official.user == "Question: Who drives?\nOptions:\n(A) a man\n(B) a woman\nOnly give the best option."
     assert official.system.startswith("Carefully watch this video and pay attention to every detail.")
-    assert official.assistant_prefix == "Best option:("
+    assert official.system.endswith("the question.\n") and official.assistant_prefix == "Best option:("
+    generic = prompts.protocol("mlvu", "official_generic")  # multiple_choice_evaluation/choice_bench.py
+    assert generic.render(q).user == "Question: Who drives?\nOptions:\n(A) a man\n(B) a womanOnly give the best option."
+    assert generic.system.endswith("the question.") and generic.assistant_prefix == "Best Option: ("
+    assert "videochat2/choice_bench.py" in prompts.protocol("mlvu", "official").reference
+    assert "multiple_choice_evaluation/choice_bench.py" in generic.reference
     assert prompts.protocol("mlvu", "lmms_eval").render(q).user == \
         "Who drives?\n(A) a man\n(B) a woman\nOnly give the best option.\nBest option: ("
+    # lmms-eval's MLVU rows are asked as released (the stem keeps its trailing space)
+    released = MCQuestion("2", "v.mp4", "Who? ", ("x", "y"), "B", released_question="Who? \n(A) x\n(B) y")
+    assert prompts.protocol("mlvu", "lmms_eval").render(released).user.startswith("Who? \n(A) x\n(B) y\nOnly")
     assert prompts.protocol("longvideobench", "official").render(q).user == \
         "Question: Who drives?\nA. a man\nB. a woman\nAnswer with the option's letter from the given choices directly."
     assert prompts.protocol("longvideobench", "lmms_eval").render(q).user == \
         "Who drives?\nA. a man\nB. a woman\nAnswer with the option's letter from the given choices directly.\n"
     hashes = {prompts.protocol(b, p).fingerprint() for b in ("videomme", "mlvu", "longvideobench")
-              for p in prompts.PROTOCOLS}
-    assert len(hashes) == 6
+              for p in ("lmms_eval", "lmms_eval_v0.7.1", "official")}
+    assert len(hashes) == 9
     with pytest.raises(ValueError, match="choose one of"):
         prompts.protocol("videomme", "vlmevalkit")
+    with pytest.raises(ValueError, match="no 'official_generic' protocol for benchmark 'videomme'"):
+        prompts.protocol("videomme", "official_generic")
+
+
+def test_protocols_name_the_lmms_eval_release_they_follow():
+    for bench in ("videomme", "mlvu", "longvideobench"):
+        assert prompts.protocol(bench, "lmms_eval").lmms_eval_version == "0.7.3"
+        assert prompts.protocol(bench, "lmms_eval_v0.7.1").lmms_eval_version == "0.7.1"
+        assert prompts.protocol(bench, "official").lmms_eval_version is None
+        assert prompts.protocol(bench, "lmms_eval").render(Q4) == prompts.protocol(bench, "lmms_eval_v0.7.1").render(Q4)
+    assert prompts.protocol("videomme", "lmms_eval").extraction == "lmms_eval_mcq"
+    assert prompts.protocol("videomme", "lmms_eval_v0.7.1").extraction == "videomme"
+    assert prompts.protocol("mlvu", "lmms_eval_v0.7.1").extraction == "before_paren"
+
+
+# (answer, lmms-eval 0.7.3's extract_mcq_answer over A-D, Video-MME's extract_characters_regex)
+ANSWER_SHAPES = [
+    ("B", "B", "B"), ("B.", "B", "B"), ("(C) the dog", "C", "C"), ("Answer: B", "B", "A"),
+    ("Best option:(C) Apples.", "C", "B"), ("The answer is A.", "A", "A"), ("答案是B", "B", "B"),
+    ("I think it is C because D is wrong", "D", "C"), ("A cat sits.", "A", "A"), ("no letter here", None, None),
+    ("", None, None), ("it is hard to say what happens in this video at all honestly", None, None),
+    ("D: four", "D", "D"), ("Option C is correct, not A.", "A", "C"), ("E", None, None), ("c", None, None),
+]
+
+
+@pytest.mark.parametrize("answer,mcq,old", ANSWER_SHAPES)
+def test_lmms_eval_reading_against_the_old_one(answer, mcq, old):
+    assert extraction.extract("lmms_eval_mcq", answer, 4) == mcq
+    assert extraction.extract("videomme", answer, 4) == old
+
+
+def test_reasoning_blocks_are_stripped_as_lmms_eval_does():
+    tags = extraction.LMMS_EVAL_REASONING_TAGS
+    assert extraction.strip_reasoning("<think>A or D?</think> B", tags) == "B"
+    assert extraction.strip_reasoning("reasoning A</think>\nC", tags) == "C"  # the template opened the block
+    assert extraction.strip_reasoning("<think>unclosed B", tags) == "<think>unclosed B"
+    assert extraction.strip_reasoning("<analysis>A</analysis><think>x</think>  D ", tags) == "D"
+    proto = prompts.protocol("videomme", "lmms_eval")
+    row = harness.score(proto, Q4, "<think>Maybe B or C.</think>\nThe answer is A.", None, 0)
+    assert row["correct"] and row["letter"] == "A" and row["read"] == "The answer is A."
+    old = harness.score(prompts.protocol("videomme", "official"), Q4, "<think>Maybe B.</think> A", None, 0)
+    assert old["letter"] == "B" and "read" not in old  # the authors' script reads the raw answer
 
 
 def test_extraction_rules_as_the_reference_scripts_read():
@@ -61,9 +111,39 @@ def test_extraction_rules_as_the_reference_scripts_read():
     assert ex("videomme", "Best answer: C", 4) == "B"
     assert ex("longvideobench", "Best answer: C", 5) == "C" and ex("longvideobench", "E", 5) == "E"
     assert ex("mlvu_official", "B) a woman", 2) == "B" and ex("mlvu_official", "(B) a woman", 2) is None
-    assert ex("mlvu_lmms_eval", "(B) a woman", 2) == "B" and ex("mlvu_lmms_eval", "B", 2) == "B"
-    assert ex("mlvu_lmms_eval", "a woman", 2) is None
+    assert ex("before_paren", "(B) a woman", 2) == "B" and ex("before_paren", " B", 2) == "B"
+    assert ex("before_paren", "a woman", 2) is None
+    assert ex("before_paren_unstripped", " B", 2) is None and ex("before_paren_unstripped", "B) x", 2) == "B"
     assert extraction.is_degenerate("!!!!!!") and extraction.is_degenerate("  ") and not extraction.is_degenerate("A")
+
+
+def test_the_internvl_baseline_is_asked_as_model_chat_or_as_the_hf_processor():
+    """InternVL's model.chat with the internvl2_5 template: its system message, then one "Frame{i}: <image>"
+    line per frame (each <image> replaced by <img>, the tokens, </img>) and the question."""
+    from liteframe_jax.data.conversations import PromptBuilder
+    from liteframe_jax.data.tokenizer import ByteTokenizer
+    from liteframe_jax.eval.answer import INTERNVL_SYSTEM_MESSAGE, VideoQA
+
+    assert INTERNVL_SYSTEM_MESSAGE == "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+    tok = ByteTokenizer()
+    qa = VideoQA.__new__(VideoQA)  # the prompt side of a baseline, without weights
+    qa.builder = PromptBuilder(tok, visual_groups=2, tokens_per_group=3, separators="internvl")
+    qa.identity = {"internvl": "/ckpt/InternVL3-8B-hf", "step": None}
+    pad = "<|video_pad|>" * 3
+    frames = "".join(f"Frame{i}: <img>{pad}</img>\n" for i in (1, 2))
+    user = f"<|im_start|>user\n{frames}Who?<|im_end|>\n<|im_start|>assistant\n"
+    chat = tok.decode(qa.ask_as("chat")._prompt(prompts.Prompt("Who?"), [0.0, 1.0]), skip_special=False)
+    assert chat == f"<|im_start|>system\n{INTERNVL_SYSTEM_MESSAGE}<|im_end|>\n" + user
+    assert qa.fingerprint["prompt_form"] == "chat"
+    hf = tok.decode(qa.ask_as("hf")._prompt(prompts.Prompt("Who?"), [0.0, 1.0]), skip_special=False)
+    assert hf == user and qa.fingerprint["prompt_form"] == "hf"
+    own = qa.ask_as("chat")._prompt(prompts.Prompt("Who?", system="Watch."), [0.0, 1.0])
+    assert tok.decode(own, skip_special=False).startswith("<|im_start|>system\nWatch.<|im_end|>")  # MLVU official's
+    with pytest.raises(ValueError, match="unknown InternVL prompt form 'vlmevalkit'"):
+        qa.ask_as("vlmevalkit")
+    qa.identity = {"run": "runs/lma1", "step": 5}
+    with pytest.raises(ValueError, match="applies to the InternVL3 baseline"):
+        qa.ask_as("hf")
 
 
 class ScriptedAnswerer:
@@ -120,7 +200,8 @@ def test_harness_resumes_without_repeating_and_counts_everything(tmp_path):
     assert not by_id["q3"]["correct"] and by_id["q3"]["error"] == "missing video"
     assert by_id["q6"]["fallback"] and by_id["q6"]["letter"] == harness.fallback_letter("q6", 5)
     record = json.load(open(tmp_path / "out" / "results.json"))
-    assert record["protocol"] == "lmms_eval"
+    assert record["protocol"] == "lmms_eval" and record["lmms_eval_version"] == "0.7.3"
+    assert "longvideobench_doc_to_text" in record["protocol_reference"] and record["prompt_form"] is None
     assert record["prompt_sha256"] == prompts.protocol("longvideobench", "lmms_eval").fingerprint()
     assert record["missing_videos"] and record["versions"]["jax"] and record["visual_tokens_per_question"] == 16
     assert record["preprocessing"]["sampling"] == "uniform"
@@ -175,3 +256,31 @@ def test_mlvu_m_avg_is_the_mean_over_task_types(tmp_path):
     assert model.asked[0].endswith("(D) white\nOnly give the best option.\nBest option: (")
     record = json.load(open(tmp_path / "out" / "results.json"))
     assert record["not_scored"] == {"subPlot": 1} and len(record["annotation_errors"]) == 1
+
+
+class ScriptedBaseline(ScriptedAnswerer):
+    """A scripted model with the InternVL3 baseline's prompt forms."""
+
+    prompt_form, system_prompt = "chat", "SYSTEM"
+
+    def ask_as(self, form):
+        self.prompt_form, self.system_prompt = form, None
+        self.fingerprint = {**self.fingerprint, "prompt_form": form}
+        return self
+
+
+def test_results_name_the_baselines_prompt_form_and_a_resume_in_another_is_refused(tmp_path):
+    video = make_videos(tmp_path / "v", count=1)[0]
+    write_videomme(tmp_path, video)
+    cfg = load_config("eval", "videomme")
+    cfg.data.root, cfg.max_questions = str(tmp_path), 1
+    assert cfg.model.internvl_prompt == "chat"  # InternVL's model.chat by default
+    harness.evaluate(cfg, str(tmp_path / "chat"), ScriptedBaseline(["B"]))
+    record = json.load(open(tmp_path / "chat" / "results.json"))
+    assert record["prompt_form"] == "chat" and record["model_system_prompt"] == "SYSTEM"
+    cfg.model.internvl_prompt = "hf"
+    with pytest.raises(ValueError, match="prompt_form"):  # the same workdir, asked the other way
+        harness.evaluate(cfg, str(tmp_path / "chat"), ScriptedBaseline(["B"]))
+    harness.evaluate(cfg, str(tmp_path / "hf"), ScriptedBaseline(["B"]))
+    record = json.load(open(tmp_path / "hf" / "results.json"))
+    assert record["prompt_form"] == "hf" and record["model_system_prompt"] is None

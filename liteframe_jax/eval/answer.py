@@ -24,6 +24,12 @@ from liteframe_jax.data.sampling import sample_indices, snap_to_keyframes
 from liteframe_jax.eval.prompts import Prompt
 from liteframe_jax.models import kernel_choice
 
+# The system message of InternVL's `internvl2_5` conversation template, which `model.chat` (and lmms-eval's
+# `internvl3` wrapper, which calls it) sends before the "Frame{i}: <image>" lines; transformers' `-hf`
+# processor and chat template send no system turn.
+INTERNVL_SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+INTERNVL_PROMPT_FORMS = {"chat": INTERNVL_SYSTEM_MESSAGE, "hf": None}
+
 STREAM_FRAMES = 8  # frames per streamed piece: one student clip, or as many frames of a per-frame encoder
 
 
@@ -40,7 +46,12 @@ class VideoQA:
     `decoder`: 'pyav' (the CPU), 'nvdec' (the GPU's video engines, data/nvdec.py: frames stay on the GPU, a
     linear resize there) or 'auto' (NVDEC where it can run); `decoder_reason` says why. `keyframes_only`:
     each sampled frame moved to its nearest keyframe (`sampling.snap_to_keyframes`), so only keyframes are
-    decoded: faster, not the same frames, never the default."""
+    decoded: faster, not the same frames, never the default. `prompt_form` (the InternVL3 baseline's,
+    `ask_as`): 'chat' (InternVL's `model.chat`, its system message) or 'hf' (the `-hf` processor's, none); a
+    prompt's own system prompt replaces it."""
+
+    prompt_form: str | None = None
+    system_prompt: str | None = None
 
     def __init__(self, spec: VideoLLMSpec, tokenizer, graphdef, params, *, dtype, sampling: str, resize: str,
                  identity: dict, decoder: str = "pyav", keyframes_only: bool = False):
@@ -75,6 +86,18 @@ class VideoQA:
         return cls(spec, tokenizer, graphdef, params, dtype=compute_dtype(dtype), sampling=sampling or "uniform",
                    resize=resize or "bilinear", identity={"run": run_dir, "step": step, "spec_sha256": _digest(spec)},
                    decoder=decoder, keyframes_only=keyframes_only)
+
+    def ask_as(self, form: str) -> "VideoQA":
+        """The InternVL3 baseline asked in `form` ('chat' or 'hf'); answers of two forms are not mixed (the
+        form is part of `fingerprint`)."""
+        if "internvl" not in self.identity:
+            raise ValueError("the prompt form (--config.model.internvl_prompt) applies to the InternVL3 baseline; "
+                             "an LMA run is asked as it trained")
+        if form not in INTERNVL_PROMPT_FORMS:
+            raise ValueError(f"unknown InternVL prompt form {form!r}; choose one of {sorted(INTERNVL_PROMPT_FORMS)}")
+        self.prompt_form, self.system_prompt = form, INTERNVL_PROMPT_FORMS[form]
+        self.identity = {**self.identity, "prompt_form": form}
+        return self
 
     @property
     def step(self) -> int | None:
@@ -130,8 +153,9 @@ class VideoQA:
     def _prompt(self, prompt: Prompt | str, times) -> np.ndarray:
         prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
         text = prompt.user if VIDEO_MARKER in prompt.user else f"{VIDEO_MARKER}\n{prompt.user}"
-        return self.builder.generation_prompt((("user", text),), times, system=prompt.system,
-                                                   assistant_prefix=prompt.assistant_prefix)
+        system = prompt.system if prompt.system is not None else self.system_prompt
+        return self.builder.generation_prompt((("user", text),), times, system=system,
+                                              assistant_prefix=prompt.assistant_prefix)
 
     def check_prompt(self, prompt: Prompt | str, times) -> None:
         """Raises (naming the limit) if the prompt does not fit the model."""
@@ -188,11 +212,13 @@ def _run_settings(run_dir: str) -> dict:
 
 def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat16",
                       mlp_kernel: str = "auto", sampling: str | None = None, resize: str | None = None,
-                      decoder: str = "pyav", keyframes_only: bool = False) -> VideoQA:
+                      decoder: str = "pyav", keyframes_only: bool = False, prompt_form: str = "chat") -> VideoQA:
     """The InternVL3 baseline from a whole Hugging Face InternVL folder (`VideoLLMSpec.internvl`). Frames are
     preprocessed as InternVL's reference video loader does by default: its frame indices
     (`sampling="internvl"`), a PIL bicubic stretch to 448x448 (`resize="bicubic"`) and ImageNet normalisation.
-    `mlp_kernel="pallas"`: InternViT's fc1 + GELU as one kernel (Hopper GPUs, bfloat16)."""
+    It is asked as its authors ask it (`prompt_form="chat"`: `model.chat`'s system message, then the
+    "Frame{i}: <img>...</img>" lines and the question), or as the `-hf` processor does (`"hf"`: no system
+    turn). `mlp_kernel="pallas"`: InternViT's fc1 + GELU as one kernel (Hopper GPUs, bfloat16)."""
     spec = VideoLLMSpec.internvl(folder, frames=num_frames)
     tokenizer = spec.load_tokenizer()
     compute = compute_dtype(dtype)
@@ -203,4 +229,4 @@ def internvl_baseline(folder: str, *, num_frames: int = 64, dtype: str = "bfloat
     return VideoQA(spec, tokenizer, graphdef, params, dtype=compute, sampling=sampling or "internvl",
                    resize=resize or "bicubic", identity={"internvl": os.path.abspath(folder), "step": None,
                                                          "spec_sha256": _digest(spec)}, decoder=decoder,
-                   keyframes_only=keyframes_only)
+                   keyframes_only=keyframes_only).ask_as(prompt_form)

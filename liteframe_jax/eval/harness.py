@@ -4,7 +4,8 @@ so an interrupted evaluation resumes exactly.
 
 Outputs in the workdir: `results.jsonl` (one row per question: raw output, extracted letter, correctness,
 frame and visual-token counts), `results_fingerprint.json` (model, protocol, prompts and settings the rows
-were made with: a resume by anything else is refused), `results.json` (summary, protocol and prompt hash,
+were made with: a resume by anything else is refused), `results.json` (summary, protocol, the code it
+reproduces and the lmms-eval version it follows, prompt hash, the InternVL3 baseline's prompt form,
 preprocessing, config, checkpoint and step, package versions, annotation errors, parse-failure and
 degenerate-answer counts) and `categories.png` (accuracy per category).
 Missing videos are listed before the first question and scored as errors (wrong), never dropped.
@@ -60,7 +61,12 @@ def score(proto: prompts.Protocol, q: MCQuestion, raw: str | None, error: str | 
     an error (missing or unreadable video) always scores as wrong."""
     row = {"id": q.id, "video": q.video, "answer": q.answer, "categories": dict(q.categories), "raw": raw,
            "error": error}
-    letter = None if raw is None else extraction.extract(proto.extraction, raw, len(q.options))
+    read = raw
+    if raw is not None and proto.reasoning_tags:
+        read = extraction.strip_reasoning(raw, proto.reasoning_tags)
+        if read != raw:
+            row["read"] = read  # what the rule read: the answer without its reasoning blocks
+    letter = None if read is None else extraction.extract(proto.extraction, read, len(q.options))
     row["parsed"] = letter is not None
     row["degenerate"] = raw is not None and extraction.is_degenerate(raw)
     row["scored"] = True
@@ -152,6 +158,9 @@ def evaluate(config, workdir: str, model) -> dict:
     """Run `config.benchmark` with `model` (an eval.answer.VideoQA) under `config.protocol`; returns the summary."""
     bench = benchmarks.load(config.benchmark, config.data.root, config.data.annotation)
     proto = prompts.protocol(bench.name, config.protocol)
+    form = config.model.get("internvl_prompt") if "model" in config else None
+    if form and getattr(model, "prompt_form", None) not in (None, form):  # the InternVL3 baseline's
+        model.ask_as(form)
     log("[eval] " + bench.report())
     questions = bench.questions[:config.max_questions] if config.max_questions else bench.questions
     missing = sorted({q.video for q in questions if not paths.isfile(q.video)})
@@ -209,8 +218,10 @@ def evaluate(config, workdir: str, model) -> dict:
         log(f"[eval] WARNING: {summary['parse_failures']} of {summary['questions']} answers ({failures:.0%}) had no "
             f"parsable letter (threshold {config.parse_failure_threshold:.0%}): the score is not trustworthy")
         summary["parse_failure_warning"] = True
-    record = {"benchmark": bench.name, "protocol": proto.name, "prompt_sha256": proto.fingerprint(),
-              "prompt_template": dataclasses.asdict(proto), "summary": summary, "model": model.source,
+    record = {"benchmark": bench.name, "protocol": proto.name, "protocol_reference": proto.reference,
+              "lmms_eval_version": proto.lmms_eval_version, "prompt_sha256": proto.fingerprint(),
+              "prompt_template": dataclasses.asdict(proto), "prompt_form": getattr(model, "prompt_form", None),
+              "model_system_prompt": getattr(model, "system_prompt", None), "summary": summary, "model": model.source,
               "step": model.step, "fingerprint": want, "preprocessing": model.preprocessing,
               "frames_per_question": model.num_frames, "visual_tokens_per_question": model.visual_tokens,
               "annotation": bench.annotation, "annotation_errors": bench.annotation_errors,

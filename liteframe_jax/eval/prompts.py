@@ -1,15 +1,23 @@
 """Evaluation protocols as data: for each benchmark, the prompt a model is asked and how its answer is read.
 
-`config.protocol` picks one per benchmark:
-- `lmms_eval`: what lmms-eval's task files do (tasks/videomme, tasks/mlvu `mlvu_dev`, tasks/longvideobench
-  `longvideobench_val_v`: `doc_to_text` with the yaml's default `post_prompt`, and `process_results`).
+`config.protocol` picks one per benchmark, named by what it reproduces (`Protocol.reference` says which
+code; `lmms_eval_version` which lmms-eval release, where one is followed):
+- `lmms_eval`: lmms-eval 0.7.3, the current release (tasks/videomme, tasks/mlvu `mlvu_dev`,
+  tasks/longvideobench `longvideobench_val_v`: `doc_to_text` with the yaml's default `post_prompt`, the
+  question and options printed as the release writes them, `process_results`; Video-MME and MLVU read
+  answers with the shared `extract_mcq_answer`; `<think>`/`<analysis>` blocks stripped first, as its
+  evaluator does by default).
+- `lmms_eval_v0.7.1`: the same prompts with lmms-eval's answer reading up to v0.7.1 (Video-MME's
+  `extract_characters_regex`, MLVU's character before the first ")"), which older published numbers used.
 - `official`: the benchmark authors' own scripts (Video-MME's README prompt and `eval_your_results.py`;
-  MLVU's `choice_bench.py`; LongVideoBench's `LongVideoBenchDataset`).
+  MLVU's `evaluation/models/videochat2/choice_bench.py`; LongVideoBench's `LongVideoBenchDataset`).
+- `official_generic` (MLVU only): MLVU's other script, `evaluation/multiple_choice_evaluation/choice_bench.py`.
 
-A protocol is a system prompt (None: the chat template's default), a user-turn template over `{question}`
-and `{options}` (one line per option in `option_format`), an assistant-turn prefix the answer continues
-(MLVU's authors put "Best option:(" there), an extraction rule (eval/extraction.py) and what an answer with
-no parsable letter scores: `wrong`, `excluded` (left out of the denominator, as Video-MME's script does) or
+A protocol is a system prompt (None: the model's own), a user-turn template over `{question}`, `{options}`
+(one line per option in `option_format`) and `{question_and_options}` (the question, a newline, the
+options), an assistant-turn prefix the answer continues (MLVU's authors put "Best option:(" there), an
+extraction rule (eval/extraction.py), the reasoning blocks removed before it, and what an answer with no
+parsable letter scores: `wrong`, `excluded` (left out of the denominator, as Video-MME's script does) or
 `random` (a seeded random option, LongVideoBench's rule). `fingerprint()` hashes all of it, so
 `results.json` says exactly which prompts produced a score.
 """
@@ -22,8 +30,10 @@ import json
 
 from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
 from liteframe_jax.data.qa_demo import MC_SUFFIX
+from liteframe_jax.eval.extraction import LMMS_EVAL_REASONING_TAGS
 
-PROTOCOLS = ("lmms_eval", "official")
+PROTOCOLS = ("lmms_eval", "lmms_eval_v0.7.1", "official", "official_generic")
+LMMS_EVAL_VERSION = "0.7.3"
 UNPARSED_RULES = ("wrong", "excluded", "random")
 
 VIDEOMME_INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video. "
@@ -35,19 +45,33 @@ LETTER_DIRECTLY = "Answer with the option's letter from the given choices direct
 class Protocol:
     benchmark: str
     name: str
-    user: str  # template over {question} and {options}
+    user: str  # template over {question}, {options} and {question_and_options}
+    reference: str  # the code this protocol reproduces
     option_format: str = "{letter}. {text}"
     system: str | None = None
     assistant_prefix: str = ""
     extraction: str = "videomme"  # a rule in eval/extraction.py
     unparsed: str = "wrong"
+    # print the release's own question and option text where the benchmark kept it (lmms-eval reads
+    # `doc["question"]` and `doc["options"]` unchanged)
+    released_text: bool = False
+    reasoning_tags: tuple[tuple[str, str], ...] = ()  # blocks removed from an answer before it is read
+    lmms_eval_version: str | None = None
 
     def options(self, q: MCQuestion) -> str:
+        if self.released_text and q.released_options:
+            return "\n".join(q.released_options)
         return "\n".join(self.option_format.format(letter=LETTERS[i], text=t) for i, t in enumerate(q.options))
 
+    def question_and_options(self, q: MCQuestion) -> str:
+        if self.released_text and q.released_question:
+            return q.released_question
+        return f"{q.question}\n{self.options(q)}"
+
     def render(self, q: MCQuestion) -> "Prompt":
-        return Prompt(self.user.format(question=q.question, options=self.options(q)), self.system,
-                      self.assistant_prefix)
+        user = self.user.format(question=q.question, options=self.options(q),
+                                question_and_options=self.question_and_options(q))
+        return Prompt(user, self.system, self.assistant_prefix)
 
     def fingerprint(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -64,38 +88,66 @@ class Prompt:
     assistant_prefix: str = ""
 
 
+LMMS_EVAL = dict(released_text=True, reasoning_tags=LMMS_EVAL_REASONING_TAGS, lmms_eval_version=LMMS_EVAL_VERSION)
+MLVU_SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, select the "
+               "best option that accurately addresses the question.")
+
 _TABLE = {
     ("videomme", "official"): Protocol(
         "videomme", "official", VIDEOMME_INSTRUCTION + "\n{question}\n{options}\nThe best answer is:",
+        reference="Video-MME README prompt (without subtitles), eval_your_results.py",
         extraction="videomme", unparsed="excluded"),
     # lmms-eval's doc_to_text says "based on the video and the subtitles" with or without subtitles, and
     # its yaml's default post_prompt follows the options after an empty line.
     ("videomme", "lmms_eval"): Protocol(
         "videomme", "lmms_eval",
         "Select the best answer to the following multiple-choice question based on the video and the "
-        "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.\n{question}\n{options}"
-        "\n\n" + LETTER_DIRECTLY, extraction="videomme", unparsed="wrong"),
+        "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.\n{question_and_options}"
+        "\n\n" + LETTER_DIRECTLY,
+        reference="lmms-eval tasks/videomme: videomme_doc_to_text (videomme.yaml default post_prompt), "
+                  "videomme_process_results with extract_mcq_answer", extraction="lmms_eval_mcq", **LMMS_EVAL),
     ("mlvu", "official"): Protocol(
         "mlvu", "official", "Question: {question}\nOptions:\n{options}\nOnly give the best option.",
-        option_format="({letter}) {text}",
-        system="Carefully watch this video and pay attention to every detail. Based on your observations, "
-               "select the best option that accurately addresses the question.\n",
-        assistant_prefix="Best option:(", extraction="mlvu_official", unparsed="wrong"),
-    # lmms-eval's MLVU rows carry the options inside the question as "(A) ..." lines.
+        reference="MLVU evaluation/models/videochat2/choice_bench.py (qa_template, infer_mvbench, check_ans)",
+        option_format="({letter}) {text}", system=MLVU_SYSTEM + "\n", assistant_prefix="Best option:(",
+        extraction="mlvu_official", unparsed="wrong"),
+    # The authors' template concatenates the question (its options end it) and "Only give the best
+    # option." without a newline, and primes the answer with "Best Option: (".
+    ("mlvu", "official_generic"): Protocol(
+        "mlvu", "official_generic", "Question: {question}\nOptions:\n{options}Only give the best option.",
+        reference="MLVU evaluation/multiple_choice_evaluation/choice_bench.py (qa_template, the prompt "
+                  "template in main, check_ans)",
+        option_format="({letter}) {text}", system=MLVU_SYSTEM, assistant_prefix="Best Option: (",
+        extraction="before_paren_unstripped", unparsed="wrong"),
+    # lmms-eval's MLVU rows carry the options inside the question as "(A) ..." lines, asked as released.
     ("mlvu", "lmms_eval"): Protocol(
-        "mlvu", "lmms_eval", "{question}\n{options}\nOnly give the best option.\nBest option: (",
-        option_format="({letter}) {text}", extraction="mlvu_lmms_eval", unparsed="wrong"),
+        "mlvu", "lmms_eval", "{question_and_options}\nOnly give the best option.\nBest option: (",
+        reference="lmms-eval tasks/mlvu mlvu_dev: mlvu_doc_to_text (mlvu_dev.yaml default post_prompt), "
+                  "mlvu_process_results with extract_mcq_answer",
+        option_format="({letter}) {text}", extraction="lmms_eval_mcq", **LMMS_EVAL),
     ("longvideobench", "official"): Protocol(
         "longvideobench", "official", "Question: {question}\n{options}\n" + LETTER_DIRECTLY,
+        reference="LongVideoBench LongVideoBenchDataset prompt; unparsed answers get a random option",
         extraction="longvideobench", unparsed="random"),
     ("longvideobench", "lmms_eval"): Protocol(
-        "longvideobench", "lmms_eval", "{question}\n{options}\n" + LETTER_DIRECTLY + "\n",
-        extraction="longvideobench", unparsed="random"),
+        "longvideobench", "lmms_eval", "{question_and_options}\n" + LETTER_DIRECTLY + "\n",
+        reference="lmms-eval tasks/longvideobench longvideobench_val_v: longvideobench_doc_to_text, "
+                  "longvideobench_process_results (parse_multi_choice_response)",
+        extraction="longvideobench", unparsed="random", **LMMS_EVAL),
     # The demo's lettered training rows (data/qa_demo.py) are written in this format.
     ("demo", "official"): Protocol("demo", "official", "{question}\n{options}\n" + MC_SUFFIX,
+                                   reference="the demo's training format (data/qa_demo.py)",
                                    extraction="letters", unparsed="wrong"),
 }
-_TABLE[("demo", "lmms_eval")] = dataclasses.replace(_TABLE[("demo", "official")], name="lmms_eval")
+# lmms-eval up to v0.7.1 asked the same prompts and read Video-MME's and MLVU's answers otherwise.
+_OLD_READING = {"videomme": "videomme", "mlvu": "before_paren", "longvideobench": "longvideobench"}
+for _bench, _rule in _OLD_READING.items():
+    _new = _TABLE[(_bench, "lmms_eval")]
+    _TABLE[(_bench, "lmms_eval_v0.7.1")] = dataclasses.replace(
+        _new, name="lmms_eval_v0.7.1", extraction=_rule, lmms_eval_version="0.7.1",
+        reference=_new.reference.replace("extract_mcq_answer", "extract_characters_regex"))
+for _name in ("lmms_eval", "lmms_eval_v0.7.1"):
+    _TABLE[("demo", _name)] = dataclasses.replace(_TABLE[("demo", "official")], name=_name)
 
 
 def protocol(benchmark: str, name: str) -> Protocol:
