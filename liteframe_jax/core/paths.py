@@ -120,6 +120,28 @@ def write_text(path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_new(path, text: str) -> bool:
+    """Write the whole file only where none exists: whether it was written. Locally this is exclusive (written
+    under another name, then hard-linked: the link fails when the file exists), so of two writers one wins.
+    Object stores reached through fsspec offer no exclusive create: there it is a check then a write, and a
+    caller that needs one winner reads the file back after a while (core/run_lock.py)."""
+    if is_remote(path):
+        if exists(path):
+            return False
+        as_epath(path).write_text(text)
+        return True
+    tmp = f"{path}.new{os.getpid()}"
+    with builtins.open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+
+
 class AppendFile:
     """Text added to the end of a file (a JSONL log), on disk at each `flush`. A local file is appended to; a
     bucket's object, which cannot be, is rewritten whole from the text kept here (read once at the start), at

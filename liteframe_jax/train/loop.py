@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly import run_folder
-from liteframe_jax.core import checkpoint, paths, sharding
+from liteframe_jax.core import checkpoint, paths, run_lock, sharding
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, unflatten
 from liteframe_jax.data import bad_data
@@ -127,6 +127,7 @@ class Result:
     train_seconds: float
     params: dict | None = None  # the whole model's final parameters (trained and frozen parts)
     preempted: bool = False  # stopped early by a preemption notice, with a checkpoint of the last step
+    saved_step: int | None = None  # the run's latest checkpoint at its end
 
 
 def _listed(paths: list[str], limit: int = 8) -> str:
@@ -207,6 +208,28 @@ def _frozen_from_run(workdir: str, frozen_paths: set[str]) -> dict[str, np.ndarr
 
 
 def train(config, workdir: str, task: Task) -> Result:
+    """Train `task` in `workdir`; a Ctrl-C ends it, after a checkpoint of the step in flight, in
+    `preemption.Interrupted` (exit status 130). The run holds the workdir's lock (core/run_lock.py) throughout,
+    and the data iterator is closed on every way out, which stops Grain's worker processes and frees their shared
+    memory."""
+    opened = []  # the data iterators made, whichever way the run ends
+    try:
+        with run_lock.hold(workdir, jax.process_index(), say=log), preemption.PreemptionWatch() as watch:
+            result = _train(config, workdir, task, watch, opened)
+    finally:
+        for data_iter in opened:
+            if hasattr(data_iter, "close"):
+                data_iter.close()
+    if watch.interrupted and result.preempted:
+        where = (f"checkpoint {result.saved_step} is in {result.checkpoint_dir}" if result.saved_step is not None
+                 else "nothing was saved yet")
+        log(f"[{task.name}] interrupted (Ctrl-C) after step {result.step}: {where}; run the same command again to "
+            f"continue (exit status {preemption.EXIT_INTERRUPTED})")
+        raise preemption.Interrupted(f"interrupted after step {result.step}")
+    return result
+
+
+def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
     mesh = task.mesh
     key = jax.random.key(config.seed)
     total_steps = int(config.total_steps)
@@ -238,8 +261,10 @@ def train(config, workdir: str, task: Task) -> Result:
 
     # --- data and the resume order ---
     data_iter = iter(task.train_dataset())
+    opened.append(data_iter)
     if own is not None:
         state, data_iter = _resume(ckpt, own, abstract, data_iter, task, config)
+        opened.append(data_iter)
         origin = f"resumed from this workdir at step {own}"
     elif config.resume_from:
         other = checkpoint.Checkpointer(config.resume_from, keep=config.keep_checkpoints)
@@ -247,6 +272,7 @@ def train(config, workdir: str, task: Task) -> Result:
         if step is None:
             raise FileNotFoundError(f"resume_from: no checkpoint in {checkpoint.checkpoint_dir(config.resume_from)}")
         state, data_iter = _resume(other, step, abstract, data_iter, task, config)
+        opened.append(data_iter)
         other.close()
         origin = f"resumed from {config.resume_from} at step {step}"
     elif config.init_from:
@@ -269,7 +295,9 @@ def train(config, workdir: str, task: Task) -> Result:
     step_lib.check_fits(step_fn, config, step_lib.device_memory_limit())
 
     evaluate = lambda params: task.evaluate(lay.graphdef, state_lib.merge(params, frozen_model), task_frozen)
-    writer = metrics_lib.MetricWriter(workdir, total_steps)
+    # rows past the step this run starts from were logged by an attempt that did not reach its next checkpoint:
+    # this run logs those steps again
+    writer = metrics_lib.MetricWriter(workdir, total_steps, start_step=start_step)
     eval_at_start = None
     if config.eval_at_start and start_step == 0:
         eval_at_start = evaluate(state["params"])
@@ -279,13 +307,14 @@ def train(config, workdir: str, task: Task) -> Result:
     # --- the loop: no host sync except at log, eval and checkpoint steps (and a preemption notice) ---
     writer.start(start_step)
     t_train = time.perf_counter()
-    with preemption.PreemptionWatch() as watch:
+    step, last_metrics, eval_metrics = start_step, {}, {}
+    if not watch.noticed:  # a notice while the run was being built stops it before its first step
         state, step, last_metrics, eval_metrics = _loop(
             config, state, start_step, total_steps, step_fn=step_fn, frozen=frozen, data_iter=data_iter, mesh=mesh,
             writer=writer, ckpt=ckpt, evaluate=evaluate, watch=watch, task=task, workdir=workdir)
     train_seconds = time.perf_counter() - t_train
     preempted = watch.noticed and step < total_steps
-    if preempted:
+    if preempted and not watch.interrupted:
         log(f"[{task.name}] preempted: stopped after step {step} with a checkpoint of it; the same command "
             "continues from there")
     elif step == total_steps:
@@ -293,15 +322,14 @@ def train(config, workdir: str, task: Task) -> Result:
         if eval_metrics:
             writer.write(total_steps, {f"eval_{k}": v for k, v in eval_metrics.items()})
     ckpt.close()
+    saved_step = ckpt.latest_step()
     writer.close()
-    if hasattr(data_iter, "close"):  # stops Grain's worker processes and frees their shared memory
-        data_iter.close()
     curve = metrics_lib.plot_loss_curve(workdir, f"{task.name}: {config.get('preset', '')}".strip(": "))
     return Result(workdir=workdir, step=int(jax.device_get(state["step"])), origin=origin,
                   checkpoint_dir=ckpt.directory, metrics_path=writer.path, curve_path=curve, eval=eval_metrics,
                   eval_at_start=eval_at_start, last_metrics=last_metrics, compile_seconds=compile_seconds,
                   train_seconds=train_seconds, params=state_lib.merge(state["params"], frozen_model),
-                  preempted=preempted)
+                  preempted=preempted, saved_step=saved_step)
 
 
 def _host_only(local: dict) -> tuple[dict, np.ndarray | None]:

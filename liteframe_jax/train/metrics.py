@@ -3,7 +3,11 @@ line with steps/s and ETA, and a loss-curve PNG at the end. Only process 0 write
 
 The workdir may be a bucket (`gs://`), where an object cannot be appended to: there metrics.jsonl and the
 TensorBoard events are uploaded whole every `UPLOAD_EVERY_S`, at each checkpoint (`sync`) and at the end, so a
-killed run loses no logged step that its checkpoint does not also redo."""
+killed run loses no logged step that its checkpoint does not also redo.
+
+A resumed run starts by dropping the rows logged past its checkpoint's step (from metrics.jsonl and the
+TensorBoard files): it logs those steps again, so every step appears once and the loss curve never runs back.
+A last line cut by a kill is dropped with them; a reader takes the lines before it."""
 
 from __future__ import annotations
 
@@ -21,13 +25,17 @@ UPLOAD_EVERY_S = 60.0
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int):
+    """Rows of a run that starts at `start_step` (0: from scratch, when any earlier rows are dropped)."""
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.workdir, self.total_steps = workdir, total_steps
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
             paths.makedirs(workdir)
+            # a fresh start keeps none of an earlier attempt's rows: its step-0 evaluation is logged again too
+            drop_rows_after(workdir, start_step if start_step > 0 else -1)
             # local files are appended at every write; a bucket's object is rewritten at most every minute
             self._tb = tensorboard_out.EventWriter(os.path.join(workdir, "tensorboard"),
                                                    flush_every_s=0.0 if not paths.is_remote(workdir) else UPLOAD_EVERY_S)
@@ -89,12 +97,44 @@ class MetricWriter:
             self._tb.close()
 
 
+def _parse(text: str) -> list[dict]:
+    """The rows of metrics.jsonl's text; a last line that a kill cut short (not JSON, or no newline after it) is
+    left out, a damaged line before the last is an error naming it."""
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, without its newline: cut by a kill
+                break
+            raise ValueError(f"metrics.jsonl line {number} is not JSON: {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not paths.exists(path):
         return []
-    with paths.open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _parse(paths.read_text(path))
+
+
+def drop_rows_after(workdir: str, step: int) -> int:
+    """metrics.jsonl and the TensorBoard files without the rows logged past `step` (every row when `step` is
+    negative) and without a last line cut by a kill: the number of metrics.jsonl rows dropped."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    tensorboard_out.drop_steps_after(os.path.join(workdir, "tensorboard"), step)
+    if not paths.exists(path):
+        return 0
+    text = paths.read_text(path)
+    rows = _parse(text)
+    kept = [r for r in rows if r["step"] <= step]
+    if len(kept) < len(rows) or (text and not text.endswith("\n")):
+        paths.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return len(rows) - len(kept)
 
 
 def plot_loss_curve(workdir: str, title: str) -> str | None:

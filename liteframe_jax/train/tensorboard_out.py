@@ -8,6 +8,9 @@ from importing a writer library (tensorboardX imports torch, seconds per start).
 
 The file goes through `core.paths`: appended to on local disk, rewritten whole at each flush in a bucket
 (object stores cannot append), at most every `flush_every_s` and at `close`.
+
+A resumed run first drops the events past its checkpoint's step from the folder's files (`drop_steps_after`):
+the steps since that checkpoint are logged again, and TensorBoard would otherwise show both attempts.
 """
 
 from __future__ import annotations
@@ -77,6 +80,81 @@ def event(wall_time: float, step: int = 0, *, file_version: str | None = None,
         summary_value = _length_delimited(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value)
         out += _length_delimited(5, _length_delimited(1, summary_value))
     return out
+
+
+def read_records(data: bytes) -> list[bytes]:
+    """The payloads of a TFRecord stream; a record cut short by a kill (or failing its CRC) ends it."""
+    out, at = [], 0
+    while at + 12 <= len(data):
+        length_bytes = data[at:at + 8]
+        (length,) = struct.unpack("<Q", length_bytes)
+        end = at + 12 + length + 4
+        if struct.unpack("<I", data[at + 8:at + 12])[0] != masked_crc(length_bytes) or end > len(data):
+            break
+        payload = data[at + 12:end - 4]
+        if struct.unpack("<I", data[end - 4:end])[0] != masked_crc(payload):
+            break
+        out.append(payload)
+        at = end
+    return out
+
+
+def event_step(payload: bytes) -> int:
+    """An encoded `Event`'s step (field 2; 0 when absent), reading past the other fields by their wire type."""
+    at = 0
+
+    def varint() -> int:
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = payload[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+    while at < len(payload):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+            if field == 2:
+                return value - (1 << 64) if value >> 63 else value
+        elif wire == 1:
+            at += 8
+        elif wire == 2:
+            at += varint()
+        elif wire == 5:
+            at += 4
+        else:
+            raise ValueError(f"an Event with wire type {wire}: not an event file this module reads")
+    return 0
+
+
+def _has_file_version(payload: bytes) -> bool:
+    return b"brain.Event:" in payload
+
+
+def drop_steps_after(folder: str, step: int) -> int:
+    """Rewrite the event files in `folder` without the scalars logged past `step` (all of them when `step` is
+    negative); a file left with none is removed. The number of events dropped."""
+    if not paths.isdir(folder):
+        return 0
+    dropped = 0
+    for name in paths.listdir(folder):
+        if not name.startswith("events.out.tfevents."):
+            continue
+        path = os.path.join(folder, name)
+        with paths.open(path, "rb") as f:
+            payloads = read_records(f.read())
+        kept = [p for p in payloads if _has_file_version(p) or event_step(p) <= step]
+        dropped += len(payloads) - len(kept)
+        if all(_has_file_version(p) for p in kept):
+            paths.remove(path)
+        elif len(kept) < len(payloads):
+            with paths.open(path, "wb") as f:
+                f.write(b"".join(record(p) for p in kept))
+    return dropped
 
 
 class EventWriter:
