@@ -13,7 +13,8 @@ choice, `xla` for the baseline). Answers are written as they come
 model, step, protocol or setting is refused with what differs.
 
 `protocol`: `lmms_eval` (lmms-eval 0.7.3's task prompts and answer reading, the default), `lmms_eval_v0.7.1`
-(the same prompts, answers read as lmms-eval did up to v0.7.1), `official` (the benchmark authors' scripts;
+(the same prompts, answers read as lmms-eval did up to v0.7.1), `lmms_eval_w_subtitle` (Video-MME with the
+release's subtitles, as lmms-eval's videomme_w_subtitle task), `official` (the benchmark authors' scripts;
 MLVU's videochat2/choice_bench.py) or `official_generic` (MLVU's multiple_choice_evaluation/choice_bench.py);
 liteframe_jax/eval/prompts.py holds them, results.json their hash, the code each reproduces and the lmms-eval
 version it follows. `model.internvl_prompt`: the InternVL3 baseline asked as InternVL's `model.chat` asks
@@ -36,7 +37,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.trainer = "eval"
     c.benchmark = bench
-    c.protocol = "lmms_eval"  # lmms_eval | lmms_eval_v0.7.1 | official | official_generic (MLVU)
+    # lmms_eval | lmms_eval_v0.7.1 | lmms_eval_w_subtitle (Video-MME) | official | official_generic (MLVU)
+    c.protocol = "lmms_eval"
     c.seed = 0  # LongVideoBench's random fallback when no letter parses
     # internvl_prompt: how the InternVL3 baseline is asked: `chat` (InternVL's model.chat: its template's
     # system message before the frames) or `hf` (the -hf processor's chat template: no system turn)

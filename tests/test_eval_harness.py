@@ -284,3 +284,49 @@ def test_results_name_the_baselines_prompt_form_and_a_resume_in_another_is_refus
     harness.evaluate(cfg, str(tmp_path / "hf"), ScriptedBaseline(["B"]))
     record = json.load(open(tmp_path / "hf" / "results.json"))
     assert record["prompt_form"] == "hf" and record["model_system_prompt"] is None
+
+
+def font(text):
+    return f'<font color="white" size=".72c">{text}</font>'
+
+
+# Blocks as the release writes them; the fourth has no font tag, the fifth repeats the first's times (its
+# text replaces the first's), the sixth lies after the video's end.
+SRT = "\n".join([
+    "1", "00:00:00,000 --> 00:00:00,500", font("Hello there."), "",
+    "2", "00:00:00,500 --> 00:00:01,000", font("Second line,"), font("continued."), "",
+    "3", "00:00:01,200 --> 00:00:01,250", font("Short one."), "",
+    "4", "00:00:01,500 --> 00:00:02,000", "no font tag", "",
+    "5", "00:00:00,000 --> 00:00:00,500", font("Replaced first."), "",
+    "6", "00:00:05,000 --> 00:00:06,000", font("Too late."), ""])
+
+
+def test_videomme_subtitles_as_lmms_eval_reads_them(tmp_path):
+    from liteframe_jax.eval import subtitles
+    srt = tmp_path / "fFjv93ACGo8.srt"
+    srt.write_bytes(SRT.replace("\n", "\r\n").encode())  # universal newlines, as lmms-eval opens the file
+    assert [t for _, _, t in subtitles.parse_srt(SRT)][0] == font("Replaced first.")
+    # 24 frames at 12 fps: the 32 sampled frames fall in blocks 1-4; block 3 covers frame 14 alone
+    assert subtitles.videomme_subtitles(str(srt), 12.0, 24) == "Replaced first.\nSecond line,\nShort one."
+    assert subtitles.videomme_subtitles(str(srt), 12.0, 24, frame_num=2) == "Replaced first."  # frames 0, 23
+    assert subtitles.videomme_subtitles(str(tmp_path / "none.srt"), 12.0, 24) == "No subtitles available"
+
+
+def test_videomme_with_subtitles_asks_with_the_lines_of_its_video(tmp_path):
+    video = make_videos(tmp_path / "v", count=1)[0]  # 24 frames at 12 fps
+    write_videomme(tmp_path, video)
+    os.makedirs(tmp_path / "subtitle")
+    (tmp_path / "subtitle" / "fFjv93ACGo8.srt").write_text(SRT)
+    cfg = load_config("eval", "videomme")
+    cfg.data.root, cfg.max_questions, cfg.protocol = str(tmp_path), 3, "lmms_eval_w_subtitle"
+    model = ScriptedAnswerer(["B", "C", "The answer is A"])
+    summary = harness.evaluate(cfg, str(tmp_path / "out"), model)
+    assert summary["overall"] == 1.0
+    first, _, third = model.asked  # fFjv93ACGo8 has subtitles, Xu9kxV3hH2c none
+    assert first.startswith("This video's subtitles are listed below: \nReplaced first.\nSecond line,\nShort one.\n"
+                            "Select the best answer to the following multiple-choice question based on the video and "
+                            "the subtitles.")
+    assert first.endswith("\nA. one\nB. two\nC. three\nD. four\nThe best answer is:")
+    assert third.startswith("This video's subtitles are listed below: \nNo subtitles available\nSelect")
+    with pytest.raises(ValueError, match="asks with the video's subtitles; none were given"):
+        prompts.protocol("videomme", "lmms_eval_w_subtitle").render(Q4)

@@ -11,10 +11,11 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import make_videos
 from test_benchmark_formats import LVB_ROW, MLVU_LMMS_ROWS
 
 from liteframe_jax.data import benchmarks
-from liteframe_jax.eval import extraction, harness, prompts
+from liteframe_jax.eval import extraction, harness, prompts, subtitles
 
 INSTALL = "lmms-eval 0.7.3 is not installed (pip install --no-deps -r requirements-lmms-eval.txt)"
 try:
@@ -66,13 +67,14 @@ def test_the_reasoning_tags_are_lmms_evals():
         assert extraction.strip_reasoning(answer, extraction.LMMS_EVAL_REASONING_TAGS) == strip_reasoning_tags(answer, tags)
 
 
-def _agree(bench, docs, questions, lmms_text, lmms_letter):
+def _agree(bench, docs, questions, lmms_text, lmms_letter, protocol="lmms_eval"):
     """Every document's prompt as lmms-eval writes it, and every answer's letter and score as it reads it."""
-    proto = prompts.protocol(bench, "lmms_eval")
+    proto = prompts.protocol(bench, protocol)
     tags = _evaluator_tags()
     assert len(docs) == len(questions)
     for doc, q in zip(docs, questions):
-        assert proto.render(q).user == lmms_text(doc), q.id
+        subtitles = harness._subtitles(q) if proto.subtitles else None
+        assert proto.render(q, subtitles=subtitles).user == lmms_text(doc), q.id
         for answer in ANSWERS:
             row = harness.score(proto, q, answer, None, seed=0)
             theirs, correct = lmms_letter(doc, strip_reasoning_tags(answer, tags))
@@ -103,6 +105,37 @@ def test_videomme_as_lmms_eval_asks_and_scores(tmp_path):
         return result["pred_answer"] or None, result["score"] == 1.0
 
     _agree("videomme", rows, questions, lambda doc: lmms_videomme.videomme_doc_to_text(doc, kwargs), letter)
+
+
+def test_videomme_with_subtitles_as_lmms_eval_asks_and_scores(tmp_path, monkeypatch):
+    """lmms-eval's `videomme_w_subtitle`: its cache folder holds the release (data/, subtitle/); the subtitle
+    lines at its 32 sampled frames, from the video's own frame count and rate."""
+    from test_eval_harness import SRT
+    root = tmp_path / "videomme"
+    videos = make_videos(tmp_path / "v", count=2)  # 24 frames at 12 fps
+    for folder in ("videomme", "data", "subtitle"):
+        os.makedirs(root / folder)
+    os.link(videos[0], root / "data" / "fFjv93ACGo8.mp4")
+    os.link(videos[1], root / "data" / "Xu9kxV3hH2c.mp4")  # no subtitle file: "No subtitles available"
+    (root / "subtitle" / "fFjv93ACGo8.srt").write_text(SRT)
+    rows = [{"video_id": "001", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
+             "url": f"https://www.youtube.com/watch?v={vid}", "videoID": vid, "question_id": f"001-{k}",
+             "task_type": "Counting Problem", "question": f"What is said {k}?",
+             "options": ["A. hello", "B. bye", "C. thanks", "D. nothing"], "answer": "A"}
+            for k, vid in enumerate(["fFjv93ACGo8", "Xu9kxV3hH2c"], 1)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "videomme" / "test-00000-of-00001.parquet")
+    questions = benchmarks.load("videomme", str(root)).questions
+    monkeypatch.setattr(lmms_videomme, "base_cache_dir", str(tmp_path))  # lmms-eval's HF_HOME
+    kwargs = _yaml_kwargs(lmms_videomme, "videomme_w_subtitle.yaml")
+    assert kwargs["frame_num"] == subtitles.LMMS_EVAL_SUBTITLE_FRAMES
+    assert "Second line," in lmms_videomme.videomme_doc_to_text_subtitle(rows[0], kwargs)
+
+    def letter(doc, answer):
+        result = lmms_videomme.videomme_process_results(doc, [answer])["videomme_perception_score"]
+        return result["pred_answer"] or None, result["score"] == 1.0
+
+    _agree("videomme", rows, questions, lambda doc: lmms_videomme.videomme_doc_to_text_subtitle(doc, kwargs), letter,
+           protocol="lmms_eval_w_subtitle")
 
 
 def test_mlvu_dev_as_lmms_eval_asks_and_scores(tmp_path):

@@ -4,7 +4,8 @@ reported by file and row, never a crash.
 Layouts read (ROOT is `data.root`; `data.annotation` names another annotation file):
 - Video-MME: `ROOT/videomme/test-00000-of-00001.parquet` (columns video_id, duration, domain, sub_category,
   url, videoID, question_id, task_type, question, options ["A. ...", ...], answer "A"), or a JSON/JSONL
-  export of the same rows; videos `ROOT/data/<videoID>.mp4` (or `.MP4` / `.mkv`, as lmms-eval accepts).
+  export of the same rows; videos `ROOT/data/<videoID>.mp4` (or `.MP4` / `.mkv`, as lmms-eval accepts);
+  subtitles `ROOT/subtitle/<videoID>.srt` (videos without speech have none).
 - MLVU dev, the authors' release: `ROOT/json/<n>_<task>.json` (video, duration, question, candidates,
   answer as text, question_type; the needle task is `findNeedle`), videos `ROOT/video/<n>_<task>/<video>`.
   Rows without candidates are the open-ended tasks (listed as not scored). A row whose answer is not among
@@ -45,6 +46,7 @@ class MCQuestion:
     # are inside it (lmms-eval's MLVU rows), and the options with their letters (Video-MME's "A. ...").
     released_question: str = ""
     released_options: tuple[str, ...] = ()
+    subtitles: str = ""  # the release's subtitle file for the video (Video-MME's subtitle/<videoID>.srt), if any
 
 
 @dataclasses.dataclass
@@ -148,11 +150,12 @@ def load_videomme(root: str, annotation: str | None = None) -> Benchmark:
         answer = str(_field(row, "answer", where)).strip()
         if answer not in LETTERS[:len(options)]:
             raise RowError(f"{where}: answer {answer!r} is not one of its {len(options)} option letters")
-        stem = os.path.join(root, "data", str(_field(row, "videoID", where)))
+        video_id = str(_field(row, "videoID", where))
+        stem = os.path.join(root, "data", video_id)
         video = _existing(stem + ext for ext in VIDEOMME_EXTENSIONS) or stem + ".mp4"
         return MCQuestion(str(row["question_id"]), video, str(_field(row, "question", where)), options, answer,
                           tuple((k, str(row.get(k, ""))) for k in ("duration", "domain", "sub_category", "task_type")),
-                          released_options=released)
+                          released_options=released, subtitles=os.path.join(root, "subtitle", video_id + ".srt"))
 
     return _collect(Benchmark("videomme", path, []), path, parse)
 

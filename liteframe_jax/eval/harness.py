@@ -25,9 +25,9 @@ import numpy as np
 
 from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
-from liteframe_jax.data import benchmarks
+from liteframe_jax.data import benchmarks, video
 from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
-from liteframe_jax.eval import extraction, prompts
+from liteframe_jax.eval import extraction, prompts, subtitles
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "av", "numpy")
 
@@ -154,6 +154,12 @@ def check_resumable(path: str, results_path: str, want: dict) -> None:
                          f"one's score:\n{lines}\nUse another --workdir (or delete the folder to start over).")
 
 
+def _subtitles(q: MCQuestion) -> str:
+    """The subtitle lines of the question's video, at the frames lmms-eval samples for them."""
+    info = video.probe(q.video)
+    return subtitles.videomme_subtitles(q.subtitles, info.fps, info.num_frames)
+
+
 def evaluate(config, workdir: str, model) -> dict:
     """Run `config.benchmark` with `model` (an eval.answer.VideoQA) under `config.protocol`; returns the summary."""
     bench = benchmarks.load(config.benchmark, config.data.root, config.data.annotation)
@@ -183,13 +189,14 @@ def evaluate(config, workdir: str, model) -> dict:
 
     def load(q):
         if q.video in missing:
-            return q, None, None, "missing video"
+            return q, None, None, "missing video", None
         try:
             frames, times = model.load_frames(q.video)
-            model.check_prompt(proto.render(q), times)
-            return q, frames, times, None
+            prompt = proto.render(q, subtitles=_subtitles(q) if proto.subtitles else None)
+            model.check_prompt(prompt, times)
+            return q, frames, times, None, prompt
         except Exception as e:  # an unreadable video or an over-long prompt is an error row, not a crash
-            return q, None, None, f"{type(e).__name__}: {e}"
+            return q, None, None, f"{type(e).__name__}: {e}", None
 
     with concurrent.futures.ThreadPoolExecutor(int(config.decode_workers)) as pool, paths.AppendFile(results_path) as out:
         for start in range(0, len(todo), bs):
@@ -197,11 +204,10 @@ def evaluate(config, workdir: str, model) -> dict:
             ok = [x for x in loaded if x[3] is None]
             raws = {}
             if ok:
-                answers = model.answer_batch([x[1] for x in ok], [x[2] for x in ok],
-                                             [proto.render(x[0]) for x in ok],
+                answers = model.answer_batch([x[1] for x in ok], [x[2] for x in ok], [x[4] for x in ok],
                                              max_new_tokens=int(config.max_new_tokens))
                 raws = {x[0].id: a for x, a in zip(ok, answers)}
-            for q, _, _, error in loaded:
+            for q, _, _, error, _ in loaded:
                 row = score(proto, q, raws.get(q.id), error, config.seed)
                 row.update(frames=model.num_frames, visual_tokens=model.visual_tokens)
                 out.write(json.dumps(row) + "\n")

@@ -11,11 +11,13 @@ code; `lmms_eval_version` which lmms-eval release, where one is followed):
   `extract_characters_regex`, MLVU's character before the first ")"), which older published numbers used.
 - `official`: the benchmark authors' own scripts (Video-MME's README prompt and `eval_your_results.py`;
   MLVU's `evaluation/models/videochat2/choice_bench.py`; LongVideoBench's `LongVideoBenchDataset`).
+- `lmms_eval_w_subtitle` (Video-MME only): lmms-eval 0.7.3's `videomme_w_subtitle` task: the subtitle lines
+  of the release's `subtitle/<videoID>.srt` at its 32 sampled frames (eval/subtitles.py) before the question.
 - `official_generic` (MLVU only): MLVU's other script, `evaluation/multiple_choice_evaluation/choice_bench.py`.
 
 A protocol is a system prompt (None: the model's own), a user-turn template over `{question}`, `{options}`
-(one line per option in `option_format`) and `{question_and_options}` (the question, a newline, the
-options), an assistant-turn prefix the answer continues (MLVU's authors put "Best option:(" there), an
+(one line per option in `option_format`), `{question_and_options}` (the question, a newline, the
+options) and `{subtitles}` (where `subtitles` is set: the lines the harness reads for the question's video), an assistant-turn prefix the answer continues (MLVU's authors put "Best option:(" there), an
 extraction rule (eval/extraction.py), the reasoning blocks removed before it, and what an answer with no
 parsable letter scores: `wrong`, `excluded` (left out of the denominator, as Video-MME's script does) or
 `random` (a seeded random option, LongVideoBench's rule). `fingerprint()` hashes all of it, so
@@ -32,7 +34,7 @@ from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
 from liteframe_jax.data.qa_demo import MC_SUFFIX
 from liteframe_jax.eval.extraction import LMMS_EVAL_REASONING_TAGS
 
-PROTOCOLS = ("lmms_eval", "lmms_eval_v0.7.1", "official", "official_generic")
+PROTOCOLS = ("lmms_eval", "lmms_eval_v0.7.1", "lmms_eval_w_subtitle", "official", "official_generic")
 LMMS_EVAL_VERSION = "0.7.3"
 UNPARSED_RULES = ("wrong", "excluded", "random")
 
@@ -57,6 +59,7 @@ class Protocol:
     released_text: bool = False
     reasoning_tags: tuple[tuple[str, str], ...] = ()  # blocks removed from an answer before it is read
     lmms_eval_version: str | None = None
+    subtitles: bool = False  # the prompt holds the video's subtitles (`render(q, subtitles=...)`)
 
     def options(self, q: MCQuestion) -> str:
         if self.released_text and q.released_options:
@@ -68,9 +71,11 @@ class Protocol:
             return q.released_question
         return f"{q.question}\n{self.options(q)}"
 
-    def render(self, q: MCQuestion) -> "Prompt":
+    def render(self, q: MCQuestion, subtitles: str | None = None) -> "Prompt":
+        if self.subtitles and subtitles is None:
+            raise ValueError(f"the {self.name!r} protocol asks with the video's subtitles; none were given")
         user = self.user.format(question=q.question, options=self.options(q),
-                                question_and_options=self.question_and_options(q))
+                                question_and_options=self.question_and_options(q), subtitles=subtitles)
         return Prompt(user, self.system, self.assistant_prefix)
 
     def fingerprint(self) -> str:
@@ -106,6 +111,15 @@ _TABLE = {
         "\n\n" + LETTER_DIRECTLY,
         reference="lmms-eval tasks/videomme: videomme_doc_to_text (videomme.yaml default post_prompt), "
                   "videomme_process_results with extract_mcq_answer", extraction="lmms_eval_mcq", **LMMS_EVAL),
+    # videomme_doc_to_text_subtitle ends with "The best answer is:" whatever the yaml's post_prompt says.
+    ("videomme", "lmms_eval_w_subtitle"): Protocol(
+        "videomme", "lmms_eval_w_subtitle",
+        "This video's subtitles are listed below: \n{subtitles}\nSelect the best answer to the following "
+        "multiple-choice question based on the video and the subtitles. Respond with only the letter (A, B, C, "
+        "or D) of the correct option.\n{question_and_options}\nThe best answer is:",
+        reference="lmms-eval tasks/videomme videomme_w_subtitle: videomme_doc_to_text_subtitle (frame_num 32), "
+                  "videomme_process_results with extract_mcq_answer", extraction="lmms_eval_mcq", subtitles=True,
+        **LMMS_EVAL),
     ("mlvu", "official"): Protocol(
         "mlvu", "official", "Question: {question}\nOptions:\n{options}\nOnly give the best option.",
         reference="MLVU evaluation/models/videochat2/choice_bench.py (qa_template, infer_mvbench, check_ans)",
