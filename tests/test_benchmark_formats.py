@@ -99,7 +99,7 @@ def test_mlvu_dev_as_released(tmp_path, video):
 MLVU_LMMS_ROWS = [
     {"video_name": "count_12.mp4", "duration": 300.5, "question": "How many times does he jump? \n(A) 1\n(B) 3\n(C) 5\n(D) 7",
      "candidates": ["1", "3", "5", "7"], "answer": "B", "task_type": "count", "question_id": "count_0"},
-    {"video_name": "needle_3.mp4", "duration": 467.0, "question": "What is inserted?\n(A) a cat\n(B) a hat",
+    {"video_name": "needle_3.mp4", "duration": 467.0, "question": "What is inserted?\n(A) a cat\n(B) a hat\n",
      "candidates": ["a cat", "a hat"], "answer": "A", "task_type": "needle", "question_id": "needle_1"},
 ]
 

@@ -171,6 +171,8 @@ def _split_options(text: str, where: str) -> tuple[str, tuple[str, ...]]:
     if first is None:
         raise RowError(f"{where}: the question holds no '(A) ...' option lines")
     options = []
+    while len(lines) > first + 1 and not lines[-1].strip():  # the text may end with a newline
+        lines = lines[:-1]
     for line in lines[first:]:
         m = _OPTION_LINE.match(line)
         if not m or m.group(1) != LETTERS[len(options)]:
