@@ -133,7 +133,8 @@ _TABLE = {
                   "template in main, check_ans)",
         option_format="({letter}) {text}", system=MLVU_SYSTEM, assistant_prefix="Best Option: (",
         extraction="before_paren_unstripped", unparsed="wrong"),
-    # lmms-eval's MLVU rows carry the options inside the question as "(A) ..." lines, asked as released.
+    # lmms-eval's MLVU rows carry the options inside the question as "(A) ..." lines, asked as released; the
+    # authors' rows (which lmms-eval does not read) are asked as their question, a newline and those lines.
     ("mlvu", "lmms_eval"): Protocol(
         "mlvu", "lmms_eval", "{question_and_options}\nOnly give the best option.\nBest option: (",
         reference="lmms-eval tasks/mlvu mlvu_dev: mlvu_doc_to_text (mlvu_dev.yaml default post_prompt), "
