@@ -1,25 +1,23 @@
 """Reading a Hugging Face model folder: `config.json` plus `*.safetensors` (sharded or not), never pickle.
 
-Tensors are read straight from the safetensors layout (an 8-byte header length, a JSON header, raw bytes)
-through a memory map, so bfloat16 checkpoints load without torch and without copying the whole file. A folder
-in a bucket (`gs://`) is read into memory instead.
+Tensors are read through the `safetensors` library as numpy arrays (bfloat16 as ml_dtypes' bfloat16, so no
+torch), one at a time when a reader asks for it: `safe_open` maps the file and copies out that tensor alone,
+so host memory stays near one tensor, not the checkpoint. A folder in a bucket (`gs://`) is read into memory
+file by file instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
+from collections.abc import Mapping
 
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16', which safetensors asks numpy for)
 import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
 
 from liteframe_jax.core import paths
-
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
 
 
 def read_config(path: str) -> dict:
@@ -63,26 +61,40 @@ CONVERT_COMMAND = ("python -c \"import sys, torch, safetensors.torch as st; st.s
                    "torch.load(sys.argv[1], weights_only=True).items()}}, sys.argv[2])\" {src} {dst}")
 
 
-def read_safetensors(file: str, keep=lambda name: True) -> dict[str, np.ndarray]:
-    with paths.open(file, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = (np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len) if not paths.is_remote(file) else
-                np.frombuffer(f.read(), dtype=np.uint8))
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__" or not keep(name):
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = data[start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
+class SafetensorsTensors(Mapping):
+    """{name: numpy array} over safetensors files, each tensor read from its file when it is looked up."""
+
+    def __init__(self, files: list[str], keep=lambda name: True):
+        self._where: dict[str, str] = {}
+        self._open: dict[str, object] = {}
+        self._loaded: dict[str, dict[str, np.ndarray]] = {}  # files in a bucket, read whole
+        for file in files:
+            if paths.is_remote(file):
+                with paths.open(file, "rb") as f:
+                    self._loaded[file] = safetensors.numpy.load(f.read())
+                names = self._loaded[file]
+            else:
+                self._open[file] = safe_open(file, framework="numpy")
+                names = self._open[file].keys()
+            self._where.update({name: file for name in names if keep(name)})
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        file = self._where[name]
+        if file in self._loaded:
+            return self._loaded[file][name]
+        return self._open[file].get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
-def read_tensors(path: str, keep=lambda name: True) -> dict[str, np.ndarray]:
-    """All tensors of the folder whose name passes `keep` (memory-mapped numpy arrays)."""
-    tensors: dict[str, np.ndarray] = {}
-    for file in safetensors_files(path):
-        tensors.update(read_safetensors(file, keep))
-    return tensors
+def read_safetensors(file: str, keep=lambda name: True) -> Mapping[str, np.ndarray]:
+    return SafetensorsTensors([file], keep)
+
+
+def read_tensors(path: str, keep=lambda name: True) -> Mapping[str, np.ndarray]:
+    """All tensors of the folder whose name passes `keep`, each read when it is looked up."""
+    return SafetensorsTensors(safetensors_files(path), keep)
