@@ -1,6 +1,6 @@
-"""The faults a user really makes: Ctrl-C, a run resumed after a kill (its metrics), two runs in one workdir."""
+"""The faults a user really makes: Ctrl-C, a run resumed after a kill (its metrics), two runs in one workdir,
+config values that no run can use."""
 
-import json
 import os
 import signal
 import socket
@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, make_videos, tiny_ctd_config
+from helpers import make_videos, tiny_ctd_config
 from test_object_store import gcs  # noqa: F401  (the GCS emulator, a fixture)
 
 from liteframe_jax.core import checkpoint, paths, run_lock
@@ -141,6 +141,9 @@ def test_one_run_per_workdir(tmp_path):
     workdir, said = str(tmp_path), []
     with run_lock.hold(workdir, say=said.append) as lock:
         assert lock.holder.pid == os.getpid()
+        with run_lock.hold(workdir) as inner:  # the entry point holds it, then the train loop asks again
+            assert inner is lock
+        assert os.path.exists(run_lock.lock_path(workdir))
         with pytest.raises(run_lock.WorkdirInUse) as refused:
             run_lock.RunLock(workdir, say=said.append).acquire()
     message = str(refused.value)
@@ -191,3 +194,40 @@ def test_the_lock_holds_in_a_bucket(gcs, monkeypatch):
         assert run_lock.read_holder(path).token == lock.holder.token
     assert len(said) == 1 and said[0].startswith(f"{workdir}: taking over the lock of process 7 on elsewhere, "
                                                   f"started ") and ": no heartbeat for 305 s" in said[0], said
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("total_steps", 0, "--config.total_steps=0: must be a whole number above 0"),
+    ("optimizer.lr", -1e-3, "--config.optimizer.lr=-0.001: must be a number above 0"),
+    ("optimizer.b2", 1.0, "--config.optimizer.b2=1.0: must be a number from 0 up to (not including) 1"),
+    ("data.max_bad_fraction", 1.5, "--config.data.max_bad_fraction=1.5: must be a number from 0 to 1"),
+    ("data.num_workers", -1, "--config.data.num_workers=-1: must be a whole number, 0 or more"),
+    ("batch_size", 12, "--config.batch_size=12: must be a multiple of 8 (grad_accum_steps x the data-parallel "
+                       "devices, mesh.data x mesh.fsdp = 8), e.g. 8 or 16"),
+    ("mesh.num_devices", 16, "--config.mesh.num_devices=16: must be at most the 8 devices there are, or -1"),
+    ("mesh.tensor", 3, "--config.mesh: 8 devices cannot be split into {'data': -1, 'fsdp': 1, 'tensor': 3}"),
+    ("mesh.data", 4, "--config.mesh: {'data': 4, 'fsdp': 1, 'tensor': 1} needs 4 devices, 8 are in use"),
+])
+def test_config_rules_name_the_field_its_value_and_what_is_valid(field, value, said):
+    from helpers import _override, load_config
+
+    from liteframe_jax.train import validate
+    config = load_config("ctd", "demo")
+    assert validate.problems(config, 8) == []
+    problems = validate.problems(_override(config, {field: value}), 8)
+    assert len(problems) == 1 and problems[0].startswith(said), problems
+
+
+def test_lma_rules_frames_in_whole_clips_and_accumulation():
+    from helpers import _override, load_config
+
+    from liteframe_jax.train import validate
+    lma = load_config("lma", "demo")
+    assert validate.problems(lma, 1) == []
+    assert validate.problems(_override(lma, {"data.num_frames": 12}), 1) == [
+        "--config.data.num_frames=12: must be a whole number of the student's 8-frame clips, e.g. 8 or 16"]
+    assert validate.problems(_override(load_config("lma", "demo"), {"grad_accum_steps": 3}), 2) == [
+        "--config.batch_size=16: must be a multiple of 6 (grad_accum_steps x the data-parallel devices, "
+        "mesh.data x mesh.fsdp = 2), e.g. 12 or 18"]
+    assert validate.problems(load_config("lma", "demo"), 8, process_count=3) == [
+        "--config.batch_size=16: must be a multiple of the 3 processes (each reads an equal share)"]

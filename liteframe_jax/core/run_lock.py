@@ -168,14 +168,20 @@ class RunLock:
             paths.remove(self.path)
 
 
+_HELD: dict[str, RunLock] = {}  # workdir -> the lock this process holds on it
+
+
 @contextlib.contextmanager
 def hold(workdir: str, process_index: int = 0, say=print) -> Iterator[RunLock | None]:
-    """The workdir's lock for the time of the block, taken by process 0 of a run only."""
-    if process_index != 0:
-        yield None
+    """The workdir's lock for the time of the block, taken by process 0 of a run only. Within a block that
+    holds it already (the entry point holds it over the whole job, the train loop over its run) it is kept."""
+    key = paths.resolve(workdir)
+    if process_index != 0 or key in _HELD:
+        yield _HELD.get(key)
         return
-    lock = RunLock(workdir, say=say).acquire()
+    lock = _HELD[key] = RunLock(workdir, say=say).acquire()
     try:
         yield lock
     finally:
+        del _HELD[key]
         lock.release()
