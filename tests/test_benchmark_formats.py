@@ -97,7 +97,8 @@ def test_mlvu_dev_as_released(tmp_path, video):
 # `sy1998/MLVU_dev` rows as lmms-eval's `mlvu_dev` task reads them: every released column; the stem of the
 # first keeps the trailing space the release's text has before its option lines.
 MLVU_LMMS_ROWS = [
-    {"video_name": "count_12.mp4", "duration": 300.5, "question": "How many times does he jump? \n(A) 1\n(B) 3\n(C) 5\n(D) 7",
+    {"video_name": "count_12.mp4", "duration": 300.5,
+     "question": "How many times does he jump? \n(A) 1\n(B) 3\n(C) 5\n(D) 7",
      "candidates": ["1", "3", "5", "7"], "answer": "B", "task_type": "count", "question_id": "count_0"},
     {"video_name": "needle_3.mp4", "duration": 467.0, "question": "What is inserted?\n(A) a cat\n(B) a hat\n",
      "candidates": ["a cat", "a hat"], "answer": "A", "task_type": "needle", "question_id": "needle_1"},
@@ -156,7 +157,8 @@ def test_rows_that_do_not_fit_are_reported_never_a_crash(tmp_path, video):
                    "lmms-eval's video_name and task_type",
                    "9_odd.json row 2: field 'candidates' is not a list (str)"]
     assert len(bench.questions) == 4  # the release's rows still load
-    rows = [{**LVB_ROW, "candidates": ["a", "b"]}, {**LVB_ROW, "id": "x1", "candidates": ["a"], "correct_choice": "one"}]
+    rows = [{**LVB_ROW, "candidates": ["a", "b"]},
+            {**LVB_ROW, "id": "x1", "candidates": ["a"], "correct_choice": "one"}]
     (tmp_path / "lvb_val.json").write_text(json.dumps(rows))
     lvb = benchmarks.load("longvideobench", str(tmp_path))
     assert len(lvb.questions) == 1

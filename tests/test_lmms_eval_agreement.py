@@ -64,7 +64,8 @@ def test_the_reasoning_tags_are_lmms_evals():
     tags = _evaluator_tags()
     assert [list(p) for p in extraction.LMMS_EVAL_REASONING_TAGS] == tags
     for answer in ANSWERS:
-        assert extraction.strip_reasoning(answer, extraction.LMMS_EVAL_REASONING_TAGS) == strip_reasoning_tags(answer, tags)
+        ours = extraction.strip_reasoning(answer, extraction.LMMS_EVAL_REASONING_TAGS)
+        assert ours == strip_reasoning_tags(answer, tags), answer
 
 
 def _agree(bench, docs, questions, lmms_text, lmms_letter, protocol="lmms_eval"):

@@ -85,8 +85,10 @@ def lmms_eval_mcq(text: str, num_options: int, letters: str = "ABCD") -> str | N
         if at != -1:
             found += [(c, s.find(c, at + len(phrase)), "phrase") for c in letters if s.find(c, at + len(phrase)) != -1]
     bare = s.strip()
-    found += [(c, 0, "start") for c in letters if bare.startswith(c) and (len(bare) == 1 or not bare[1].isalpha())]
-    found += [(c, len(s) - 1, "end") for c in letters if bare.endswith(c) and (len(bare) == 1 or not bare[-2].isalpha())]
+    found += [(c, 0, "start") for c in letters
+              if bare.startswith(c) and (len(bare) == 1 or not bare[1].isalpha())]
+    found += [(c, len(s) - 1, "end") for c in letters
+              if bare.endswith(c) and (len(bare) == 1 or not bare[-2].isalpha())]
     if not found:
         found = [(c, s.rfind(c), "fallback") for c in letters if c in s]
     if not found:

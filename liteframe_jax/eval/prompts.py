@@ -16,11 +16,12 @@ code; `lmms_eval_version` which lmms-eval release, where one is followed):
 - `official_generic` (MLVU only): MLVU's other script, `evaluation/multiple_choice_evaluation/choice_bench.py`.
 
 A protocol is a system prompt (None: the model's own), a user-turn template over `{question}`, `{options}`
-(one line per option in `option_format`), `{question_and_options}` (the question, a newline, the
-options) and `{subtitles}` (where `subtitles` is set: the lines the harness reads for the question's video), an assistant-turn prefix the answer continues (MLVU's authors put "Best option:(" there), an
-extraction rule (eval/extraction.py), the reasoning blocks removed before it, and what an answer with no
-parsable letter scores: `wrong`, `excluded` (left out of the denominator, as Video-MME's script does) or
-`random` (a seeded random option, LongVideoBench's rule). `fingerprint()` hashes all of it, so
+(one line per option in `option_format`), `{question_and_options}` (the question, a newline, the options)
+and `{subtitles}` (where `subtitles` is set: the lines the harness reads for the question's video), an
+assistant-turn prefix the answer continues (MLVU's authors put "Best option:(" there), an extraction rule
+(eval/extraction.py), the reasoning blocks removed before it, and what an answer with no parsable letter
+scores: `wrong`, `excluded` (left out of the denominator, as Video-MME's script does) or `random` (a seeded
+random option, LongVideoBench's rule). `fingerprint()` hashes all of it, so
 `results.json` says exactly which prompts produced a score.
 """
 
