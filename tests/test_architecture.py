@@ -14,7 +14,11 @@ FLOORS = {"core": 0, "pytorch": 0, "models": 1, "data": 1, "convert": 2, "assemb
           "train": 5, "bench": 6, "jobs": 7, "main": 8}
 # the PyTorch side of an export runs where JAX is not installed: these are all it may import beside the
 # standard library and its own room
-PYTORCH_IMPORTS = {"encoder": {"torch"}, "weights": {"torch"}, "video_llm": {"torch", "transformers"}, "__init__": set()}
+# (safetensors comes with transformers; the processor tries PyAV, then OpenCV, to decode a path, needing neither)
+PYTORCH_IMPORTS = {"encoder": {"torch"}, "weights": {"torch", "safetensors"}, "projector": {"torch"},
+                   "video_llm": {"torch", "transformers"}, "hf_config": {"transformers"},
+                   "hf_model": {"torch", "transformers"}, "hf_processor": {"torch", "transformers", "av", "cv2"},
+                   "__init__": set()}
 ALLOWED_CYCLES: list[set[str]] = []  # none: the block-tail kernels share their helpers through a third file
 
 

@@ -60,7 +60,9 @@ def _training_lines(cfg: dict, spec) -> list[str]:
     return lines
 
 
-def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | None, files: dict[str, list[str]]):
+def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | None, files: dict[str, list[str]],
+          loading: list[str] | None = None):
+    """`loading`: the lines of the loading example, where they are not the export's own classes."""
     cfg_path = os.path.join(run_dir, "config.json")
     cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
     student = spec if isinstance(spec, StudentSpec) else spec.encoder
@@ -89,10 +91,24 @@ def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | N
         lines += [f"Held-out evaluation at step {at}:", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(shown.items())] + [""]
     lines += ["## Files", ""] + [f"- `{folder}/`: {', '.join(names)}" for folder, names in files.items()] + [""]
-    lines += ["## Loading", "", "```python", "from liteframe_jax.pytorch import LiteFrameEncoder",
-              'encoder = LiteFrameEncoder.from_pretrained("student")',
-              f"tokens = encoder.encode_video(frames)  # uint8 (T, {a.image_size}, {a.image_size}, 3), T a multiple "
-              f"of {a.num_frames}"]
+    if loading is not None:
+        lines += ["## Loading", "", "```python"] + loading + ["```", ""]
+    else:
+        lines += _our_loading(spec, a, lora)
+    if is_llm:
+        lines += [f"Frames: {spec.num_frames} per video, the middle frame of each of {spec.num_frames} equal "
+                  f"segments of the whole video, resized (bilinear) to {a.image_size}x{a.image_size}, as in training.",
+                  ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def _our_loading(spec, a, lora: str | None) -> list[str]:
+    is_llm = isinstance(spec, VideoLLMSpec)
+    lines = ["## Loading", "", "```python", "from liteframe_jax.pytorch import LiteFrameEncoder",
+             'encoder = LiteFrameEncoder.from_pretrained("student")',
+             f"tokens = encoder.encode_video(frames)  # uint8 (T, {a.image_size}, {a.image_size}, 3), T a multiple "
+             f"of {a.num_frames}"]
     if is_llm:
         lines += ["", "from liteframe_jax.pytorch import LiteFrameVideoLLM",
                   'model = LiteFrameVideoLLM.from_pretrained(".")',
@@ -101,10 +117,4 @@ def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | N
                   'llm = AutoModelForCausalLM.from_pretrained("llm")  # the LLM alone, no custom code']
         if lora == "adapter":
             lines += ['from peft import PeftModel', 'llm = PeftModel.from_pretrained(llm, "llm_lora")']
-    lines += ["```", ""]
-    if is_llm:
-        lines += [f"Frames: {spec.num_frames} per video, the middle frame of each of {spec.num_frames} equal "
-                  f"segments of the whole video, resized (bilinear) to {a.image_size}x{a.image_size}, as in training.",
-                  ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    return lines + ["```", ""]

@@ -6,6 +6,8 @@
                      tokenizer files and chat template, model.safetensors (sharded above `max_shard_size`)
     OUT/llm_lora/    a PEFT LoRA adapter (with lora='adapter'; llm/ then holds the weights without it)
     OUT/config.json  the Video LLM's layout (video token, frames, visual tokens, separators) -> LiteFrameVideoLLM
+    OUT/hf/          the Video LLM as one Hugging Face folder with its own code (export/hf_folder.py): transformers'
+                     AutoModelForImageTextToText and AutoProcessor load it with trust_remote_code=True
     OUT/README.md    the model card
 
 Everything is written into a temporary folder beside OUT and renamed into place at the end, so a failure
@@ -24,8 +26,8 @@ import numpy as np
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
 from liteframe_jax.core.tree import flatten
-from liteframe_jax.data.tokenizer import ByteTokenizer
-from liteframe_jax.export import card, qwen2, student
+from liteframe_jax.data.tokenizer import CHATML_TEMPLATE, ByteTokenizer
+from liteframe_jax.export import card, hf_folder, qwen2, student
 from liteframe_jax.export.safetensors_out import DTYPES, Tensor, parse_size, write_model
 from liteframe_jax.export.tokenizer import copy_tokenizer, write_byte_tokenizer
 from liteframe_jax.models.video_llm import PROJECTOR_NORM_EPS
@@ -67,15 +69,16 @@ def _write_json(path: str, data: dict) -> None:
         json.dump(data, f, indent=2)
 
 
-def _projector_tensors(flat: dict, dtype: str) -> list[Tensor]:
+def _projector_tensors(flat: dict, dtype: str, prefix: str = "") -> list[Tensor]:
     out = []
     for name in sorted(flat):
         module, leaf = name.rsplit("/", 1)
         value = flat[name]
         if leaf == "kernel":
-            out.append(Tensor(f"{module}.weight", tuple(value.shape[::-1]), dtype, lambda v=value: np.asarray(v).T))
+            out.append(Tensor(f"{prefix}{module}.weight", tuple(value.shape[::-1]), dtype,
+                              lambda v=value: np.asarray(v).T))
         else:  # LayerNorm scale / bias, Dense bias
-            out.append(Tensor(f"{module}.{'weight' if leaf == 'scale' else 'bias'}", tuple(value.shape), dtype,
+            out.append(Tensor(f"{prefix}{module}.{'weight' if leaf == 'scale' else 'bias'}", tuple(value.shape), dtype,
                               lambda v=value: v))
     return out
 
@@ -116,12 +119,15 @@ def _video_llm_config(spec: VideoLLMSpec, tokenizer, lora_folder: str | None) ->
             "frame_sampling": "uniform", "resize": "bilinear", "image_size": spec.encoder.image_size}
 
 
+def _projector_config(spec: VideoLLMSpec, dtype: str) -> dict:
+    return {"model_type": "liteframe_projector", **dataclasses.asdict(spec.projector),
+            "in_features": spec.encoder.token_grid[2], "out_features": spec.llm.hidden_size,
+            "norm_eps": PROJECTOR_NORM_EPS, "dtype": dtype}
+
+
 def _write_projector(folder: str, spec: VideoLLMSpec, flat: dict, dtype: str, max_bytes: int) -> tuple[list[str], int]:
     os.makedirs(folder)
-    _write_json(os.path.join(folder, "config.json"), {
-        "model_type": "liteframe_projector", **dataclasses.asdict(spec.projector),
-        "in_features": spec.encoder.token_grid[2], "out_features": spec.llm.hidden_size,
-        "norm_eps": PROJECTOR_NORM_EPS, "dtype": dtype})
+    _write_json(os.path.join(folder, "config.json"), _projector_config(spec, dtype))
     tensors = _projector_tensors(flat, dtype)
     return ["config.json"] + write_model(folder, tensors, max_shard_bytes=max_bytes), sum(t.nbytes for t in tensors)
 
@@ -152,8 +158,28 @@ def _write_video_llm(tmp: str, spec: VideoLLMSpec, tokenizer, run_dir: str, para
     if lora_folder:
         files[lora_folder], n = _write_adapter(os.path.join(tmp, lora_folder), spec, llm_flat, dtype, max_bytes)
         sizes.append(n)
-    _write_json(os.path.join(tmp, "config.json"), _video_llm_config(spec, tokenizer, lora_folder))
+    layout = _video_llm_config(spec, tokenizer, lora_folder)
+    _write_json(os.path.join(tmp, "config.json"), layout)
+    files["hf"] = _write_hf(os.path.join(tmp, "hf"), spec, tokenizer, params, layout, dtype, lora, max_bytes)
     return files, sum(sizes)
+
+
+def _write_hf(folder: str, spec: VideoLLMSpec, tokenizer, params: dict, layout: dict, dtype: str, lora: str,
+              max_bytes: int) -> list[str]:
+    """hf/: the whole model as one Hugging Face folder (export/hf_folder.py), beside the parts; it reuses llm/'s
+    weight files when llm/ holds them merged."""
+    llm_dir = os.path.join(os.path.dirname(folder), "llm")
+    vision = student.tensors(spec.encoder, flatten(params["encoder"]), dtype, prefix="vision_tower.")
+    if spec.projector is not None:
+        vision += _projector_tensors(flatten(params["projector"]), dtype, prefix="multi_modal_projector.")
+    merged = None if lora == "merge" else qwen2.tensors(spec.llm, flatten(params["llm"]), spec.lora, dtype)
+    with open(os.path.join(llm_dir, "config.json")) as f:
+        llm_config = json.load(f)
+    return hf_folder.write(
+        folder, llm_dir=llm_dir, llm_config=llm_config, student_config=student.config(spec.encoder, dtype),
+        projector_config=_projector_config(spec, dtype) if spec.projector is not None else None,
+        vision_tensors=vision, llm_tensors=merged, layout={**layout, "video_token_id": tokenizer.video_token_id},
+        default_template=tokenizer.chat_template or CHATML_TEMPLATE, max_bytes=max_bytes)
 
 
 def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = "float32", lora: str = "merge",
@@ -189,6 +215,10 @@ def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = 
             files, total = _write_video_llm(tmp, spec, tokenizer, run_dir, params, dtype, lora, max_bytes)
         card.write(os.path.join(tmp, "README.md"), run_dir=run_dir, step=step, spec=spec, dtype=dtype,
                    lora=lora if kind == "video_llm" else None, files=files)
+        if kind == "video_llm":
+            card.write(os.path.join(tmp, "hf", "README.md"), run_dir=run_dir, step=step, spec=spec, dtype=dtype,
+                       lora=None, files={".": files["hf"]}, loading=hf_folder.loading_lines())
+            files["hf"].append("README.md")
         _write_json(os.path.join(tmp, "export.json"), {"format_version": FORMAT_VERSION, "run": run_dir, "step": step,
                                                       "dtype": dtype, "lora": lora, "kind": kind})
         _move_into_place(tmp, out)

@@ -2,10 +2,12 @@
 plain Hugging Face `Qwen2ForCausalLM` with its tokenizer. Needs torch and transformers, not JAX.
 
     model = LiteFrameVideoLLM.from_pretrained("export")
-    model.generate(frames, "Which way does the shape move?")   # frames: uint8 (num_frames, S, S, 3)
+    model.generate("clip.mp4", "Which way does the shape move?")   # or frames: uint8 (num_frames, S, S, 3)
 
-`frames` are the video's frames as the model trained on them: `num_frames` sampled uniformly over the whole
-video (the middle frame of each of `num_frames` equal segments) and resized to S x S (config.json says both).
+The model takes the video's frames as it trained on them: `num_frames` sampled uniformly over the whole video
+(the middle frame of each of `num_frames` equal segments) and resized to S x S (config.json says both). A path
+is decoded so (`hf_processor.LiteFrameVideoProcessor`: PyAV where installed, else OpenCV); frames given as
+an array are taken as they are.
 The prompt is built as training built it: the question after one video placeholder token per visual token
 (grouped per temporal slice, with the separators the model trained with), rendered with the tokenizer's chat
 template; the placeholders' embeddings are replaced by the visual tokens, in order, and the LLM decodes.
@@ -19,36 +21,12 @@ import os
 import torch
 from torch import nn
 
-from liteframe_jax.pytorch.encoder import LiteFrameEncoder, activation
-from liteframe_jax.pytorch.weights import read_config, read_file, read_folder
+from liteframe_jax.pytorch.encoder import LiteFrameEncoder
+from liteframe_jax.pytorch.hf_processor import VIDEO_MARKER, LiteFrameVideoProcessor, video_block
+from liteframe_jax.pytorch.projector import Projector
+from liteframe_jax.pytorch.weights import read_config, read_file
 
 MODEL_TYPE = "liteframe_video_llm"
-VIDEO_MARKER = "<video>"
-
-
-class Projector(nn.Module):
-    """LayerNorm (optional) -> Linear -> activation -> Linear ('mlp'), or one Linear ('linear')."""
-
-    def __init__(self, config: dict):
-        super().__init__()
-        kind, d_in, d_out = config["kind"], config["in_features"], config["out_features"]
-        hidden = config["hidden"] or d_out
-        self.norm = nn.LayerNorm(d_in, eps=config["norm_eps"]) if config["norm"] else None
-        self.fc1 = nn.Linear(d_in, hidden if kind == "mlp" else d_out)
-        self.fc2 = nn.Linear(hidden, d_out) if kind == "mlp" else None
-        self.act = activation(config["act"])
-
-    @classmethod
-    def from_pretrained(cls, folder: str) -> "Projector":
-        model = cls(read_config(folder, "liteframe_projector"))
-        model.load_state_dict(read_folder(folder))
-        return model.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is not None:
-            x = self.norm(x)
-        x = self.fc1(x)
-        return x if self.fc2 is None else self.fc2(self.act(x))
 
 
 def merge_lora_adapter(llm: nn.Module, folder: str) -> int:
@@ -105,17 +83,7 @@ class LiteFrameVideoLLM(nn.Module):
 
     # --- the prompt ---
     def video_block(self, times: list[float] | None = None) -> str:
-        c = self.config
-        pad, groups = c["video_token"] * c["tokens_per_group"], c["visual_groups"]
-        if c["separators"] == "none":
-            return pad * groups
-        if c["separators"] == "frame":
-            return "".join(f"Frame {g + 1}: {pad}\n" for g in range(groups))
-        if c["separators"] == "timestamp":
-            return "".join(f"{t:.1f}s: {pad}\n" for t in (times or [0.0] * groups))
-        if c["separators"] == "internvl":
-            return "\n".join(f"Frame{g + 1}: <img>{pad}</img>" for g in range(groups))
-        raise ValueError(f"unknown separators {c['separators']!r} in config.json")
+        return video_block(self.config, times)
 
     def prompt_ids(self, question: str, *, times: list[float] | None = None, system: str | None = None) -> list[int]:
         """Token ids of the question (after the video, unless it places `<video>` itself) as a chat turn
@@ -148,12 +116,24 @@ class LiteFrameVideoLLM(nn.Module):
         embeds[0, at] = visual[0]
         return embeds
 
+    def frames(self, video):
+        """(uint8 (num_frames, S, S, 3), each visual group's start time in seconds or None): a path decoded and
+        sampled as in training, or frames as given."""
+        if isinstance(video, (str, os.PathLike)):
+            c = self.config
+            processor = LiteFrameVideoProcessor(num_frames=c["num_frames"], size=c["image_size"],
+                                                visual_groups=c["visual_groups"])
+            return processor.frames(os.fspath(video))
+        return video, None
+
     @torch.no_grad()
-    def generate_ids(self, frames_uint8, question: str, *, max_new_tokens: int = 64, times=None, system=None,
+    def generate_ids(self, video, question: str, *, max_new_tokens: int = 64, times=None, system=None,
                      **generate_kwargs) -> list[int]:
         """The answer's token ids, up to and including the first stop token; greedy unless `generate_kwargs`
-        say otherwise (they go to `transformers`' `generate`)."""
-        embeds = self.inputs_embeds(frames_uint8, question, times=times, system=system)
+        say otherwise (they go to `transformers`' `generate`). `video`: a path or uint8 frames; `times` (each
+        visual group's start, for 'timestamp' separators) default to the file's."""
+        frames_uint8, file_times = self.frames(video)
+        embeds = self.inputs_embeds(frames_uint8, question, times=times or file_times, system=system)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         settings = {"do_sample": False, **generate_kwargs}
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -161,7 +141,7 @@ class LiteFrameVideoLLM(nn.Module):
         stop = next((i for i, t in enumerate(out) if t in self.stop_ids), None)
         return out if stop is None else out[:stop + 1]
 
-    def generate(self, frames_uint8, question: str, **kwargs) -> str:
+    def generate(self, video, question: str, **kwargs) -> str:
         """The answer as text (stop tokens and special tokens left out)."""
-        ids = [t for t in self.generate_ids(frames_uint8, question, **kwargs) if t not in self.stop_ids]
+        ids = [t for t in self.generate_ids(video, question, **kwargs) if t not in self.stop_ids]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
