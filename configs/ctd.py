@@ -39,6 +39,12 @@ def _common(preset: str) -> ml_collections.ConfigDict:
 
     c.total_steps = 300
     c.batch_size = 8  # global, across all processes
+    # micro-batches per step (each spread over every device: train/step.py); loss.clip_sigma then takes its
+    # statistics over each micro-batch
+    c.grad_accum_steps = 1
+    # 'table': grad_accum_steps / mesh.fsdp for the chip kind from train/sizing.py's table; 'auto': then compile
+    # and move down its ladder until the step fits the chip; 'off': as set here
+    c.sizing = "table"
     c.log_every = 10
     c.eval_every = 100  # 0: held-out evaluation only at the end
     c.eval_at_start = True

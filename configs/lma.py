@@ -41,6 +41,9 @@ def get_config(arg=None):
     c.total_steps = 600
     c.batch_size = 16
     c.grad_accum_steps = 1
+    # 'table': remat / grad_accum_steps / mesh.fsdp for the chip kind from train/sizing.py's table; 'auto': then
+    # compile and move down its ladder until the step fits the chip; 'off': as set here
+    c.sizing = "table"
     c.log_every = 20
     c.eval_every = 300
     c.eval_at_start = True
@@ -117,6 +120,12 @@ def get_config(arg=None):
     elif preset == "paper":
         c.student.init = config_dict.placeholder(str)
         c.llm.init = config_dict.placeholder(str)
+        # the shapes of what student.init and llm.init bring (a CTD `paper` student, Qwen2.5-7B): read only where
+        # they are 'random' (a --compile_only run, a bench)
+        paper = dataclasses.asdict(StudentConfig.preset("paper"))
+        del paper["num_frames"]
+        c.student.arch = ml_collections.ConfigDict(paper)
+        c.llm.arch = ml_collections.ConfigDict(dataclasses.asdict(Qwen2Config.preset("qwen2.5-7b")))
         c.tokenizer = ""
         c.train.trainable = "projector+student+lora"
         c.llm.lora.rank = 64

@@ -36,6 +36,14 @@ def resolve_prerequisites(config, workdir: str) -> None:
         config.student.init = ctd_dir
 
 
+def size_for_devices(config, workdir: str) -> None:
+    """`config.sizing`: the fields that decide a step's memory, for this run's chips (train/sizing.py); with
+    'auto', the step is compiled from shapes until it fits (the run's own compile then finds it cached)."""
+    from liteframe_jax.train import aot, sizing
+    target = aot.Target.of(None)
+    sizing.apply(config, target.devices, aot.fits_on(target, workdir) if config.get("sizing") == "auto" else None)
+
+
 def build_task(config, workdir: str):
     mesh = sharding.make_mesh(config.mesh)
     if config.trainer == "ctd":
@@ -51,8 +59,18 @@ def train(config, workdir: str):
     if config.trainer not in ("ctd", "lma"):
         raise ValueError(f"config.trainer={config.trainer!r} is not a training job; training jobs: ctd, lma")
     resolve_prerequisites(config, workdir)
+    size_for_devices(config, workdir)
     task = build_task(config, workdir)
     return train_loop(config, workdir, task), task
+
+
+def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1) -> None:
+    """`--compile_only`: the training job's step compiled ahead of time for this host or a TPU topology, and
+    its report (train/aot.py); nothing trains."""
+    from liteframe_jax.train.aot import compile_only as compile_step_only
+    if config.trainer not in ("ctd", "lma"):
+        raise ValueError(f"--compile_only compiles the training jobs (ctd, lma); config.trainer={config.trainer!r}")
+    compile_step_only(config, workdir, topology, num_slices)
 
 
 def _train_job(config, workdir: str) -> int | None:

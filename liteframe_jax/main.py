@@ -30,6 +30,13 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "Folder of JAX's persistent compilation cache for training "
                              "jobs (default: WORKDIR/compilation_cache; 'off' turns it off).")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Build the training job's state and step as training does, "
+                                  "compile it ahead of time and report memory, FLOPs, collectives and a roofline "
+                                  "estimate; reads no data or weights and trains nothing.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "With --compile_only: compile for this Cloud TPU topology "
+                                "(e.g. v5e:2x4, v5p:2x2x2; needs libtpu: requirements-tpu.txt) instead of this "
+                                "host's devices.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices of it, joined over DCN.")
 
 
 def enable_compilation_cache(workdir: str) -> None:
@@ -69,6 +76,13 @@ def main(argv):
     except (ValueError, ModuleNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
+    if _TOPOLOGY.value and not _COMPILE_ONLY.value:
+        raise app.UsageError("--topology compiles for devices this host does not have: add --compile_only")
+    if _COMPILE_ONLY.value:
+        try:
+            return jobs.compile_only(config, workdir, _TOPOLOGY.value, _NUM_SLICES.value)
+        except _INPUT_ERRORS as e:
+            return _one_line_error(e, workdir)
     if job.trains:
         maybe_initialize_distributed()
         paths.makedirs(workdir)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from liteframe_jax.models import layers
 
@@ -65,10 +66,15 @@ def test_self_attention_folds_key_and_value_bias_exactly():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
-def test_patch_embed_pads_to_aligned_rows_exactly():
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_patch_embed_pads_to_aligned_rows_exactly(backend, monkeypatch):
+    """On a GPU the 588 values of a patch are padded to 640 (exact); elsewhere they are not."""
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: backend)
     patches = jax.random.normal(jax.random.key(0), (3, 5, 588))  # 14x14x3: not a multiple of 64
     kernel = jax.random.normal(jax.random.key(1), (588, 32))
     got = layers.patch_embed(patches, kernel, jnp.float32)
     np.testing.assert_allclose(np.asarray(got), np.asarray(patches @ kernel), rtol=1e-5, atol=1e-4)
+    text = str(jax.make_jaxpr(lambda p, k: layers.patch_embed(p, k, jnp.float32))(patches, kernel))
+    assert ("640" in text) == (backend == "gpu")
     with np.testing.assert_raises_regex(ValueError, "588 values, the kernel expects 600"):
         layers.patch_embed(patches, jnp.zeros((600, 32)), jnp.float32)

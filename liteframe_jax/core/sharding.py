@@ -8,7 +8,6 @@ at start-up so a poor layout is visible.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import jax
@@ -17,6 +16,8 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from liteframe_jax.core.log import log
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -32,15 +33,16 @@ def local_mesh() -> Mesh:
         return Mesh(grid, MESH_AXES)
 
 
-def make_mesh(mesh_cfg) -> Mesh:
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
     """Sizes from config (-1: all remaining devices); `num_devices` > 0 uses only the first N devices.
+    `devices`: this process's view of every device by default, or others (a TPU topology's, to compile for it).
 
     The devices are laid out by JAX's topology-aware `mesh_utils` (on a TPU slice the mesh axes follow the
     chips' physical torus). Over several slices (`slices`, -1: as many as the devices span), `data` is split
     into an outer part across slices (DCN) and an inner part within each (ICI), so only data-parallel gradient
     reductions cross the slower network. A subset of the devices (`num_devices`) is laid out in device order.
     """
-    devices = jax.devices()
+    devices = list(jax.devices() if devices is None else devices)
     n = mesh_cfg.get("num_devices", -1)
     subset = bool(n and 0 < n < len(devices))
     if n and n > len(devices):
@@ -140,8 +142,14 @@ def param_shardings(abstract_state: nnx.State, rules, mesh: Mesh) -> dict:
         axes = var.get_metadata().get("axes")
         name = "/".join(str(p) for p in path)
         flat[path] = NamedSharding(mesh, logical_to_spec(axes, var.shape, rules, mesh, name, notes))
-    if notes:
-        logging.info("replicated dims (%d): %s", len(notes), "; ".join(notes[:10]))
+    if notes:  # a tensor-parallel or FSDP axis that does not divide a dimension saves nothing on it: say so
+        kinds: dict[str, list[str]] = {}
+        for note in notes:
+            name, what = note.split(": ", 1)
+            kinds.setdefault(what, []).append(name)
+        log(f"sharding: {len(notes)} parameter dimension(s) stay whole on every device because the mesh axes do "
+            "not divide them: " + "; ".join(f"{what} in {len(names)} parameter(s), e.g. {names[0]}"
+                                            for what, names in kinds.items()))
     tree: dict = {}
     for path, sharding in flat.items():
         node = tree

@@ -75,16 +75,19 @@ class Dense(nnx.Module):
 
 
 def patch_embed(patches: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-    """patches (..., K) @ kernel (K, D) in `dtype`, with K zero-padded to a multiple of 64 (exact).
+    """patches (..., K) @ kernel (K, D) in `dtype`; on a GPU with K zero-padded to a multiple of 64 (exact).
 
     A 14x14x3 patch is 588 values: rows of 1,176 bytes in bfloat16, not 16-byte aligned, for which cuBLAS on
     an H100 falls back to an Ampere kernel plus a separate bias pass (BENCHMARKS.md). The pad fuses into the
-    patchify transpose that writes `patches` anyway.
+    patchify transpose that writes `patches` anyway. Elsewhere it is not done: a TPU tiles the contraction
+    itself, and there the pad's gradient (a slice of the padded kernel's) fused with a sharded gradient
+    reduction made the TPU compiler fail (BENCHMARKS.md, "TPU compile table").
     """
     k = patches.shape[-1]
     if kernel.shape[0] != k:
         raise ValueError(f"patch embedding: patches have {k} values, the kernel expects {kernel.shape[0]}")
-    patches, kernel, pad = patches.astype(dtype), kernel.astype(dtype), -k % 64
+    pad = -k % 64 if jax.default_backend() == "gpu" else 0
+    patches, kernel = patches.astype(dtype), kernel.astype(dtype)
     if pad:
         patches = jnp.pad(patches, [(0, 0)] * (patches.ndim - 1) + [(0, pad)])
         kernel = jnp.pad(kernel, ((0, pad), (0, 0)))

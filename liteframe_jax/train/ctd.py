@@ -34,7 +34,9 @@ from liteframe_jax.train.video_index_of_run import index_videos_of_run
 class CTDTask(Task):
     name = "ctd"
 
-    def __init__(self, config, mesh, workdir: str, with_data: bool = True):
+    def __init__(self, config, mesh, workdir: str, with_data: bool = True, abstract: bool = False):
+        """`with_data=False`: no videos are read (benches, compiling); `abstract=True`: the teacher is shapes
+        only, never initialised, so its step can be compiled for devices this host does not have."""
         super().__init__(config, mesh)
         self.dtype = compute_dtype(config.dtype)
         self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype)  # the teacher's MLP is frozen
@@ -43,8 +45,14 @@ class CTDTask(Task):
         attn_impl = self.kernels["attention"]
 
         # Teacher first: it fixes the target grid that the student must match.
-        teacher, description = build_teacher(config.teacher, self.dtype, attn_impl, self.kernels["mlp"], mesh)
-        log(f"[ctd] {description}")
+        make = lambda: build_teacher(config.teacher, self.dtype, attn_impl, self.kernels["mlp"], mesh)
+        if abstract:
+            description = None
+            teacher = nnx.eval_shape(lambda: make()[0])
+        else:
+            teacher, description = make()
+        if description:
+            log(f"[ctd] {description}")
         self.teacher_graphdef, teacher_state = nnx.split(teacher)
         self.output = config.teacher.output
         h, w, channels = teacher.grid_shape(self.output)
@@ -73,7 +81,8 @@ class CTDTask(Task):
 
         teacher_params = pure_dict(teacher_state)
         teacher_sh = sharding.param_shardings(teacher_state, config.sharding_rules, mesh)
-        self._frozen = (jax.tree.map(jax.device_put, teacher_params, teacher_sh), teacher_sh)
+        place = ((lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)) if abstract else jax.device_put)
+        self._frozen = (jax.tree.map(place, teacher_params, teacher_sh), teacher_sh)
         del teacher
 
         # Data: probe every video once, skip unreadable ones, split off the held-out videos.

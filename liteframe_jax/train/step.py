@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from liteframe_jax.core import sharding
 from liteframe_jax.train.state import StateLayout, merge
@@ -17,6 +19,19 @@ from liteframe_jax.train.state import StateLayout, merge
 
 def _tree_norm(tree) -> jax.Array:
     return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def micro_batches(x: jax.Array, accum: int, mesh) -> jax.Array:
+    """(B, ...) -> (accum, B // accum, ...), micro-batch i holding rows i, i + accum, i + 2 * accum, ...
+
+    The batch is split over the devices in contiguous blocks of rows. Strided micro-batches take the same
+    number of rows from every block, so each micro-batch stays spread over all the devices with no data moved;
+    contiguous ones (rows [i * B / accum, (i + 1) * B / accum)) would sit on 1/accum of the devices, and XLA
+    would reshuffle every micro-batch (more memory and collectives, and a TPU compiler failure in a
+    reduce-scatter fusion). The step's batch, and so its data order, is the same either way."""
+    x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def make_train_step(config, task, layout: StateLayout, key):
@@ -38,7 +53,7 @@ def make_train_step(config, task, layout: StateLayout, key):
         if accum == 1:
             (loss, aux), grads = grads_of(state["params"], frozen, batch, rng)
         else:
-            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+            micro = jax.tree.map(lambda x: micro_batches(x, accum, task.mesh), batch)
 
             def body(carry, xs):
                 i, mb = xs
@@ -125,9 +140,12 @@ def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key
     mesh = task.mesh
     accum = int(config.get("grad_accum_steps", 1))
     batch_spec = task.batch_spec()
+    devices = sharding.batch_split(mesh)
     for k, v in batch_spec.items():
-        if v.shape[0] % accum:
-            raise ValueError(f"batch {k} of {v.shape[0]} rows cannot be split into {accum} micro-batches")
+        if v.shape[0] % accum or (v.shape[0] // accum) % devices:
+            raise ValueError(f"batch_size {v.shape[0]} cannot be split into grad_accum_steps={accum} micro-batches "
+                             f"that each spread over the {devices} batch devices (mesh.data x mesh.fsdp): "
+                             f"batch_size must be a multiple of {accum * devices}")
     batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
     jitted = jax.jit(make_train_step(config, task, layout, key),
                      in_shardings=(layout.state_sh, frozen_sh, batch_sh),

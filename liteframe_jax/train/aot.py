@@ -1,0 +1,240 @@
+"""Ahead-of-time compile of a training job's real step, for this host's devices or for a Cloud TPU topology
+that this host does not have (`python -m liteframe_jax.main --config=... --compile_only [--topology=v5p-8]`).
+
+The task, its state layout and its step are built exactly as training builds them (`state.layout`,
+`step.compile_train_step`), with every weight as shapes only: nothing is initialised, no data or checkpoint is
+read. The report: the mesh, per-chip memory against the chip's HBM, FLOPs and HBM bytes per step, the
+collectives XLA placed (kind, count, bytes; over ICI or across slices over DCN), and a roofline estimate of the
+step from the chip's published peak figures (core/hardware.py), whose compute share is a bound on MFU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from liteframe_jax.core import hardware, hlo, paths, sharding
+from liteframe_jax.core.log import log
+from liteframe_jax.core.tree import flatten, unflatten
+from liteframe_jax.train import sizing
+from liteframe_jax.train import state as state_lib
+from liteframe_jax.train import step as step_lib
+
+HEADROOM = 0.9  # a step planned to fill more of HBM than this leaves too little for fragmentation and the runtime
+REPORT_FILE = "compile_report.json"
+
+
+def shapes_only(config) -> list[str]:
+    """Point every pretrained source of the config at a random init of the preset's own architecture (the
+    `paper` presets' architectures are the published checkpoints' shapes); a compile reads no weights. Returns
+    what it changed, to be said."""
+    changed = []
+
+    def unset(section, field="init"):
+        value = section.get(field)
+        if value != "random":
+            changed.append(f"{field} {value!r} -> random")
+            section[field] = "random"
+
+    if config.trainer == "ctd":
+        unset(config.teacher)
+    elif config.trainer == "lma":
+        if config.encoder.kind == "student":
+            unset(config.student)
+        else:
+            raise ValueError("--compile_only builds the LMA step of a student encoder (encoder.kind=student); the "
+                             "InternViT encoder's shapes come from its folder")
+        unset(config.llm)
+        if not config.tokenizer:
+            config.tokenizer = "bytes"  # the prompt's layout needs only the video placeholder
+    return changed
+
+
+@dataclasses.dataclass
+class Target:
+    """Where the step is compiled for: devices (this host's or a topology's) and what one chip is."""
+    devices: list
+    chip: hardware.Chip | None
+    name: str
+    slices: int
+
+    @classmethod
+    def of(cls, topology: str | None, num_slices: int = 1) -> "Target":
+        if topology:
+            chip, devices = hardware.topology_devices(topology, num_slices)
+            return cls(devices, chip, hardware.topology_name(topology)[1], num_slices)
+        devices = jax.devices()
+        return cls(devices, hardware.chip_of(devices[0]), f"this host ({devices[0].device_kind})", 1)
+
+    @property
+    def hbm_bytes(self) -> float | None:
+        if self.chip is not None:
+            return self.chip.hbm_bytes
+        return step_lib.device_memory_limit()
+
+
+def build_task(config, mesh, workdir: str):
+    if config.trainer == "ctd":
+        from liteframe_jax.train.ctd import CTDTask
+        return CTDTask(config, mesh, workdir, with_data=False, abstract=True)
+    if config.trainer == "lma":
+        from liteframe_jax.train.lma import LMATask
+        return LMATask(config, mesh, workdir, with_data=False)
+    raise ValueError(f"--compile_only compiles training jobs (ctd, lma), not {config.trainer!r}")
+
+
+def compile_step(config, task):
+    """The task's train step compiled from shapes alone: (CompiledStep, StateLayout)."""
+    key = jax.random.key(config.seed)
+    lay = state_lib.layout(config, task, key)
+    whole = jax.eval_shape(lay.init_full, key)
+    frozen_flat = flatten(state_lib.split(whole, lay.trainable)[1])
+    frozen_sh = flatten(lay.frozen_model_sh)
+    frozen_model = unflatten({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=frozen_sh[k])
+                              for k, v in frozen_flat.items()})
+    task_frozen, task_frozen_sh = task.frozen()
+    step = step_lib.compile_train_step(config, task, lay, (task_frozen, frozen_model),
+                                       (task_frozen_sh, lay.frozen_model_sh), key)
+    return step, lay
+
+
+def _cost(compiled) -> dict:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend counts
+        return {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def roofline(chip: hardware.Chip | None, flops: float, hbm_bytes: float, traffic: dict) -> dict | None:
+    """Seconds per step if each resource alone limited it, at the chip's published peaks; the step takes at
+    least the largest. `compute / step` bounds MFU (with XLA's FLOP count, which includes recomputation)."""
+    if chip is None:
+        return None
+    terms = {"compute_s": flops / chip.bf16_flops, "hbm_s": hbm_bytes / chip.hbm_bytes_per_s,
+             "ici_s": traffic.get("ici", 0.0) / chip.ici_bytes_per_s,
+             "dcn_s": traffic.get("dcn", 0.0) / chip.dcn_bytes_per_s}
+    step = max(terms.values())
+    limit = max(terms, key=terms.get)[:-2]
+    return {**terms, "step_s": step, "limited_by": limit, "mfu_bound": terms["compute_s"] / step if step else 0.0}
+
+
+def report(config, target: Target, mesh, step, lay, changed: list[str]) -> dict:
+    memory = step.memory
+    need = step.step_gib * 2 ** 30 if memory else None
+    hbm = target.hbm_bytes
+    cost = _cost(step.compiled)
+    # XLA counts a loop's body once: the micro-batches' scan holds nearly all the step's work (the optimizer's
+    # update, outside it, is a few FLOPs per parameter), so the step's figures are the count times its trips
+    accum = int(config.get("grad_accum_steps", 1))
+    flops, hbm_traffic = (accum * float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed"))
+    slice_of = [getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat]
+    found = hlo.in_hlo(step.compiled.as_text(), slice_of, target.slices)
+    traffic = hlo.traffic(found)
+    out = {
+        "preset": f"{config.trainer}:{config.get('preset', '')}", "target": target.name, "slices": target.slices,
+        "chip": target.chip.name if target.chip else None, "devices": len(target.devices),
+        "mesh": dict(mesh.shape), "batch_size": int(config.batch_size),
+        "grad_accum_steps": int(config.get("grad_accum_steps", 1)), "remat": config.get("remat"),
+        "trained_params": lay.num_trained, "params": lay.num_params, "shapes_only": changed,
+        "compile_seconds": step.compile_seconds,
+        "memory_bytes": memory, "step_bytes": need, "hbm_bytes": hbm,
+        "fits": None if need is None or not hbm else need <= HEADROOM * hbm,
+        "hbm_fraction": None if need is None or not hbm else need / hbm,
+        "flops_per_device": flops, "hbm_bytes_accessed": hbm_traffic,
+        "collectives": hlo.summary(found), "collective_traffic_bytes": traffic,
+        "roofline": roofline(target.chip, flops, hbm_traffic, traffic),
+    }
+    return out
+
+
+def describe(r: dict) -> str:
+    gib = lambda b: f"{b / 2 ** 30:.2f} GiB"
+    lines = [f"compiled {r['preset']} for {r['target']}" + (f" x {r['slices']} slices" if r["slices"] > 1 else "")
+             + f" ({r['devices']} devices) in {r['compile_seconds']:.0f}s",
+             f"  mesh {r['mesh']}, batch {r['batch_size']} (grad_accum_steps {r['grad_accum_steps']}, remat "
+             f"{r['remat']}), {r['trained_params'] / 1e6:.1f}M of {r['params'] / 1e6:.1f}M parameters trained"]
+    m = r["memory_bytes"]
+    if m:
+        of = (f" of {gib(r['hbm_bytes'])} HBM ({100 * r['hbm_fraction']:.0f}%: "
+              f"{'fits' if r['fits'] else 'does NOT fit'} within {100 * HEADROOM:.0f}%)") if r["hbm_bytes"] else ""
+        lines.append(f"  per chip: {gib(r['step_bytes'])}{of}; arguments {gib(m['arguments'])}, outputs "
+                     f"{gib(m['outputs'])}, temporaries {gib(m['temporaries'])}, aliased {gib(m['aliased'])}")
+    lines.append(f"  per chip and step: {r['flops_per_device'] / 1e12:.2f} TFLOP, "
+                 f"{r['hbm_bytes_accessed'] / 1e9:.1f} GB of HBM traffic")
+    for kind, c in r["collectives"].items():
+        lines.append(f"  {kind}: {c['count']} ({c['bytes'] / 1e9:.2f} GB; across slices {c['dcn_count']})")
+    if not r["collectives"]:
+        lines.append("  no collectives")
+    rf = r["roofline"]
+    if rf:
+        lines.append(f"  roofline: compute {rf['compute_s'] * 1e3:.1f} ms, HBM {rf['hbm_s'] * 1e3:.1f} ms, ICI "
+                     f"{rf['ici_s'] * 1e3:.1f} ms, DCN {rf['dcn_s'] * 1e3:.1f} ms -> at least "
+                     f"{rf['step_s'] * 1e3:.1f} ms per step ({rf['limited_by']}-bound), MFU at most "
+                     f"{100 * rf['mfu_bound']:.0f}%")
+    return "\n".join(lines)
+
+
+def fit_error(r: dict, config) -> MemoryError:
+    fixes = [f"batch_size (now {config.batch_size})"]
+    for field in ("grad_accum_steps", "remat"):
+        if field in config:
+            fixes.append(f"{field} (now {config[field]})")
+    fixes += [f"mesh.fsdp (now {config.mesh.fsdp})", f"mesh.tensor (now {config.mesh.tensor})"]
+    return MemoryError(
+        f"{r['preset']} needs {r['step_bytes'] / 2 ** 30:.2f} GiB per chip on {r['target']}, more than "
+        f"{100 * HEADROOM:.0f}% of its {r['hbm_bytes'] / 2 ** 30:.2f} GiB: change --config." + ", --config.".join(fixes))
+
+
+def compiled_report(config, target: Target, workdir: str, changed: list[str] = ()) -> dict:
+    """Build the task for `target`'s devices from shapes alone, compile its step and report on it."""
+    mesh = sharding.make_mesh(config.mesh, target.devices)
+    task = build_task(config, mesh, workdir)
+    step, lay = compile_step(config, task)
+    return report(config, target, mesh, step, lay, list(changed))
+
+
+def fits_on(target: Target, workdir: str, changed: list[str] = (), last: dict | None = None):
+    """A `sizing` check: config -> (whether its compiled step fits `target`, what it needs); the last report
+    is kept in `last['report']`."""
+    def fits(config) -> tuple[bool, str]:
+        r = compiled_report(config, target, workdir, changed)
+        if last is not None:
+            last["report"] = r
+        if r["step_bytes"] is None or not r["hbm_bytes"]:
+            return True, "an unknown amount (this backend reports no memory)"
+        return bool(r["fits"]), f"{r['step_bytes'] / 2 ** 30:.2f} GiB of {r['hbm_bytes'] / 2 ** 30:.2f} per chip"
+    return fits
+
+
+def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1) -> dict:
+    """Compile the job's step for `topology` (or this host), sized for its chips (train/sizing.py), write
+    WORKDIR/compile_report.json, print the report; a step that does not fit ends with the error naming the
+    fields to change."""
+    target = Target.of(topology, num_slices)
+    changed = shapes_only(config)
+    if changed:
+        log(f"[compile] shapes only, no weights read: {', '.join(changed)}")
+    last: dict = {}
+    sizing.apply(config, target.devices, fits_on(target, workdir, changed, last))
+    # the search's last compile is of the config it settled on
+    r = last.get("report") or compiled_report(config, target, workdir, changed)
+    paths.makedirs(workdir)
+    paths.write_text(os.path.join(workdir, REPORT_FILE), json.dumps(r, indent=1, default=_jsonable))
+    log(describe(r))
+    log(f"[compile] report: {os.path.join(workdir, REPORT_FILE)}")
+    if r["fits"] is False and config.get("check_memory", True):
+        raise fit_error(r, config)
+    return r
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    return str(x)

@@ -1,0 +1,104 @@
+"""Fitting a preset to the chips it runs on: the fields that decide what a step needs per chip
+(`grad_accum_steps`, `remat`, `mesh.fsdp`) chosen so the compiled step fits within `aot.HEADROOM` of HBM,
+without changing what is trained (the global batch, the model, the optimizer stay the preset's).
+
+`config.sizing`:
+  'table' (default)  the chip kind's row of `TABLE` (found by compiling the preset for that chip, BENCHMARKS.md)
+  'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
+                     at each rung until it fits: rematerialisation, FSDP over every device, then doubling
+                     `grad_accum_steps`
+  'off'              the config's own fields
+The run says what it chose and why.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from liteframe_jax.core import hardware
+from liteframe_jax.core.log import log
+
+# (trainer, preset) -> chip kind -> fields; each row compiled for that chip's 8-chip (v5p, v4: 4-chip) host and
+# fitting within the headroom there (BENCHMARKS.md, "TPU compile table"). More chips than that need no more.
+TABLE: dict[tuple[str, str], dict[str, dict]] = {}
+
+
+def _set(config, field: str, value) -> None:
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def _get(config, field: str):
+    node = config
+    for p in field.split("."):
+        node = node[p]
+    return node
+
+
+def from_table(config, chip: hardware.Chip | None) -> list[str]:
+    """Apply the chip's row of the table; the lines saying what changed."""
+    if chip is None or config.get("sizing", "table") == "off":
+        return []
+    row = TABLE.get((config.trainer, config.get("preset", "")), {}).get(chip.name, {})
+    said = []
+    for field, value in row.items():
+        if _get(config, field) != value:
+            said.append(f"{field}={value} (was {_get(config, field)})")
+            _set(config, field, value)
+    if said:
+        return [f"sizing for {chip.name} from the table (configs' {config.trainer}:{config.preset} compiled for "
+                f"{chip.name}): " + ", ".join(said)]
+    return []
+
+
+def ladder(config, devices: int) -> list[tuple[str, object]]:
+    """The next changes to try, cheapest in step time first."""
+    rungs = []
+    if config.get("remat", None) == "none":
+        rungs.append(("remat", "full"))
+    if config.mesh.fsdp != -1 and config.mesh.fsdp < devices // max(int(config.mesh.tensor), 1):
+        rungs.append(("mesh.fsdp", -1))
+    accum = int(config.get("grad_accum_steps", 1))
+    split = devices // max(int(config.mesh.tensor), 1)
+    while int(config.batch_size) % (accum * 2 * split) == 0:
+        accum *= 2
+        rungs.append(("grad_accum_steps", accum))
+    return rungs
+
+
+def search(config, devices: int, fits: Callable[[object], tuple[bool, str]]) -> list[str]:
+    """`sizing='auto'`: compile (`fits(config)` -> (fits, what it needs)) and move down the ladder until it fits.
+    Raises MemoryError naming the last figure when no rung fits."""
+    ok, need = fits(config)
+    said = []
+    for field, value in ladder(config, devices):
+        if ok:
+            break
+        if field == "mesh.fsdp":
+            config.mesh.data = 1
+        _set(config, field, value)
+        said.append(f"{field}={value} (the step needed {need})")
+        ok, need = fits(config)
+    if not ok:
+        raise MemoryError(f"sizing=auto: no rung of the ladder fits; the last step needs {need} "
+                          "(a smaller batch_size or more chips)")
+    if said:
+        log("[sizing] auto: " + "; then ".join(said) + f"; now {need}: fits")
+    return said
+
+
+def mesh_devices(config, devices: list) -> int:
+    n = config.mesh.get("num_devices", -1)
+    return n if n and n > 0 else len(devices)
+
+
+def apply(config, devices: list, fits: Callable[[object], tuple[bool, str]] | None = None) -> None:
+    """Size `config` for `devices` (their chip kind): the table, then (`sizing='auto'`) the compiled search."""
+    chip = hardware.chip_of(devices[0])
+    for line in from_table(config, chip):
+        log(f"[sizing] {line}")
+    if config.get("sizing", "table") == "auto" and fits is not None:
+        search(config, mesh_devices(config, devices), fits)

@@ -1,0 +1,190 @@
+"""Ahead-of-time compiles of the real train step (`--compile_only`): for this host's 8 CPU devices, and for Cloud
+TPU topologies through libtpu without a TPU; the collectives read from the optimized HLO; the strided
+micro-batches of gradient accumulation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from helpers import REPO, load_config
+from liteframe_jax.core import hardware, hlo, sharding
+from liteframe_jax.train import aot
+from liteframe_jax.train import step as step_lib
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu is not installed (requirements-tpu.txt)")
+
+HLO = """HloModule jit_step, num_partitions=4
+
+%body.1 (p: (s32[], f32[64,8])) -> (s32[], f32[64,8]) {
+  %ag = bf16[64,16]{1,0} all-gather(bf16[16,16]{1,0} %x), channel_id=1, replica_groups=[1,4]<=[4], dimensions={0}
+  %rs = f32[16,8]{1,0:T(8,128)} reduce-scatter(%g), channel_id=2, replica_groups={{0,1,2,3}}, dimensions={0}
+}
+
+%cond.1 (p: (s32[], f32[64,8])) -> pred[] {
+}
+
+ENTRY %main (a: f32[64,8]) -> f32[64,8] {
+  %w = (s32[], f32[64,8]) while(%t), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"3"}}
+  %ar = f32[1000]{0} all-reduce(%y), channel_id=3, replica_groups=[2,2]<=[2,2]T(1,0), to_apply=%add
+  %send = (f32[500]{0}, u32[], token[]) send(%ar, %aa), channel_id=4, is_host_transfer=true, frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",_xla_megascale_transfer_type="ALL_REDUCE"}
+}
+"""
+
+
+def test_collectives_of_an_hlo_module_counted_per_run_with_their_bytes():
+    found = hlo.in_hlo(HLO, [0, 0, 0, 0], slices=2)
+    by_kind = {c["kind"]: c for c in found if not c["dcn"]}
+    # inside a loop of 3 trips: three runs each
+    assert by_kind["all-gather"] == {"kind": "all-gather", "runs": 3, "bytes": 64 * 16 * 2, "group": 4, "dcn": False}
+    # a reduce-scatter's operand is written without its type: the whole buffer is the result times the group
+    assert by_kind["reduce-scatter"]["bytes"] == 16 * 8 * 4 * 4
+    assert by_kind["all-reduce"]["group"] == 2 and by_kind["all-reduce"]["runs"] == 1
+    dcn = [c for c in found if c["dcn"]]
+    assert [(c["kind"], c["group"], c["bytes"]) for c in dcn] == [("all-reduce", 2, 500 * 4 + 4)]
+    t = hlo.traffic(found)
+    assert t["ici"] == pytest.approx(3 * 0.75 * 2048 + 3 * 0.75 * 2048 + 2 * 0.5 * 4000)
+    assert t["dcn"] == pytest.approx(2 * 0.5 * 2004)
+    assert hlo.summary(found)["all-gather"]["count"] == 3
+
+
+def test_groups_that_span_slices_are_dcn():
+    line = "  %ar = f32[8]{0} all-reduce(f32[8]{0} %y), replica_groups={{0,4},{1,5}}, to_apply=%add"
+    text = f"HloModule m\n\nENTRY %main () -> f32[8] {{\n{line}\n}}\n"
+    assert hlo.in_hlo(text, [0, 0, 0, 0, 1, 1, 1, 1])[0]["dcn"]
+    assert not hlo.in_hlo(text, [0] * 8)[0]["dcn"]
+
+
+@pytest.mark.parametrize("name, expected", [("v5p-8", "v5p:2x2x1"), ("v5p-16", "v5p:2x2x2"), ("v5e-8", "v5e:2x4"),
+                                            ("v5e-256", "v5e:16x16"), ("v4-8", "v4:2x2x1"), ("v6e-8", "v6e:2x4"),
+                                            ("v5p:2x2x2", "v5p:2x2x2")])
+def test_accelerator_types_name_their_topology(name, expected):
+    assert hardware.topology_name(name)[1] == expected
+
+
+@pytest.mark.parametrize("name", ["v5p-12", "v9-8", "v5e", "h100-8"])
+def test_unknown_topologies_are_refused_with_what_exists(name):
+    with pytest.raises(ValueError, match="topology|accelerator type"):
+        hardware.topology_name(name)
+
+
+def test_micro_batches_are_strided_and_stay_on_every_device():
+    mesh = sharding.make_mesh(load_config("ctd", "demo").mesh)
+    x = jax.device_put(jnp.arange(32 * 3).reshape(32, 3), sharding.batch_sharding(mesh, 2))
+    micro = jax.jit(lambda x: step_lib.micro_batches(x, 4, mesh))(x)
+    assert micro.shape == (4, 8, 3)
+    for i in range(4):
+        np.testing.assert_array_equal(micro[i], np.asarray(x)[i::4])
+    # each device holds its own rows of every micro-batch: nothing crosses devices
+    assert micro.sharding.is_equivalent_to(NamedSharding(mesh, P(None, ("data", "fsdp"), None)), 3)
+    text = jax.jit(lambda x: step_lib.micro_batches(x, 4, mesh)).lower(x).compile().as_text()
+    assert not hlo.in_hlo(text, [0] * 8)
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_step():
+    """grad_accum_steps splits a batch without changing the step: the same loss and parameters (float32). The
+    targets' outlier clipping takes its statistics over the batch it sees, a micro-batch, so it is off here."""
+    from liteframe_jax.bench.training import synthetic_batch
+    from liteframe_jax.train import state as state_lib
+    from liteframe_jax.train.ctd import CTDTask
+    results = []
+    for accum in (1, 2):
+        c = load_config("ctd", "demo")
+        c.batch_size, c.grad_accum_steps, c.loss.clip_sigma = 16, accum, 0.0
+        task = CTDTask(c, sharding.make_mesh(c.mesh), "/tmp/unused", with_data=False)
+        key = jax.random.key(0)
+        lay = state_lib.layout(c, task, key)
+        params, frozen_model = state_lib.split(lay.random_model(key), lay.trainable)
+        state = jax.jit(lay.fresh_state, out_shardings=lay.state_sh)(params)
+        frozen, frozen_sh = (task.frozen()[0], frozen_model), (task.frozen()[1], lay.frozen_model_sh)
+        step = step_lib.compile_train_step(c, task, lay, frozen, frozen_sh, key)
+        batch = sharding.global_batch(synthetic_batch(task, step.batch_spec, 0), task.mesh)
+        state, metrics = step(state, frozen, batch)
+        results.append((float(metrics["loss"]), jax.device_get(state["params"])))
+    (loss1, p1), (loss2, p2) = results
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
+
+
+def test_a_batch_that_micro_batches_cannot_spread_is_refused(tmp_path):
+    c = load_config("ctd", "demo")
+    c.batch_size, c.grad_accum_steps = 8, 2  # 4 rows a micro-batch, 8 devices
+    with pytest.raises(ValueError, match="batch_size must be a multiple of 16"):
+        aot.compile_only(c, str(tmp_path))
+
+
+def test_compile_only_on_this_hosts_devices_reports_fsdp_collectives(tmp_path, capsys):
+    c = load_config("ctd", "demo")
+    c.mesh.fsdp = 2
+    r = aot.compile_only(c, str(tmp_path))
+    assert r["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
+    # FSDP: weights gathered for use (the CPU's XLA reduces gradients by all-reduce, a TPU's by reduce-scatter)
+    assert r["collectives"]["all-gather"]["count"] > 0 and "all-reduce" in r["collectives"], r["collectives"]
+    assert r["flops_per_device"] > 0 and r["step_bytes"] > 0
+    assert json.load(open(tmp_path / aot.REPORT_FILE))["collectives"] == r["collectives"]
+    assert "per chip and step" in capsys.readouterr().out
+
+
+def test_a_step_over_the_chips_memory_names_the_fields_to_change():
+    r = {"preset": "lma:paper", "target": "v5p:2x2x1", "step_bytes": 100 * 2 ** 30, "hbm_bytes": 95 * 2 ** 30}
+    c = load_config("lma", "paper")
+    message = str(aot.fit_error(r, c))
+    assert "100.00 GiB per chip on v5p:2x2x1" in message and "90% of its 95.00 GiB" in message
+    for field in ("batch_size (now 32)", "grad_accum_steps", "remat", "mesh.fsdp", "mesh.tensor"):
+        assert field in message
+
+
+def test_dimensions_the_mesh_does_not_divide_are_said(capsys):
+    from flax import nnx
+    from liteframe_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+    c = load_config("lma", "demo")
+    c.mesh.data, c.mesh.tensor = 1, 8  # 8 devices: tensor parallelism over 8, the demo LLM has 4 heads
+    mesh = sharding.make_mesh(c.mesh)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2)
+    state = nnx.state(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))
+    sharding.param_shardings(state, c.sharding_rules, mesh)
+    out = capsys.readouterr().out
+    assert "stay whole on every device" in out and "not divisible by ('tensor',)=8" in out
+
+
+def _compile_cli(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "liteframe_jax.main", f"--workdir={tmp_path}", "--compile_only",
+                           "--compilation_cache=off", *args], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.load(open(tmp_path / aot.REPORT_FILE)), done.stdout
+
+
+@needs_libtpu
+def test_ctd_demo_compiles_for_two_tpu_slices_with_fsdp(tmp_path):
+    r, out = _compile_cli(tmp_path, "--config=configs/ctd.py", "--topology=v5e:2x2", "--num_slices=2",
+                          "--config.mesh.fsdp=2", "--config.batch_size=16", "--config.grad_accum_steps=2")
+    assert r["chip"] == "v5e" and r["devices"] == 8 and r["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert r["fits"] and r["hbm_bytes"] == 16 * 2 ** 30
+    c = r["collectives"]
+    assert c["all-gather"]["count"] > 0 and c["reduce-scatter"]["count"] > 0  # FSDP: gathered weights, scattered grads
+    assert c["all-reduce"]["dcn_count"] > 0  # data parallelism across the two slices, over DCN
+    assert r["roofline"]["step_s"] > 0 and 0 < r["roofline"]["mfu_bound"] <= 1
+    assert "compiled ctd:demo for v5e:2x2 x 2 slices" in out
+
+
+@needs_libtpu
+def test_lma_with_fsdp_remat_and_micro_batches_compiles_for_a_tpu(tmp_path):
+    """The shape of the configuration whose contiguous micro-batches made the TPU compiler fail (LMA, FSDP over
+    every chip, full rematerialisation, gradient accumulation), at the demo's size."""
+    r, _ = _compile_cli(tmp_path, "--config=configs/lma.py", "--topology=v5p:2x2x1", "--config.student.init=random",
+                        "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.remat=full",
+                        "--config.grad_accum_steps=2", "--config.batch_size=8", "--config.dtype=bfloat16")
+    assert r["chip"] == "v5p" and r["fits"] and r["grad_accum_steps"] == 2
+    assert r["collectives"]["all-gather"]["count"] > 0
