@@ -168,3 +168,26 @@ def test_opencv_decodes_close_to_the_trained_frames(exported):
         assert indices == list(qa.frame_plan(path)[0]) and indices[0] / fps == pytest.approx(times[0])
         diff = np.abs(frames.numpy().astype(np.int32) - want.astype(np.int32))
         assert frames.shape == want.shape and diff.mean() < 4, diff.mean()
+
+
+def test_chat_template_puts_the_video_and_the_run_system_prompt_where_training_did(exported):
+    """The folder's template over a message's content items gives the text training rendered for
+    `<video>\\n{question}`, with the run's system prompt first unless the messages bring their own."""
+    from transformers import AutoTokenizer
+
+    from liteframe_jax.data.tokenizer import CHATML_TEMPLATE
+    from liteframe_jax.export.hf_folder import chat_template
+    _, root, _ = exported
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "merge" / "hf"))
+    template = chat_template(CHATML_TEMPLATE, "Answer in one word.")
+    items = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    render = lambda messages: tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                            add_generation_prompt=True)
+    ours = ByteTokenizer()
+    want = ours.apply_chat_template([{"role": "system", "content": "Answer in one word."},
+                                     {"role": "user", "content": f"<video>\n{QUESTION}"}], add_generation_prompt=True)
+    assert render(items) == want
+    own = [{"role": "system", "content": "Be brief."}] + items
+    assert render(own) == want.replace("Answer in one word.", "Be brief.")
+    plain = [{"role": "user", "content": f"<video>\n{QUESTION}"}]  # text content passes through as it is
+    assert render(plain) == want
