@@ -37,6 +37,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "With --compile_only: compile 
                                 "(e.g. v5e:2x4, v5p:2x2x2; needs libtpu: requirements-tpu.txt) instead of this "
                                 "host's devices.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices of it, joined over DCN.")
+_ANSWER_FRAMES = flags.DEFINE_list("answer_frames", [], "With --compile_only and an LMA config: also compile "
+                                   "answering one question (encode, prefill) at these frame counts, e.g. 64,512,1024.")
 
 
 def enable_compilation_cache(workdir: str) -> None:
@@ -80,7 +82,8 @@ def main(argv):
         raise app.UsageError("--topology compiles for devices this host does not have: add --compile_only")
     if _COMPILE_ONLY.value:
         try:
-            return jobs.compile_only(config, workdir, _TOPOLOGY.value, _NUM_SLICES.value)
+            return jobs.compile_only(config, workdir, _TOPOLOGY.value, _NUM_SLICES.value,
+                                     tuple(int(n) for n in _ANSWER_FRAMES.value))
         except _INPUT_ERRORS as e:
             return _one_line_error(e, workdir)
     if job.trains:

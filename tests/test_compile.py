@@ -188,3 +188,14 @@ def test_lma_with_fsdp_remat_and_micro_batches_compiles_for_a_tpu(tmp_path):
                         "--config.grad_accum_steps=2", "--config.batch_size=8", "--config.dtype=bfloat16")
     assert r["chip"] == "v5p" and r["fits"] and r["grad_accum_steps"] == 2
     assert r["collectives"]["all-gather"]["count"] > 0
+
+
+def test_answering_compiles_at_each_frame_count(tmp_path):
+    c = load_config("lma", "demo")
+    c.student.init = "random"
+    r = aot.compile_only(c, str(tmp_path), answer_frames=(8, 32))
+    short, long = r["answering"]
+    assert (short["frames"], long["frames"]) == (8, 32)
+    assert long["visual_tokens"] == 4 * short["visual_tokens"]
+    for stage in ("encode", "prefill"):  # more frames: more of the encoder's work and a longer prompt
+        assert long[stage]["flops_per_device"] > 2 * short[stage]["flops_per_device"] > 0

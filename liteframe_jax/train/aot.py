@@ -15,6 +15,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from liteframe_jax.core import hardware, hlo, paths, sharding
@@ -213,10 +214,11 @@ def fits_on(target: Target, workdir: str, changed: list[str] = (), last: dict | 
     return fits
 
 
-def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1) -> dict:
+def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1,
+                 answer_frames: tuple[int, ...] = ()) -> dict:
     """Compile the job's step for `topology` (or this host), sized for its chips (train/sizing.py), write
     WORKDIR/compile_report.json, print the report; a step that does not fit ends with the error naming the
-    fields to change."""
+    fields to change. `answer_frames` (LMA): also answering a question at those frame counts."""
     target = Target.of(topology, num_slices)
     changed = shapes_only(config)
     if changed:
@@ -225,13 +227,81 @@ def compile_only(config, workdir: str, topology: str | None = None, num_slices: 
     sizing.apply(config, target.devices, fits_on(target, workdir, changed, last))
     # the search's last compile is of the config it settled on
     r = last.get("report") or compiled_report(config, target, workdir, changed)
+    if answer_frames:
+        if config.trainer != "lma":
+            raise ValueError("--answer_frames compiles a Video LLM's answering: give an LMA config")
+        task = build_task(config, sharding.make_mesh(config.mesh, target.devices), workdir)
+        r["answering"] = [compile_answering(config, target, task, int(n)) for n in answer_frames]
     paths.makedirs(workdir)
     paths.write_text(os.path.join(workdir, REPORT_FILE), json.dumps(r, indent=1, default=_jsonable))
     log(describe(r))
+    if r.get("answering"):
+        log(describe_answering(r["answering"]))
     log(f"[compile] report: {os.path.join(workdir, REPORT_FILE)}")
     if r["fits"] is False and config.get("check_memory", True):
         raise fit_error(r, config)
     return r
+
+
+def compile_answering(config, target: Target, task, frames: int, text_tokens: int = 256) -> dict:
+    """Answering one question about one video at `frames` frames, as `Answerer` runs it: the encoder over the
+    whole video, then the prompt's prefill and first token (`models.generate` with one new token), compiled
+    for `target` with the model's parameters as shapes: per-chip memory and FLOPs of each."""
+    from flax import nnx
+
+    from liteframe_jax.assembly.answering import PROMPT_WIDTH_STEP, Answerer
+    from liteframe_jax.models.generate import generate
+    mesh = task.mesh
+    spec = dataclasses.replace(task.spec, num_frames=frames)
+    k = task.kernels
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: spec.build(
+        rngs=nnx.Rngs(0), dtype=task.dtype, attn_impl=k["attention"], mlp_kernel=k["mlp"],
+        tail_kernel=k["block_tail"], mesh=mesh, video_token_id=task.tokenizer.video_token_id)))
+    shardings = sharding.param_shardings(state, config.sharding_rules, mesh)
+    params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          nnx.to_pure_dict(state), shardings)
+    answerer = Answerer(spec, task.tokenizer, graphdef, task.dtype)
+    one = sharding.replicated(mesh)
+    s = spec.encoder.image_size
+    video = jax.ShapeDtypeStruct((1, frames, s, s, 3), jnp.uint8, sharding=one)
+    encode = answerer._encode.lower(params, video).compile()
+    width = -(-(spec.num_visual_tokens + text_tokens) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
+    llm_width = spec.llm.hidden_size
+    stops = jnp.asarray(task.tokenizer.stop_ids)
+
+    def first_token(p, ids, valid, visual):
+        embeds = spec.embeds_with(nnx.merge(graphdef, p), ids, visual)
+        llm_graphdef, llm_params = nnx.split(nnx.merge(graphdef, p).llm)
+        return generate(llm_graphdef, llm_params, embeds, valid, stops, jax.random.key(0), max_new_tokens=1)
+
+    ids = jax.ShapeDtypeStruct((1, width), jnp.int32, sharding=one)
+    valid = jax.ShapeDtypeStruct((1, width), jnp.bool_, sharding=one)
+    visual = jax.ShapeDtypeStruct((1, spec.num_visual_tokens, llm_width), task.dtype, sharding=one)
+    prefill = jax.jit(first_token).lower(params, ids, valid, visual).compile()
+    hbm = target.hbm_bytes
+    out = {"frames": frames, "visual_tokens": spec.num_visual_tokens, "prompt_tokens": width}
+    for name, compiled in (("encode", encode), ("prefill", prefill)):
+        m = compiled.memory_analysis()
+        need = None if m is None else m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        flops = float(_cost(compiled).get("flops", 0.0))
+        rf = roofline(target.chip, flops, float(_cost(compiled).get("bytes accessed", 0.0)), {})
+        out[name] = {"step_bytes": need, "fits": None if need is None or not hbm else need <= HEADROOM * hbm,
+                     "flops_per_device": flops, "seconds_bound": rf["step_s"] if rf else None}
+    return out
+
+
+def describe_answering(rows: list[dict]) -> str:
+    lines = ["answering one video (encode the whole video, then prefill and the first token):"]
+    for r in rows:
+        parts = []
+        for name in ("encode", "prefill"):
+            x = r[name]
+            mem = "?" if x["step_bytes"] is None else f"{x['step_bytes'] / 2 ** 30:.2f} GiB"
+            bound = f", at least {x['seconds_bound'] * 1e3:.1f} ms" if x["seconds_bound"] else ""
+            parts.append(f"{name} {mem} per chip, {x['flops_per_device'] / 1e12:.2f} TFLOP{bound}")
+        lines.append(f"  {r['frames']} frames ({r['visual_tokens']} visual tokens, prompt {r['prompt_tokens']}): "
+                     + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def _jsonable(x):
