@@ -86,3 +86,45 @@ def tiny_lma_config(train: str, eval_: str | None = None, **overrides):
     c.async_checkpointing = False
     c.data.buckets = (256,)  # one compiled shape keeps the tests fast
     return _override(c, overrides)
+
+
+# `python -I` (no PYTHONPATH, no current folder on sys.path), from a folder outside the repository, with this
+# package and JAX unimportable: only torch, transformers, a video decoder and the folder's own code answer
+_HF_SIDE = """
+import json, sys
+for name in ("liteframe_jax", "jax", "jaxlib", "flax", "orbax", "optax", "grain"):
+    sys.modules[name] = None
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder, videos, question, max_new_tokens = json.loads(sys.argv[1])
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
+messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True)
+answers, texts, last = [], [], []
+for video in videos:
+    inputs = processor(text=text, videos=video, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens)[0, inputs["input_ids"].shape[1]:]
+    answers.append(out.tolist())
+    texts.append(processor.decode(out, skip_special_tokens=True))
+    with torch.no_grad():
+        last.append(model(**inputs).logits[0, -1])
+print(json.dumps({"text": text, "answers": answers, "texts": texts, "model": type(model).__name__,
+                  "processor": type(processor).__name__,
+                  "video_effect": float((last[0] - last[-1]).abs().max())}))
+"""
+
+
+def hf_folder_answers(folder: str, videos: list[str], question: str, max_new_tokens: int, tmp_path) -> dict:
+    """An exported hf/ folder answering `question` about each video (greedy), through transformers' Auto
+    classes in a process that cannot import liteframe_jax: {"answers": token ids, "texts", "text": the
+    prompt, "model", "processor", "video_effect": the first and last videos' next-token logits apart}."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=os.path.join(str(tmp_path), "hf_modules"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-I", "-c", _HF_SIDE, json.dumps([folder, videos, question, max_new_tokens])],
+                          capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -5,8 +5,6 @@ through `safe_open`. The run is test_export.py's tiny random Video LLM (written 
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import make_videos
+from helpers import hf_folder_answers, make_videos
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.assembly.answering import Answerer
 from liteframe_jax.bench.export import random_params, write_run
@@ -26,31 +24,6 @@ from liteframe_jax.pytorch.hf_processor import LiteFrameVideoProcessor, uniform_
 from test_export import VIDEO_LLM
 
 QUESTION = "Which way does the shape move?"
-
-# runs with `python -I` (no PYTHONPATH, no current folder on sys.path) from a folder outside the repository,
-# with this package and JAX made unimportable: only torch, transformers and the folder's own code answer
-HF_SIDE = """
-import json, sys
-for name in ("liteframe_jax", "jax", "jaxlib", "flax", "orbax", "optax", "grain"):
-    sys.modules[name] = None
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-folder, videos = sys.argv[1], json.loads(sys.argv[2])
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
-messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": %r}]}]
-text = processor.apply_chat_template(messages, add_generation_prompt=True)
-answers, last = [], []
-for video in videos:
-    inputs = processor(text=text, videos=video, return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=12)
-    answers.append(out[0, inputs["input_ids"].shape[1]:].tolist())
-    with torch.no_grad():
-        last.append(model(**inputs).logits[0, -1])
-print(json.dumps({"text": text, "answers": answers, "model": type(model).__name__,
-                  "processor": type(processor).__name__, "video_effect": float((last[0] - last[1]).abs().max())}))
-""" % QUESTION
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -81,12 +54,7 @@ def jax_answers(exported):
 @pytest.mark.parametrize("lora", ["merge", "adapter"])
 def test_transformers_alone_answers_from_the_video_file_with_the_jax_tokens(exported, jax_answers, tmp_path, lora):
     _, root, videos = exported
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-I", "-c", HF_SIDE, str(root / lora / "hf"), json.dumps(videos)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = hf_folder_answers(str(root / lora / "hf"), videos, QUESTION, 12, tmp_path)
     assert (got["model"], got["processor"]) == ("LiteFrameForConditionalGeneration", "LiteFrameProcessor")
     assert got["text"].endswith(f"user\n<video>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
     assert got["answers"] == jax_answers
