@@ -140,7 +140,7 @@ def test_a_step_over_the_chips_memory_names_the_fields_to_change():
     c = load_config("lma", "paper")
     message = str(aot.fit_error(r, c))
     assert "100.00 GiB per chip on v5p:2x2x1" in message and "90% of its 95.00 GiB" in message
-    for field in ("batch_size (now 32)", "grad_accum_steps", "remat", "mesh.fsdp", "mesh.tensor"):
+    for field in ("batch_size (now 32;", "grad_accum_steps", "remat", "mesh.fsdp", "mesh.tensor", "sizing"):
         assert field in message
 
 
@@ -199,3 +199,36 @@ def test_answering_compiles_at_each_frame_count(tmp_path):
     assert long["visual_tokens"] == 4 * short["visual_tokens"]
     for stage in ("encode", "prefill"):  # more frames: more of the encoder's work and a longer prompt
         assert long[stage]["flops_per_device"] > 2 * short[stage]["flops_per_device"] > 0
+
+
+def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
+    from liteframe_jax.train import sizing
+    c = load_config("lma", "paper")
+    c.sizing = "auto"
+    tried = []
+
+    def fits(config):  # fits once a micro-batch holds 2 rows on each of the 8 devices, rematerialised
+        tried.append((config.remat, config.mesh.fsdp, config.grad_accum_steps))
+        rows = config.batch_size // config.grad_accum_steps // 8
+        return config.remat == "full" and rows <= 2, f"{rows} rows"
+
+    said = sizing.search(c, 8, fits)
+    assert tried == [("none", 1, 1), ("full", 1, 1), ("full", -1, 1), ("full", -1, 2)]
+    assert (c.remat, c.mesh.data, c.mesh.fsdp, c.grad_accum_steps) == ("full", 1, -1, 2)
+    assert said[0] == "remat=full (the step needed 4 rows)"
+    c = load_config("lma", "paper")
+    with pytest.raises(MemoryError, match="no rung of the ladder fits"):
+        sizing.search(c, 8, lambda config: (False, "too much"))
+
+
+def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsys):
+    from liteframe_jax.train import sizing
+    monkeypatch.setitem(sizing.TABLE, ("ctd", "paper"), {"v5e": {"grad_accum_steps": 16}})
+    c = load_config("ctd", "paper")
+    device = type("Device", (), {"device_kind": "TPU v5 lite"})()
+    sizing.apply(c, [device] * 8)
+    assert c.grad_accum_steps == 16 and "grad_accum_steps=16 (was 1)" in capsys.readouterr().out
+    c = load_config("ctd", "paper")
+    c.sizing = "off"
+    sizing.apply(c, [device] * 8)
+    assert c.grad_accum_steps == 1

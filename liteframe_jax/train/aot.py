@@ -183,14 +183,9 @@ def describe(r: dict) -> str:
 
 
 def fit_error(r: dict, config) -> MemoryError:
-    fixes = [f"batch_size (now {config.batch_size})"]
-    for field in ("grad_accum_steps", "remat"):
-        if field in config:
-            fixes.append(f"{field} (now {config[field]})")
-    fixes += [f"mesh.fsdp (now {config.mesh.fsdp})", f"mesh.tensor (now {config.mesh.tensor})"]
     return MemoryError(
         f"{r['preset']} needs {r['step_bytes'] / 2 ** 30:.2f} GiB per chip on {r['target']}, more than "
-        f"{100 * HEADROOM:.0f}% of its {r['hbm_bytes'] / 2 ** 30:.2f} GiB: change --config." + ", --config.".join(fixes))
+        f"{100 * HEADROOM:.0f}% of its {r['hbm_bytes'] / 2 ** 30:.2f} GiB. {step_lib.memory_advice(config)}")
 
 
 def compiled_report(config, target: Target, workdir: str, changed: list[str] = ()) -> dict:
@@ -205,7 +200,10 @@ def fits_on(target: Target, workdir: str, changed: list[str] = (), last: dict | 
     """A `sizing` check: config -> (whether its compiled step fits `target`, what it needs); the last report
     is kept in `last['report']`."""
     def fits(config) -> tuple[bool, str]:
-        r = compiled_report(config, target, workdir, changed)
+        try:
+            r = compiled_report(config, target, workdir, changed)
+        except MemoryError as e:  # the compiler itself refused it
+            return False, str(e).split(". Change")[0]
         if last is not None:
             last["report"] = r
         if r["step_bytes"] is None or not r["hbm_bytes"]:

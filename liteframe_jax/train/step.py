@@ -123,16 +123,24 @@ def check_fits(step: CompiledStep, config, limit_bytes: int | None) -> None:
     need = step.step_gib * 2 ** 30
     if need <= limit_bytes:
         return
+    raise MemoryError(
+        f"the train step needs {need / 2 ** 30:.2f} GiB per device but the device has {limit_bytes / 2 ** 30:.2f} "
+        f"GiB ({step.memory_report()}): it would run out of memory at step 1. {memory_advice(config)}; or set "
+        "--config.check_memory=False to try anyway")
+
+
+def memory_advice(config) -> str:
+    """The config fields that bring a step's memory per device down, with their values."""
     fixes = [f"batch_size (now {config.batch_size}; smaller: it is the global batch over all processes)"]
     if "grad_accum_steps" in config:
         fixes.append(f"grad_accum_steps (now {config.grad_accum_steps}; more micro-batches per step)")
     if "remat" in config:
         fixes.append(f"remat (now {config.remat!r}; 'full' recomputes the LLM's activations in the backward pass)")
     fixes.append(f"mesh.fsdp (now {config.mesh.fsdp}; more devices share the parameters and optimizer state)")
-    raise MemoryError(
-        f"the train step needs {need / 2 ** 30:.2f} GiB per device but the device has {limit_bytes / 2 ** 30:.2f} "
-        f"GiB ({step.memory_report()}): it would run out of memory at step 1. Change --config."
-        + ", --config.".join(fixes) + "; or set --config.check_memory=False to try anyway")
+    fixes.append(f"mesh.tensor (now {config.mesh.tensor}; the heads and MLPs split over devices)")
+    if "sizing" in config and config.sizing != "auto":
+        fixes.append(f"sizing (now {config.sizing!r}; 'auto' compiles and moves down these until the step fits)")
+    return "Change --config." + ", --config.".join(fixes)
 
 
 def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key) -> CompiledStep:
@@ -151,8 +159,16 @@ def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key
                      in_shardings=(layout.state_sh, frozen_sh, batch_sh),
                      out_shardings=(layout.state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     t0 = time.perf_counter()
-    compiled = jitted.lower(layout.abstract, frozen, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
-                                                      for k, v in batch_spec.items()}).compile()
+    lowered = jitted.lower(layout.abstract, frozen, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
+                                                     for k, v in batch_spec.items()})
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # a TPU compiler refuses a program that cannot fit its HBM
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+            raise
+        raise MemoryError(f"the train step does not fit the device (XLA: {text.strip().splitlines()[0][:300]}). "
+                          f"{memory_advice(config)}") from None
     seconds = time.perf_counter() - t0
     try:
         m = compiled.memory_analysis()
