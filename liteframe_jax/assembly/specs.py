@@ -197,7 +197,7 @@ class VideoLLMSpec:
         width = self.encoder.token_grid[2]
         projector = None if self.projector is None else Projector(width, self.llm.hidden_size, self.projector,
                                                                   rngs=rngs, dtype=dtype)
-        llm = Qwen2(self.llm, rngs=rngs, dtype=dtype, lora=self.lora, attn_impl=attn_impl, remat=remat)
+        llm = Qwen2(self.llm, rngs=rngs, dtype=dtype, lora=self.lora, attn_impl=attn_impl, remat=remat, mesh=mesh)
         return VideoLLM(encoder, llm, video_token_id=video_token_id, projector=projector)
 
     def load_tokenizer(self, run_dir: str | None = None):

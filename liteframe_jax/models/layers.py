@@ -138,8 +138,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None =
     """Multi-head attention on (batch, length, heads, head_dim) through `jax.nn.dot_product_attention`.
 
     `implementation='cudnn'` selects the cuDNN flash kernel on GPU (bfloat16/float16 only); None lets XLA
-    decide, which is what the CPU tests use.
+    decide, which is what the CPU tests use. 'splash' (the TPU kernel of the LLM's causal attention,
+    `models/tpu_attention.py`) runs XLA's here: the vision towers' non-causal attention has no splash path
+    (their layers pass no mesh to split a kernel's rows by), so `kernels.attention=splash` means the LLM's.
     """
+    if implementation == "splash":
+        implementation = None
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, implementation=implementation)
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import layers
+from liteframe_jax.models import layers, tpu_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,14 @@ def attention_mask(q_pos, k_pos, k_valid, window: int) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl):
+    """`attn_impl`: None (XLA's), 'cudnn' (GPU flash attention) or 'splash' (TPU, `models/tpu_attention.py`) for
+    training rows; decoding with a cache always runs XLA's. `mesh`: where a sharded jit splits a kernel's rows."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl, mesh=None):
+        if attn_impl == tpu_attention.NAME:
+            problem = tpu_attention.device_problem(None if mesh is None else mesh.devices.flat[0])
+            if problem:
+                raise ValueError(f"attention kernel 'splash' {problem}; use 'xla' (None)")
         d, hd = cfg.hidden_size, cfg.dim_per_head
         init = nnx.initializers.normal(cfg.initializer_range)
         pick = lambda name: lora if lora is not None and _targets(lora, name) else None
@@ -120,7 +127,7 @@ class Attention(nnx.Module):
                            dtype=dtype, init=init, lora=pick("v"))
         self.o = LoraDense(cfg.num_heads * hd, d, axes=("heads", "embed"), rngs=rngs, use_bias=False, dtype=dtype,
                            init=init, lora=pick("o"))
-        self.cfg, self.attn_impl = cfg, attn_impl
+        self.cfg, self.attn_impl, self.mesh = cfg, attn_impl, mesh
 
     def __call__(self, x, positions, valid, window, cache=None):
         cfg = self.cfg
@@ -137,7 +144,10 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
             k_pos, k_valid = cache["positions"], cache["valid"]
             cache = {**cache, "k": k_all, "v": v_all}
-        if cache is None and self.attn_impl == "cudnn":
+        if cache is None and self.attn_impl == tpu_attention.NAME and t >= tpu_attention.MIN_TOKENS:
+            # Training rows, as for cuDNN below: causal by index over the valid keys is the position mask.
+            y = tpu_attention.causal_attention(q, k, v, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
+        elif cache is None and self.attn_impl == "cudnn":
             # Training batches are right-padded with positions 0..T-1: causal attention over each row's valid
             # prefix is exactly the position mask, in the form cuDNN's fused kernel takes. valid=None (every
             # token real, as in a single-request prefill) needs no lengths.
@@ -148,9 +158,9 @@ class Attention(nnx.Module):
         else:
             k_valid = jnp.ones(k_pos.shape, bool) if k_valid is None else k_valid
             mask = attention_mask(positions, k_pos, k_valid, window)
+            xla = cache is not None or self.attn_impl == tpu_attention.NAME  # splash: a row under MIN_TOKENS
             y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
-                                             scale=hd ** -0.5,
-                                             implementation=None if cache is not None else self.attn_impl)
+                                             scale=hd ** -0.5, implementation=None if xla else self.attn_impl)
         return self.o(y.reshape(b, t, -1)), cache
 
 
@@ -176,9 +186,9 @@ class Mlp(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl):
+    def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl, mesh=None):
         self.input_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl, mesh=mesh)
         self.post_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
         self.mlp = Mlp(cfg, rngs=rngs, dtype=dtype, lora=lora)
 
@@ -189,17 +199,19 @@ class DecoderLayer(nnx.Module):
 
 
 class Qwen2(nnx.Module):
-    """Qwen2ForCausalLM. `hidden(...)` gives final normed hidden states, `logits(h)` the vocabulary scores."""
+    """Qwen2ForCausalLM. `hidden(...)` gives final normed hidden states, `logits(h)` the vocabulary scores.
+    `attn_impl` and `mesh`: see `Attention`."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, lora: LoraConfig | None = None,
-                 attn_impl: str | None = None, remat: str = "none"):
+                 attn_impl: str | None = None, remat: str = "none", mesh=None):
         self.cfg, self.dtype = cfg, dtype
         self.remat = layers.check_remat(remat)  # training only: decoding with a cache never rematerialises
         init = nnx.initializers.normal(cfg.initializer_range)
         self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.num_layers = cfg.num_layers
         for i in range(cfg.num_layers):
-            setattr(self, f"layer_{i}", DecoderLayer(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl))
+            layer = DecoderLayer(cfg, rngs=rngs, dtype=dtype, lora=lora, attn_impl=attn_impl, mesh=mesh)
+            setattr(self, f"layer_{i}", layer)
         self.final_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
         self.lm_head = (None if cfg.tie_word_embeddings else
                         layers.param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab")))
