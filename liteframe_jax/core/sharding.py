@@ -1,4 +1,5 @@
-"""The device mesh ('data', 'fsdp', 'tensor') and the one rule table from logical axis names to mesh axes.
+"""The device mesh ('data', 'fsdp', 'tensor', and 'context' where LMA rows are split along their tokens) and
+the one rule table from logical axis names to mesh axes.
 
 Parameters carry logical names in their `axes` metadata (see models/layers.py). A rule table, kept in the
 config as data, maps each logical name to mesh axes, e.g. `('embed', 'fsdp')`, `('mlp', 'tensor')`. A
@@ -21,6 +22,10 @@ from liteframe_jax.core.log import log
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# Sequence (context) parallelism: with `mesh.context` > 1 the mesh gets this 4th axis, between fsdp and tensor
+# (so it lies on the fast links next to tensor), and the LLM's activations are split along their tokens over it
+# (models/context_parallel.py). At size 1 the mesh has no such axis: every mesh is as it was without it.
+CONTEXT = "context"
 
 
 def local_mesh() -> Mesh:
@@ -49,24 +54,28 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
         raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
     if subset:
         devices = devices[:n]
-    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    context = int(mesh_cfg.get(CONTEXT, 1))
+    if context < 1:
+        raise ValueError(f"mesh.context={context}: must be 1 (no sequence split) or the number of devices per row")
+    axes = MESH_AXES if context == 1 else (*BATCH_AXES, CONTEXT, "tensor")
+    sizes = [context if a == CONTEXT else int(mesh_cfg[a]) for a in axes]
     if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(axes, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
+            raise ValueError(f"{len(devices)} devices cannot fill mesh {dict(zip(axes, sizes))}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+        raise ValueError(f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices, "
                          f"{len(devices)} are in use")
     slices = num_slices(devices, int(mesh_cfg.get("slices", -1)))
     grid = np.asarray(devices).reshape(sizes) if subset and slices == 1 else device_grid(sizes, devices, slices)
     try:  # Auto axes: jax >= 0.7 would otherwise default jax.make_mesh to Explicit
         from jax.sharding import AxisType
-        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+        return Mesh(grid, axes, axis_types=(AxisType.Auto,) * len(axes))
     except (ImportError, TypeError):
-        return Mesh(grid, MESH_AXES)
+        return Mesh(grid, axes)
 
 
 def _granule(devices) -> str:
@@ -95,7 +104,7 @@ def device_grid(sizes: list[int], devices, slices: int) -> np.ndarray:
         raise ValueError(f"mesh.data={sizes[0]} is not a multiple of the {slices} slices: data parallelism is what "
                          "crosses slices, so each slice holds mesh.data / slices of it")
     within = [sizes[0] // slices, *sizes[1:]]
-    return mesh_utils.create_hybrid_device_mesh(within, [slices, 1, 1], devices,
+    return mesh_utils.create_hybrid_device_mesh(within, [slices] + [1] * (len(sizes) - 1), devices,
                                                 process_is_granule=_granule(devices) == "process_index",
                                                 allow_split_physical_axes=True)
 
@@ -108,7 +117,7 @@ def logical_to_spec(axes, shape, rules: dict, mesh: Mesh, name: str = "", notes:
             spec.append(None)
             continue
         mesh_axes = tuple(a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes)
-                          if a not in used and mesh.shape[a] > 1)
+                          if a not in used and mesh.shape.get(a, 1) > 1)
         size = math.prod(mesh.shape[a] for a in mesh_axes)
         if not mesh_axes or dim % size:
             if mesh_axes and notes is not None:
@@ -124,9 +133,9 @@ def rules_dict(rules) -> dict:
     out = {}
     for logical, mesh_axes in rules:
         if isinstance(mesh_axes, (list, tuple)):
-            bad = [a for a in mesh_axes if a not in MESH_AXES]
+            bad = [a for a in mesh_axes if a not in (*MESH_AXES, CONTEXT)]
         else:
-            bad = [mesh_axes] if mesh_axes not in (None, *MESH_AXES) else []
+            bad = [mesh_axes] if mesh_axes not in (None, *MESH_AXES, CONTEXT) else []
         if bad:
             raise ValueError(f"sharding rule ({logical!r}, {mesh_axes!r}) names unknown mesh axes {bad}")
         out[logical] = tuple(mesh_axes) if isinstance(mesh_axes, (list, tuple)) else mesh_axes
@@ -164,6 +173,11 @@ def batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
     if mesh is None:
         return ()
     return tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def context_size(mesh: Mesh | None) -> int:
+    """How many devices share each row's tokens (`mesh.context`; 1 without a mesh or without the axis)."""
+    return mesh.shape[CONTEXT] if mesh is not None and CONTEXT in mesh.axis_names else 1
 
 
 def batch_split(mesh: Mesh | None) -> int:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import layers, tpu_attention
+from liteframe_jax.models import context_parallel, layers, tpu_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,10 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
             k_pos, k_valid = cache["positions"], cache["valid"]
             cache = {**cache, "k": k_all, "v": v_all}
-        if cache is None and self.attn_impl == tpu_attention.NAME and t >= tpu_attention.MIN_TOKENS:
+        if cache is None and context_parallel.splits(self.mesh):
+            # Training rows whose tokens the mesh splits over 'context': every query sees the whole row.
+            y = context_parallel.attention(q, k, v, positions, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
+        elif cache is None and self.attn_impl == tpu_attention.NAME and t >= tpu_attention.MIN_TOKENS:
             # Training rows, as for cuDNN below: causal by index over the valid keys is the position mask.
             y = tpu_attention.causal_attention(q, k, v, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
         elif cache is None and self.attn_impl == "cudnn":

@@ -24,14 +24,14 @@ from liteframe_jax.assembly.answering import Answerer
 from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
 from liteframe_jax.convert.internvl import load_internvl
 from liteframe_jax.convert.qwen2 import config_from_hf, load_qwen2_params, text_config
-from liteframe_jax.core import checkpoint, paths
+from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.data import bad_data, conversations, pipeline, qa_demo
 from liteframe_jax.data.tokenizer import load_tokenizer
 from liteframe_jax.eval.extraction import letters
-from liteframe_jax.models import kernel_choice
+from liteframe_jax.models import context_parallel, kernel_choice
 from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.models.video_llm import ProjectorConfig
@@ -100,7 +100,8 @@ class LMATask(Task):
         self.workdir = workdir
         self.dtype = compute_dtype(config.dtype)
         encoder_trains = any(re.search(p, "encoder/head/kernel") for p in trainable_patterns(config.train.trainable))
-        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, tower_trains=encoder_trains)
+        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, tower_trains=encoder_trains,
+                                                   device=mesh.devices.flat[0])
         for line in said:
             log(f"[lma] {line}")
         if paths.isfile(os.path.join(workdir, run_folder.SPEC_FILE)):  # a resumed run: its own spec, no sources
@@ -279,15 +280,20 @@ class LMATask(Task):
         """Next-token loss on the answer tokens. The LM head runs only at the (at most `max_answer_tokens`)
         answer positions of each row, gathered from the hidden states: over a whole 8k-token sequence and a
         151k vocabulary, full logits would dominate the step's memory and time."""
-        tokens, valid = batch["tokens"], batch["valid"]
+        tokens, valid, frames = batch["tokens"], batch["valid"], batch["frames"]
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        h, _ = model.llm.hidden(self.spec.embeds(model, tokens, batch["frames"], self.dtype), positions, valid)
+        # mesh.context > 1: the LLM's activations split along the rows' tokens (models/context_parallel.py), and
+        # the frames by whole encoder clips where those divide, so the encoder's work is split too
+        split = lambda x: context_parallel.split_sequence(x, self.mesh)
+        frames = split(frames) if self.spec.clips % sharding.context_size(self.mesh) == 0 else frames
+        embeds = split(self.spec.embeds(model, tokens, frames, self.dtype))
+        h, _ = model.llm.hidden(embeds, split(positions), split(valid))
         # position i predicts token i + 1; the rows' answer positions first, in order (a stable sort)
         weights = batch["loss_mask"][:, 1:]
         k = min(self.max_answer_tokens, t - 1)
         where = jnp.argsort(~weights, axis=1, stable=True)[:, :k]
-        h = jnp.take_along_axis(h[:, :-1], where[..., None], axis=1)
+        h = context_parallel.take_positions(split(h), where, self.mesh)  # positions < t - 1: h[:, :-1]'s
         targets = jnp.take_along_axis(tokens[:, 1:], where, axis=1)
         weights = jnp.take_along_axis(weights, where, axis=1).astype(jnp.float32)
         logits = model.llm.logits(h).astype(jnp.float32)
