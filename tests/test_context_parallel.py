@@ -14,6 +14,7 @@ from liteframe_jax.core.tree import flatten
 from liteframe_jax.models import context_parallel
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
 from liteframe_jax.train import state as state_lib
+from liteframe_jax.train import validate
 from liteframe_jax.train.lma import LMATask
 
 # as tests/test_qwen2_parity.py's tiny Qwen2, with a sliding window on the first layer
@@ -35,6 +36,13 @@ def test_mesh_gets_the_context_axis_only_when_asked():
     assert sharding.context_size(mesh) == 2 and sharding.batch_split(mesh) == 2
     with pytest.raises(ValueError, match="needs 16 devices"):
         sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2, "context": 4})
+    # the start-up check counts the context devices: 8 devices at context=4 leave data=2, so 2 rows divide
+    config = load_config("lma", "demo")
+    config.mesh.context, config.batch_size = 4, 2
+    validate.check(config, 8, 1)
+    config.mesh.context = 3
+    with pytest.raises(validate.ConfigError, match="'context': 3"):
+        validate.check(config, 8, 1)
 
 
 def test_attention_over_a_split_sequence_equals_xla(monkeypatch):

@@ -87,6 +87,11 @@ def _mesh_problems(config, device_count: int) -> tuple[list[str], int | None]:
     if n > device_count:
         return [_problem("mesh.num_devices", n, f"at most the {device_count} devices there are, or -1")], None
     sizes = {a: int(mesh[a]) for a in ("data", "fsdp", "tensor")}
+    context = int(mesh.get("context", 1))
+    if context < 1:
+        return [_problem("mesh.context", context, "1 (no sequence split) or the devices that share each row")], None
+    if context > 1:  # sequence parallelism: a 4th mesh axis (core/sharding.py), named only where it is used
+        sizes["context"] = context
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         return [f"--config.mesh: at most one of data, fsdp, tensor may be -1, got {sizes}"], None
