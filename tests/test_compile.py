@@ -223,11 +223,16 @@ def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
 
 def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsys):
     from liteframe_jax.train import sizing
-    monkeypatch.setitem(sizing.TABLE, ("ctd", "paper"), {"v5e": {"grad_accum_steps": 16}})
+    monkeypatch.setitem(sizing.TABLE, ("ctd", "paper"), {"v5e": {"rows_per_chip": 2, "mesh.fsdp": 2}})
     c = load_config("ctd", "paper")
     device = type("Device", (), {"device_kind": "TPU v5 lite"})()
-    sizing.apply(c, [device] * 8)
-    assert c.grad_accum_steps == 16 and "grad_accum_steps=16 (was 1)" in capsys.readouterr().out
+    sizing.apply(c, [device] * 8)  # 256 clips, 2 a chip on 8 chips: 16 micro-batches
+    assert (c.grad_accum_steps, c.mesh.fsdp) == (16, 2)
+    assert "v5e: mesh.fsdp=2 (was 1), grad_accum_steps=16 (was 1)" in capsys.readouterr().out
+    c = load_config("ctd", "paper")
+    c.batch_size = 96
+    sizing.apply(c, [device] * 16)  # 96 over 16 chips, at most 2 a chip: 3 micro-batches of 32
+    assert c.grad_accum_steps == 3
     c = load_config("ctd", "paper")
     c.sizing = "off"
     sizing.apply(c, [device] * 8)

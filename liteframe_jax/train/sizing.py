@@ -18,9 +18,13 @@ from typing import Callable
 from liteframe_jax.core import hardware
 from liteframe_jax.core.log import log
 
-# (trainer, preset) -> chip kind -> fields; each row compiled for that chip's 8-chip (v5p, v4: 4-chip) host and
-# fitting within the headroom there (BENCHMARKS.md, "TPU compile table"). More chips than that need no more.
-TABLE: dict[tuple[str, str], dict[str, dict]] = {}
+# (trainer, preset) -> chip kind -> what fits: `rows_per_chip` (examples of a micro-batch on each chip: sets
+# grad_accum_steps for the run's batch and chips) and any config fields (remat, mesh.*). Each row was compiled
+# for that chip kind's smallest host (v5e / v6e: 8 chips, v4 / v5p: 4) and fits within the headroom there
+# (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip.
+TABLE: dict[tuple[str, str], dict[str, dict]] = {
+    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}},
+}
 
 
 def _set(config, field: str, value) -> None:
@@ -38,19 +42,31 @@ def _get(config, field: str):
     return node
 
 
-def from_table(config, chip: hardware.Chip | None) -> list[str]:
+def accumulation(batch: int, batch_devices: int, rows_per_chip: int) -> int:
+    """The fewest micro-batches of at most `rows_per_chip` rows on each of `batch_devices` devices that split
+    `batch` evenly."""
+    accum = max(1, -(-batch // (batch_devices * rows_per_chip)))
+    while batch % (accum * batch_devices) and accum < batch:
+        accum += 1
+    return accum
+
+
+def from_table(config, chip: hardware.Chip | None, devices: int = 1) -> list[str]:
     """Apply the chip's row of the table; the lines saying what changed."""
     if chip is None or config.get("sizing", "table") == "off":
         return []
-    row = TABLE.get((config.trainer, config.get("preset", "")), {}).get(chip.name, {})
+    row = dict(TABLE.get((config.trainer, config.get("preset", "")), {}).get(chip.name, {}))
     said = []
+    if "rows_per_chip" in row:
+        split = devices // max(int(config.mesh.tensor), 1) // max(int(config.mesh.get("context", 1)), 1)
+        row["grad_accum_steps"] = accumulation(int(config.batch_size), split, row.pop("rows_per_chip"))
     for field, value in row.items():
         if _get(config, field) != value:
             said.append(f"{field}={value} (was {_get(config, field)})")
             _set(config, field, value)
     if said:
-        return [f"sizing for {chip.name} from the table (configs' {config.trainer}:{config.preset} compiled for "
-                f"{chip.name}): " + ", ".join(said)]
+        return [f"{chip.name}: " + ", ".join(said) + f" (what {config.trainer}:{config.preset} needs to fit a "
+                f"{chip.name} chip: the table in train/sizing.py; --config.sizing=off keeps the config's)"]
     return []
 
 
@@ -98,7 +114,7 @@ def mesh_devices(config, devices: list) -> int:
 def apply(config, devices: list, fits: Callable[[object], tuple[bool, str]] | None = None) -> None:
     """Size `config` for `devices` (their chip kind): the table, then (`sizing='auto'`) the compiled search."""
     chip = hardware.chip_of(devices[0])
-    for line in from_table(config, chip):
+    for line in from_table(config, chip, mesh_devices(config, devices)):
         log(f"[sizing] {line}")
     if config.get("sizing", "table") == "auto" and fits is not None:
         search(config, mesh_devices(config, devices), fits)
