@@ -99,7 +99,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 folder, videos, question, max_new_tokens = json.loads(sys.argv[1])
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
-messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+video = [] if "<video>" in question else [{"type": "video"}]  # a question may place the video itself
+messages = [{"role": "user", "content": video + [{"type": "text", "text": question}]}]
 text = processor.apply_chat_template(messages, add_generation_prompt=True)
 answers, texts, last = [], [], []
 for video in videos:
@@ -124,7 +125,8 @@ def hf_folder_answers(folder: str, videos: list[str], question: str, max_new_tok
     import sys
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=os.path.join(str(tmp_path), "hf_modules"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-I", "-c", _HF_SIDE, json.dumps([folder, videos, question, max_new_tokens])],
-                          capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    args = json.dumps([folder, videos, question, max_new_tokens])
+    proc = subprocess.run([sys.executable, "-I", "-c", _HF_SIDE, args], capture_output=True, text=True,
+                          cwd=str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

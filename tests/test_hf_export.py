@@ -159,3 +159,16 @@ def test_chat_template_puts_the_video_and_the_run_system_prompt_where_training_d
     assert render(own) == want.replace("Answer in one word.", "Be brief.")
     plain = [{"role": "user", "content": f"<video>\n{QUESTION}"}]  # text content passes through as it is
     assert render(plain) == want
+
+
+def test_a_long_video_is_reached_by_seeking_to_the_same_frames(tmp_path):
+    """Sampled frames hundreds apart in a 700-frame video with a keyframe every 50: the processor seeks to them
+    (numbering frames by timestamp, as the training pipeline does) and gets its frames bit for bit."""
+    from liteframe_jax.data import demo, video
+    from liteframe_jax.data.sampling import uniform_indices as trained_indices
+    path = demo.write_video(str(tmp_path / "long.mp4"), demo.render(demo.random_shapes(np.random.default_rng(1), 2), 700,
+                                                                     width=64, height=48), keyframe_every=50)
+    for n in (2, 8):  # 175 and 525 (a second seek, 350 frames on), and 8 frames 87 apart
+        frames, _ = LiteFrameVideoProcessor(num_frames=n, size=32, visual_groups=1).frames(path)
+        want = video.decode_frames(path, trained_indices(700, n), 32, "bilinear")
+        np.testing.assert_array_equal(frames.numpy(), want)

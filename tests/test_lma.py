@@ -280,6 +280,10 @@ def test_demo_answers_clearly_above_chance_and_generate_cli(qa, tmp_path):
     frames, times = qa_model.load_frames(row.video)
     torch_model = LiteFrameVideoLLM.from_pretrained(exported)
     assert torch_model.generate(frames, row.turns[0][1], times=times, max_new_tokens=8) == answer
+    # and so does the export's Hugging Face folder, from the video file, where only transformers can load it
+    from helpers import hf_folder_answers
+    hf = hf_folder_answers(os.path.join(exported, "hf"), [row.video], row.turns[0][1], 8, tmp_path)
+    assert hf["texts"] == [answer]
 
 
 def test_run_folder_stands_alone_after_its_sources_are_gone(qa, tmp_path):

@@ -7,7 +7,8 @@ Frames, as in training: `num_frames` sampled uniformly over the whole video (the
 `num_frames` equal segments, `int((i + 0.5) * N / num_frames)`), stretched to `size` x `size`, scaled to 0..1 and
 normalised with the student's mean and std. From a path they are decoded with PyAV where it is installed (the
 training pipeline's decoder and its swscale bilinear resize: the same frames, bit for bit), else with OpenCV
-(whole frames, then a bilinear resize in torch: close to, not equal to, the trained frames). Frames
+(whole frames, then a bilinear resize in torch: close to, not equal to, the trained frames; it decodes every
+frame up to the last one sampled). Frames
 given as an array (T, H, W, 3) uint8 are the whole video: sampled by the same rule and resized in torch.
 
 The prompt: the chat template renders a message's video item as `<video>`; the processor replaces each
@@ -66,10 +67,15 @@ def _decoder():
                       "array")
 
 
+# Between two wanted frames further apart than this, seek to the later one's keyframe instead of decoding every
+# frame up to it (liteframe_jax/data/video.py's rule: a uniform sample of a long video is one frame in hundreds)
+SEEK_GAP = 300
+
+
 def _decode_pyav(av, path: str, num_frames: int, size: int):
     """(uint8 (num_frames, size, size, 3), the sampled indices, frames per second) as the training pipeline
     decodes: frames counted from the stream's header (or its packets where the container keeps no count),
-    numbered in decoding order, resized by swscale's bilinear filter."""
+    resized by swscale's bilinear filter."""
     with av.open(path) as container:
         stream = container.streams.video[0]
         total = stream.frames
@@ -78,21 +84,56 @@ def _decode_pyav(av, path: str, num_frames: int, size: int):
             container.seek(0)
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         indices = uniform_indices(total, num_frames)
-        wanted, got = set(indices), {}
         stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                got[i] = torch.from_numpy(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
-            if i >= indices[-1]:
-                break
+        got = _pyav_frames(container, stream, sorted(set(indices)), size)
     if not got:
         raise ValueError(f"{path!r}: no frame could be decoded")
     last = got[max(got)]  # a file whose data ends early repeats its last decoded frame, as training does
     return torch.stack([got.get(i, last) for i in indices]), indices, fps
 
 
+def _pyav_frames(container, stream, wanted: list[int], size: int) -> dict:
+    """{index: frame} for the `wanted` indices (sorted), numbered as the training pipeline numbers them: by
+    timestamp where the stream has a constant rate and the first wanted frame is reached by a seek, else by
+    position from the start."""
+    rate, tb, start = stream.average_rate, stream.time_base, stream.start_time or 0
+    resized = lambda frame: torch.from_numpy(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
+    got, k, sought, wanted_set = {}, 0, None, set(wanted)
+    if wanted[0] > 0 and rate and tb and stream.guessed_rate == rate:
+        while k < len(wanted):
+            sought = wanted[k]
+            container.seek(start + int(sought / (rate * tb)), stream=stream, backward=True, any_frame=False)
+            jumped = False
+            for frame in container.decode(stream):
+                if frame.pts is None:  # no timestamps after all: by position from the start, below
+                    got, k = {}, -1
+                    break
+                i = int(round(float((frame.pts - start) * tb * rate)))
+                if i in wanted_set and i not in got:
+                    got[i] = resized(frame)
+                while k < len(wanted) and wanted[k] <= i:
+                    k += 1
+                if k == len(wanted):
+                    break
+                # never twice for one frame: a seek may land further behind than the gap
+                if wanted[k] - i >= SEEK_GAP and wanted[k] != sought:
+                    jumped = True
+                    break
+            if k < 0 or not jumped:
+                break
+        if k >= 0:
+            return got
+        container.seek(0, stream=stream)
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted_set:
+            got[i] = resized(frame)
+        if i >= wanted[-1]:
+            break
+    return got
+
+
 def _decode_opencv(cv2, path: str, num_frames: int, size: int):
-    """As `_decode_pyav`, through OpenCV (its wheel carries FFmpeg): whole frames in RGB, then `resize`. The
+    """As `_decode_pyav`, through OpenCV (its wheel carries FFmpeg): whole frames in RGB, then `resize_frames`. The
     frame count is the container's (for webm / mkv an estimate from the duration)."""
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
@@ -111,10 +152,10 @@ def _decode_opencv(cv2, path: str, num_frames: int, size: int):
     if not got:
         raise ValueError(f"{path!r}: no frame could be decoded")
     last = got[max(got)]
-    return resize(torch.stack([got.get(i, last) for i in indices]), size), indices, fps
+    return resize_frames(torch.stack([got.get(i, last) for i in indices]), size), indices, fps
 
 
-def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> (T, size, size, 3), bilinear with antialiasing when shrinking (as swscale's
     bilinear filter widens with the scale)."""
     if tuple(frames.shape[1:3]) == (size, size):
@@ -149,7 +190,7 @@ class LiteFrameVideoProcessor(VideoProcessorMixin):
             if video.dim() != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
                 raise ValueError(f"expected uint8 frames (T, H, W, 3), got {video.dtype} {tuple(video.shape)}")
             indices = uniform_indices(video.shape[0], self.num_frames)
-            frames = resize(video[indices], self.size)
+            frames = resize_frames(video[indices], self.size)
         per_group = self.num_frames // self.visual_groups
         times = [indices[g * per_group] / (fps or 1.0) for g in range(self.visual_groups)]
         return frames, times
@@ -161,7 +202,8 @@ class LiteFrameVideoProcessor(VideoProcessorMixin):
                                                                                       dtype=torch.float32)
 
     def preprocess(self, videos, fps: float | None = None, return_tensors=None, **kwargs) -> BatchFeature:
-        single = isinstance(videos, str) or (not isinstance(videos, (list, tuple)) and torch.as_tensor(videos).dim() == 4)
+        single = isinstance(videos, str) or (not isinstance(videos, (list, tuple))
+                                             and torch.as_tensor(videos).dim() == 4)
         videos = [videos] if single else list(videos)
         frames, times = zip(*(self.frames(v, fps) for v in videos))
         pixels = torch.stack([self.normalise(f).permute(0, 3, 1, 2) for f in frames])  # (B, T, 3, S, S)
