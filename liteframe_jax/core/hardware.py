@@ -74,7 +74,8 @@ def topology_name(name: str) -> tuple[Chip, str]:
     cores = int(m.group(3))
     chips, shapes = cores // chip.cores_per_chip, _SHAPES_3D if chip.megacore else _SHAPES_2D
     if cores % chip.cores_per_chip or chips not in shapes:
-        raise ValueError(f"accelerator type {name!r}: {chip.name} comes in {sorted(k * chip.cores_per_chip for k in shapes)}")
+        sizes = sorted(k * chip.cores_per_chip for k in shapes)
+        raise ValueError(f"accelerator type {name!r}: {chip.name} comes in {sizes}")
     return chip, f"{chip.name}:{shapes[chips]}"
 
 
