@@ -2,19 +2,20 @@
 
 Tensors are read through the `safetensors` library as numpy arrays (bfloat16 as ml_dtypes' bfloat16, so no
 torch), one at a time when a reader asks for it: `safe_open` maps the file and copies out that tensor alone,
-so host memory stays near one tensor, not the checkpoint. A folder in a bucket (`gs://`) is read into memory
-file by file instead.
+so host memory stays near one tensor, not the checkpoint. A file in a bucket (`gs://`) is first copied to a
+local temporary file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 
 import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16', which safetensors asks numpy for)
 import numpy as np
-import safetensors.numpy
 from safetensors import safe_open
 
 from liteframe_jax.core import paths
@@ -67,28 +68,31 @@ class SafetensorsTensors(Mapping):
     def __init__(self, files: list[str], keep=lambda name: True):
         self._where: dict[str, str] = {}
         self._open: dict[str, object] = {}
-        self._loaded: dict[str, dict[str, np.ndarray]] = {}  # files in a bucket, read whole
         for file in files:
-            if paths.is_remote(file):
-                with paths.open(file, "rb") as f:
-                    self._loaded[file] = safetensors.numpy.load(f.read())
-                names = self._loaded[file]
-            else:
-                self._open[file] = safe_open(file, framework="numpy")
-                names = self._open[file].keys()
-            self._where.update({name: file for name in names if keep(name)})
+            self._open[file] = _open_local(file)
+            self._where.update({name: file for name in self._open[file].keys() if keep(name)})
 
     def __getitem__(self, name: str) -> np.ndarray:
-        file = self._where[name]
-        if file in self._loaded:
-            return self._loaded[file][name]
-        return self._open[file].get_tensor(name)
+        return self._open[self._where[name]].get_tensor(name)
 
     def __iter__(self):
         return iter(self._where)
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+def _open_local(file: str):
+    """`safe_open` on the file; one in a bucket is first copied to a temporary local file, which is deleted
+    once mapped (the map keeps its bytes until it is closed)."""
+    if not paths.is_remote(file):
+        return safe_open(file, framework="numpy")
+    with paths.open(file, "rb") as src, tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False) as dst:
+        shutil.copyfileobj(src, dst, 1 << 24)
+    try:
+        return safe_open(dst.name, framework="numpy")
+    finally:
+        os.remove(dst.name)
 
 
 def read_safetensors(file: str, keep=lambda name: True) -> Mapping[str, np.ndarray]:
