@@ -85,6 +85,31 @@ def test_a_query_that_sees_no_key_averages_every_value_as_xla_does():
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
+def test_a_device_holds_its_share_of_a_long_row():
+    """The compiled forward + backward of a 2,048-token row: split over context=8, each device's temporaries are
+    under a tenth of one device's with XLA's attention (whose (heads, T, T) scores dominate), so the hidden
+    states are split and no device builds the whole score matrix."""
+    t = 2048
+
+    def temporaries(mesh):
+        graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen2(TINY, rngs=nnx.Rngs(0), mesh=mesh)))
+        split = lambda x: context_parallel.split_sequence(x, mesh)
+
+        def loss(p, tokens, valid):
+            model = nnx.merge(graphdef, p)
+            h, _ = model.hidden(split(model.embed_tokens(tokens)), split(jnp.broadcast_to(jnp.arange(t), (1, t))),
+                                split(valid))
+            return jnp.sum(split(h) ** 2)
+
+        rows = (jax.ShapeDtypeStruct((1, t), jnp.int32), jax.ShapeDtypeStruct((1, t), bool))
+        return jax.jit(jax.grad(loss)).lower(params, *rows).compile().memory_analysis().temp_size_in_bytes
+
+    whole = temporaries(None)
+    split = temporaries(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 8}))
+    assert whole > 2 * 4 * t * t * 4  # one layer's float32 scores and probabilities, at least
+    assert split < whole / 10
+
+
 def _lma_task(mesh_sizes: dict) -> LMATask:
     """The LMA demo's task (random student over 4 clips, the tiny random LLM), everything trained."""
     c = load_config("lma", "demo")
