@@ -30,14 +30,14 @@ def _valid():
     return jnp.arange(T)[None] < jnp.asarray(LENGTHS)[:, None]
 
 
-def _xla_attention(q, k, v, valid, window):
-    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    mask = attention_mask(positions, positions, valid, window)
+def _xla_attention(q, k, v, valid, causal, window):
+    positions = jnp.broadcast_to(jnp.arange(T) if causal else jnp.full(T, T), (B, T))  # non-causal: all keys <= q
+    mask = attention_mask(positions, jnp.broadcast_to(jnp.arange(T), (B, T)), valid, window)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5)
 
 
-@pytest.mark.parametrize("window", [0, 50])
-def test_splash_equals_xla_attention_with_padding_and_gradients(window):
+@pytest.mark.parametrize("causal, window", [(True, 0), (True, 50), (False, 0)])
+def test_splash_equals_xla_attention_with_padding_and_gradients(causal, window):
     rng = np.random.default_rng(0)
     q, k, v, w = (jnp.asarray(rng.normal(size=s), jnp.float32)
                   for s in [(B, T, 4, 16), (B, T, 2, 16), (B, T, 2, 16), (B, T, 4, 16)])
@@ -45,14 +45,15 @@ def test_splash_equals_xla_attention_with_padding_and_gradients(window):
     w = w * valid[..., None, None]  # a loss over valid queries, as training's
 
     def splash(q, k, v):
-        return tpu_attention.causal_attention(q, k, v, valid, scale=16 ** -0.5, window=window)
+        return tpu_attention.attention(q, k, v, valid, scale=16 ** -0.5, causal=causal, window=window)
 
     with tpu_attention.interpreted():
         got = splash(q, k, v)
         got_grads = jax.grad(lambda *x: jnp.sum(splash(*x) * w), argnums=(0, 1, 2))(q, k, v)
-    want = _xla_attention(q, k, v, valid, window)
-    want_grads = jax.grad(lambda *x: jnp.sum(_xla_attention(*x, valid, window) * w), argnums=(0, 1, 2))(q, k, v)
-    # Causal only: every query sees a valid key, padded ones too, and gets XLA's output. With a window, a
+    want = _xla_attention(q, k, v, valid, causal, window)
+    want_grads = jax.grad(lambda *x: jnp.sum(_xla_attention(*x, valid, causal, window) * w),
+                          argnums=(0, 1, 2))(q, k, v)
+    # Without a window every query sees a valid key, padded ones too, and gets XLA's output. With one, a
     # padded query past it sees none (a softmax over nothing, where the kernels differ): valid queries only.
     seen = np.ones((B, T), bool) if not window else np.asarray(valid)
     np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=2e-6, rtol=0)
@@ -84,7 +85,7 @@ def test_qwen2_with_splash_on_a_mesh_equals_xla(monkeypatch):
         step = jax.jit(jax.value_and_grad(_loss, 1, has_aux=True), static_argnums=0)
         (_, got), got_grads = step(graphdef, params, tokens, valid)
         hlo = step.lower(graphdef, params, tokens, valid).as_text()
-    assert "shard_map" in hlo or "manual" in hlo  # the kernel ran per device, not on gathered rows
+    assert "manual_computation" in hlo  # under shard_map: each device ran the kernel on its rows and heads
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     jax.tree.map(lambda g, h: np.testing.assert_allclose(g, h, atol=1e-4, rtol=0), got_grads, want_grads)
 

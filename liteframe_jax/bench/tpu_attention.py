@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import time
 
@@ -62,6 +63,24 @@ def compile_layers(cfg: Qwen2Config, impl: str | None, mesh: Mesh, batch: int, t
     return jax.jit(step, out_shardings=out).lower(*args).compile()
 
 
+def compile_vision_attention(impl: str | None, mesh: Mesh, frames: int, tokens: int, heads: int, head_dim: int,
+                             train: bool):
+    """The compiled attention of one vision-tower layer (non-causal, within each frame) on `frames` frames,
+    with its backward when `train` (a student) or forward only (a frozen teacher)."""
+    def attend(q, k, v):
+        if impl is None:
+            return jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5)
+        return tpu_attention.attention(q, k, v, None, scale=head_dim ** -0.5, causal=False, mesh=mesh)
+
+    def step(q, k, v):
+        value = lambda q, k, v: jnp.mean(jnp.square(attend(q, k, v).astype(jnp.float32)))
+        return jax.value_and_grad(value, argnums=(0, 1, 2))(q, k, v) if train else attend(q, k, v)
+
+    x = jax.ShapeDtypeStruct((frames, tokens, heads, head_dim), jnp.bfloat16,
+                             sharding=sharding.batch_sharding(mesh, 4))
+    return jax.jit(step).lower(x, x, x).compile()
+
+
 def attention_flops(cfg: Qwen2Config, impl: str | None, batch: int, tokens: int) -> float:
     """Forward + backward attention matmul FLOPs over all layers (without rematerialisation), in units of one
     (T x D) @ (D x T)-sized product per head: XLA does 2 forward (QK^T, PV) and 4 backward over every score;
@@ -75,19 +94,21 @@ def attention_flops(cfg: Qwen2Config, impl: str | None, batch: int, tokens: int)
     return 9 * one * (n * (n + 1) / 2) / n ** 2
 
 
+def measured(compiled, t0: float) -> dict:
+    m, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {"compile_s": round(time.perf_counter() - t0, 1), "temp_gib": m.temp_size_in_bytes / GIB,
+            "argument_gib": m.argument_size_in_bytes / GIB, "output_gib": m.output_size_in_bytes / GIB,
+            "flops_xla_counted": cost.get("flops", 0.0), "bytes_accessed_gib": cost.get("bytes accessed", 0.0) / GIB,
+            "mosaic_calls": compiled.as_text().count('custom_call_target="tpu_custom_call"')}
+
+
 def report(cfg, impl, mesh, batch, tokens, remat) -> dict:
     t0 = time.perf_counter()
     compiled = compile_layers(cfg, impl, mesh, batch, tokens, remat)
-    m, cost = compiled.memory_analysis(), compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    text = compiled.as_text()
     return {"attention": impl or "xla", "tokens": tokens, "layers": cfg.num_layers, "batch": batch,
-            "remat": remat, "compile_s": round(time.perf_counter() - t0, 1),
-            "temp_gib": m.temp_size_in_bytes / GIB, "argument_gib": m.argument_size_in_bytes / GIB,
-            "output_gib": m.output_size_in_bytes / GIB, "flops_xla_counted": cost.get("flops", 0.0),
-            "bytes_accessed_gib": cost.get("bytes accessed", 0.0) / GIB,
-            "attention_flops": attention_flops(cfg, impl, batch, tokens) / mesh.size,
-            "mosaic_calls": text.count('custom_call_target="tpu_custom_call"')}
+            "remat": remat, **measured(compiled, t0),
+            "attention_flops": attention_flops(cfg, impl, batch, tokens) / mesh.size}
 
 
 def main(argv=None):
@@ -101,6 +122,10 @@ def main(argv=None):
     parser.add_argument("--batch-per-chip", type=float, default=1.0, help="rows per data x fsdp device")
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     parser.add_argument("--attention", default="xla,splash")
+    parser.add_argument("--vision", default=None, metavar="TOKENS,HEADS,HEAD_DIM,FRAMES_PER_CHIP",
+                        help="instead: one vision-tower attention (non-causal, per frame), e.g. 1024,12,64,256 (the "
+                             "paper student's first stage at batch 256 clips of 8 frames on 8 chips)")
+    parser.add_argument("--forward-only", action="store_true", help="--vision: a frozen tower (no backward)")
     parser.add_argument("--out", default=None, help="append the rows here as JSON lines")
     args = parser.parse_args(argv)
     from jax.experimental import topologies
@@ -114,15 +139,24 @@ def main(argv=None):
                               tie_word_embeddings=True)
     batch = max(1, round(args.batch_per_chip * sharding.batch_split(mesh)))
     header = {"topology": args.topology, "mesh": dict(mesh.shape), "device": mesh.devices.flat[0].device_kind,
-              "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"), "preset": args.preset}
+              "jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"), "date": time.strftime("%Y-%m-%d"),
+              "preset": args.preset}
     print(json.dumps(header))
-    for tokens in (int(t) for t in args.tokens.split(",")):
-        for impl in args.attention.split(","):
-            row = {**header, **report(cfg, None if impl == "xla" else impl, mesh, batch, tokens, args.remat)}
-            print(json.dumps(row), flush=True)
+    for impl in (None if a == "xla" else a for a in args.attention.split(",")):
+        if args.vision:
+            tokens, heads, head_dim, per_chip = (int(v) for v in args.vision.split(","))
+            t0 = time.perf_counter()
+            compiled = compile_vision_attention(impl, mesh, per_chip * sharding.batch_split(mesh), tokens, heads,
+                                                head_dim, train=not args.forward_only)
+            rows = [{"attention": impl or "xla", "vision": args.vision, "train": not args.forward_only,
+                     **measured(compiled, t0)}]
+        else:
+            rows = [report(cfg, impl, mesh, batch, int(t), args.remat) for t in args.tokens.split(",")]
+        for row in rows:
+            print(json.dumps({**header, **row}), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(json.dumps({**header, **row}) + "\n")
 
 
 if __name__ == "__main__":

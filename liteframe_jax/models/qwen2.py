@@ -149,7 +149,7 @@ class Attention(nnx.Module):
             y = context_parallel.attention(q, k, v, positions, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
         elif cache is None and self.attn_impl == tpu_attention.NAME and t >= tpu_attention.MIN_TOKENS:
             # Training rows, as for cuDNN below: causal by index over the valid keys is the position mask.
-            y = tpu_attention.causal_attention(q, k, v, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
+            y = tpu_attention.attention(q, k, v, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
         elif cache is None and self.attn_impl == "cudnn":
             # Training batches are right-padded with positions 0..T-1: causal attention over each row's valid
             # prefix is exactly the position mask, in the form cuDNN's fused kernel takes. valid=None (every

@@ -1,4 +1,5 @@
-"""Pallas TPU splash attention for the LLM's causal grouped-query attention over right-padded rows.
+"""Pallas TPU splash attention for the LLM's causal grouped-query attention over right-padded rows (and, for
+measurement, the vision towers' non-causal attention: `bench/tpu_attention.py`).
 
 XLA's attention on TPU builds the whole (heads, T, T) score matrix per layer: at the LMA `paper` rows
 (12,288 tokens, 28 heads) that is 28 x 12,288^2 scores per row and layer, and activations per chip do not
@@ -63,9 +64,12 @@ def _block(length: int) -> int:
     return next(b for b in (512, 256, LANES) if length % b == 0)
 
 
-def _kernel(heads: int, length: int, window: int):
+def _kernel(heads: int, length: int, causal: bool, window: int):
     shape = (length, length)
-    mask = splash.LocalMask(shape, (window - 1, 0), 0) if window else splash.CausalMask(shape)
+    if window:
+        mask = splash.LocalMask(shape, (window - 1, 0), 0)
+    else:
+        mask = splash.CausalMask(shape) if causal else splash.FullMask(shape)
     b = _block(length)
     sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                               block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
@@ -73,7 +77,7 @@ def _kernel(heads: int, length: int, window: int):
                                   q_seq_shards=1, interpret=_interpret)
 
 
-def _local(q, k, v, valid, *, scale: float, window: int):
+def _local(q, k, v, valid, *, scale: float, causal: bool, window: int):
     """One device's rows: q (b, T, H, D), k / v (b, T, KV, D), valid (b, T) bool -> (b, T, H, D)."""
     b, t, heads, _ = q.shape
     length = -(-t // LANES) * LANES
@@ -82,15 +86,15 @@ def _local(q, k, v, valid, *, scale: float, window: int):
     q, k, v = (jnp.pad(x, pad).transpose(0, 2, 1, 3) for x in (q * jnp.asarray(scale, q.dtype), k, v))
     kv_ids = jnp.pad(valid, [(0, 0), (0, length - t)]).astype(jnp.int32)  # padding: segment 0, seen by none
     ids = splash.SegmentIds(q=jnp.ones((b, length), jnp.int32), kv=kv_ids)
-    y = jax.vmap(_kernel(heads, length, window))(q, k, v, ids)
+    y = jax.vmap(_kernel(heads, length, causal, window))(q, k, v, ids)
     return y.transpose(0, 2, 1, 3)[:, :t]
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, *, scale: float,
-                     window: int = 0, mesh=None) -> jax.Array:
-    """Causal GQA attention: q (B, T, H, D), k / v (B, T, KV, D), valid (B, T) bool (None: all) ->
-    (B, T, H, D). `window` > 0: each query sees the last `window` keys only. `mesh`: the mesh a sharded jit
-    runs on (None: one device)."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, *, scale: float,
+              causal: bool = True, window: int = 0, mesh=None) -> jax.Array:
+    """GQA attention over valid keys: q (B, T, H, D), k / v (B, T, KV, D), valid (B, T) bool (None: all) ->
+    (B, T, H, D). `causal`: each query sees the keys at or before it; `window` > 0 (causal): the last
+    `window` of them only. `mesh`: the mesh a sharded jit runs on (None: one device)."""
     b, t, heads, _ = q.shape
     precision = str(jax.config.jax_default_matmul_precision or "default")
     if not _interpret and jnp.dtype(q.dtype).itemsize == 2 and precision not in ("default", "bfloat16", "fastest"):
@@ -99,7 +103,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
         raise ValueError(f"splash attention on {jnp.dtype(q.dtype).name} needs the default matmul precision, "
                          f"jax_default_matmul_precision is {precision!r}")
     valid = jnp.ones((b, t), bool) if valid is None else valid
-    local = lambda q, k, v, valid: _local(q, k, v, valid, scale=scale, window=window)
+    local = lambda q, k, v, valid: _local(q, k, v, valid, scale=scale, causal=causal, window=window)
     batch = sharding.batch_axes(mesh)
     tensor = mesh.shape.get("tensor", 1) if mesh is not None else 1
     split_heads = tensor > 1 and heads % tensor == 0 and k.shape[2] % tensor == 0
