@@ -42,7 +42,7 @@ def _attention(dtype, device) -> tuple[str | None, str]:
         return tpu_attention.NAME, (
             f"splash: Pallas splash attention for the LLM's causal attention on {device.device_kind} (XLA's "
             f"builds heads x T^2 scores per layer: 8.4x the temporaries at 12,288 tokens; rows under "
-            f"{tpu_attention.MIN_TOKENS} tokens keep XLA's); the vision towers keep XLA's")
+            f"{tpu_attention.MIN_TOKENS:,} tokens keep XLA's); the vision towers keep XLA's")
     if problem := _not_gpu(device):
         return None, f"XLA's: {problem}"
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
