@@ -231,3 +231,21 @@ def test_lma_rules_frames_in_whole_clips_and_accumulation():
         "mesh.data x mesh.fsdp = 2), e.g. 12 or 18"]
     assert validate.problems(load_config("lma", "demo"), 8, process_count=3) == [
         "--config.batch_size=16: must be a multiple of the 3 processes (each reads an equal share)"]
+
+
+def test_a_write_that_fails_for_lack_of_space_is_recognised_and_its_library_noise_dropped():
+    """TensorStore's error for a full disk carries the OS error in its text; the records Orbax and asyncio log
+    about it are dropped (the run says it once), other records are kept."""
+    import logging
+    error = ValueError('OUT_OF_RANGE: Error writing "a/0.0" in OCDBT database at local file "/r/2.orbax-checkpoint-tmp/"'
+                       ': Failed to write 3316506 bytes to file 11: No space left on device [os_error_code=\'28\']')
+    assert checkpoint.out_of_space(error) == "No space left on device"
+    assert checkpoint.out_of_space(RuntimeError("wrapped")) is None
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(27, "File too large")
+    assert checkpoint.out_of_space(wrapped) == "File too large"
+    record = lambda msg, exc=None: logging.LogRecord("absl", logging.ERROR, __file__, 1, msg, (), exc)
+    quiet = checkpoint._QuietAboutSpace()
+    assert not quiet.filter(record("_SignalingThread.run() raised an exception: %s" % error))
+    assert not quiet.filter(record("Task exception was never retrieved", (ValueError, error, None)))
+    assert quiet.filter(record("step 4: something else failed"))

@@ -5,12 +5,22 @@ state and data position) -> `config.init_from` (parameters only, e.g. a CTD stud
 The teacher is never part of the state and never saved. The frozen parts of a model that a run produces
 (an LMA run's student and LLM when they do not train) are written once to `WORKDIR/frozen/`, so the run folder
 alone holds the whole model.
+
+A checkpoint that cannot be written for lack of space (a full disk, a quota, a file-size limit) ends the run
+with `CheckpointWriteError`, which names the step, the reason and the last complete checkpoint: the one that the
+same command resumes from, since Orbax's half-written folder is never taken for a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import re
+import resource
+import shutil
 
 import grain
 import jax
@@ -88,11 +98,61 @@ def tree_differences(saved: dict, wanted: dict) -> list[str]:
     return problems
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written for lack of space; the message says which and what is left."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def out_of_space(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) says there was no room to write, or None. TensorStore,
+    which writes the arrays, raises a ValueError that carries the OS error's code in its text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return os.strerror(error.errno)
+        code = re.search(r"os_error_code='?(\d+)", str(error))
+        if code and int(code.group(1)) in _NO_SPACE:
+            return os.strerror(int(code.group(1)))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _QuietAboutSpace(logging.Filter):
+    """Drops the library records of a write that failed for lack of space (Orbax's writing thread logs the
+    error with its traceback, asyncio each of the writes' unretrieved failures): the Checkpointer says it once,
+    in one line (`CheckpointWriteError`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and out_of_space(error):
+            return False
+        return not _SPACE_CODE.search(record.getMessage())
+
+
+_SPACE_CODE = re.compile(r"os_error_code='?(%s)\b" % "|".join(str(c) for c in sorted(_NO_SPACE)))
+_QUIET = _QuietAboutSpace()
+
+
+def _quiet_about_failed_writes() -> None:
+    for name in ("absl", "asyncio"):  # the loggers Orbax's threads and asyncio's futures report on
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
         check_format(self.directory)
+        _quiet_about_failed_writes()
         self._format_recorded = False
+        self._writing = None  # the step being saved, until its save is known to have finished
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(
@@ -102,13 +162,55 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _no_room(self, step: int, reason: str) -> CheckpointWriteError:
+        try:
+            last = max((s for s in self.manager.all_steps() if s != step), default=None)
+        except Exception:  # noqa: BLE001 (the folder may be unreadable too: the error must still be said)
+            last = None
+        left = (f"checkpoint {last} is the last complete one, which the same command resumes from once there is "
+                "room (free some space, or lower --config.keep_checkpoints)" if last is not None else
+                "there is no earlier checkpoint")
+        return CheckpointWriteError(f"the checkpoint of step {step} could not be written to {self.directory}: "
+                                    f"{reason}; {left}")
+
+    def _check_room(self, step: int, state) -> None:
+        """Refuse a checkpoint that cannot fit before writing any of it: a write that fails midway also ends
+        the run (`_space_checked`), but TensorStore then prints a traceback for each write it abandons."""
+        if paths.is_remote(self.directory):
+            return
+        need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if need > free:
+            raise self._no_room(step, f"it needs about {_megabytes(need)}, the disk has {_megabytes(free)} free")
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and need > limit:
+            raise self._no_room(step, f"its {_megabytes(need)} may not fit in files of at most {_megabytes(limit)} "
+                                      "(this process's file-size limit, ulimit -f)")
+
+    @contextlib.contextmanager
+    def _space_checked(self):
+        """An error of writing the step being saved for lack of space as a `CheckpointWriteError`; other errors
+        as they are."""
+        try:
+            yield
+        except Exception as e:
+            reason, failed = out_of_space(e), self._writing
+            if reason is None or failed is None:
+                raise
+            self._writing = None
+            raise self._no_room(failed, reason) from e
+
     def save(self, step: int, state, data_iterator) -> None:
-        if not self._format_recorded:
-            _record_format(self.directory)
-            self._format_recorded = True
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=grain.checkpoint.CheckpointSave(data_iterator)),
-                          force=True)
+        self.wait()  # the save before (Orbax waits for it anyway), so that its failure is said as its own
+        self._check_room(step, state)
+        with self._space_checked():
+            self._writing = step
+            if not self._format_recorded:
+                _record_format(self.directory)
+                self._format_recorded = True
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=grain.checkpoint.CheckpointSave(data_iterator)),
+                              force=True)
 
     def saved_process_counts(self, step: int) -> set[int]:
         """How many processes wrote the data positions of `step` (Grain writes one file per process)."""
@@ -136,10 +238,12 @@ class Checkpointer:
         return restored["state"], True
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._space_checked():
+            self.manager.wait_until_finished()
+            self._writing = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
