@@ -4,13 +4,16 @@ Loads the ml_collections config (locked, so a misspelt override is an error nami
 multi-host JAX when launched on several processes and the persistent compilation cache, and dispatches on
 `config.trainer` through the jobs table (jobs.py). Exit status 0 when done; 75 when a preemption notice
 (SIGTERM) stopped a training run after a checkpoint of its last step (train/preemption.py): run the same
-command again to continue; 1 after bad input (one line on stderr, the traceback in
-WORKDIR/error_traceback.txt); 2 for a misspelt flag or config key.
+command again to continue; 130 after a Ctrl-C (a training run first checkpoints its last step, the same
+command continues); 1 after bad input (one line on stderr, the traceback in WORKDIR/error_traceback.txt, or in
+the system's temporary folder when there is no workdir); 2 for a mistake in the command line: a misspelt flag,
+config key or preset, a config value no run can use (train/validate.py), a workdir that is a file.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import sys
@@ -19,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from liteframe_jax import jobs
-from liteframe_jax.core import paths
+from liteframe_jax.core import checkpoint, errors, paths, run_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/ctd.py:demo.",
                                           lock_config=True)
@@ -68,15 +71,17 @@ def main(argv):
     del argv
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/ctd.py")
+        return _usage_error("--config is required, e.g. --config=configs/ctd.py")
     try:
         job = jobs.job(config)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        return _usage_error(str(e))
     try:
         workdir = paths.resolve(_WORKDIR.value or job.default_workdir(config))
     except (ValueError, ModuleNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+        return _usage_error(str(e))
+    if paths.exists(workdir) and not paths.isdir(workdir):
+        return _usage_error(f"--workdir={workdir} is a file; a run folder is a folder: give another path")
     logging.set_verbosity(logging.ERROR)  # our own progress lines go to stdout
     if _TOPOLOGY.value and not _COMPILE_ONLY.value:
         raise app.UsageError("--topology compiles for devices this host does not have: add --compile_only")
@@ -86,12 +91,25 @@ def main(argv):
                                      tuple(int(n) for n in _ANSWER_FRAMES.value))
         except _INPUT_ERRORS as e:
             return _one_line_error(e, workdir)
-    if job.trains:
-        maybe_initialize_distributed()
-        paths.makedirs(workdir)
-        enable_compilation_cache(workdir)
+    from liteframe_jax.train import validate
     try:
-        return job.run(config, workdir)
+        with contextlib.ExitStack() as held:
+            if job.trains:
+                maybe_initialize_distributed()
+                import jax
+                validate.check(config, jax.device_count(), jax.process_count())  # before anything is built
+                paths.makedirs(workdir)
+                # one run per workdir, from before the task is built (its video index is written there)
+                held.enter_context(run_lock.hold(workdir, jax.process_index()))
+                enable_compilation_cache(workdir)
+            validate.check_inputs(config)
+            return job.run(config, workdir)
+    except validate.ConfigError as e:
+        status = _usage_error(str(e))
+    except KeyboardInterrupt:  # outside the training loop, which takes Ctrl-C itself (train/preemption.py)
+        print("interrupted (Ctrl-C); a training run continues from its last checkpoint with the same command",
+              file=sys.stderr)
+        status = errors.INTERRUPTED
     except _INPUT_ERRORS as e:
         status = _one_line_error(e, workdir)
     except Exception:
@@ -111,25 +129,26 @@ def main(argv):
 
 
 # What bad input raises here (a wrong path, a config that does not fit the data or the checkpoint, a step that
-# does not fit the device, a diverged run): each message names the problem, so it is said in one line and the
-# traceback, for a bug report, goes to a file. Anything else is a bug and keeps its traceback.
+# does not fit the device, a diverged run, a disk too full for a checkpoint): each message names the problem, so
+# it is said in one line and the traceback, for a bug report, goes to a file. Anything else is a bug and keeps
+# its traceback.
 _INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, MemoryError,
-                 FloatingPointError, ModuleNotFoundError)
+                 FloatingPointError, ModuleNotFoundError, checkpoint.CheckpointWriteError)
 
 
 def _one_line_error(error: BaseException, workdir: str) -> int:
-    import traceback
-    text = "".join(traceback.format_exception(error))
-    where = os.path.join(workdir, "error_traceback.txt" if _process_count() == 1 else
-                         f"error_traceback.process-{_process_index()}.txt")
-    try:
-        paths.write_text(where, text)
-    except Exception:  # an unwritable workdir must not hide the error itself
-        where = None
-    first = str(error).strip() or type(error).__name__
-    who = f" in process {_process_index()} of {_process_count()}" if _process_count() > 1 else ""
-    print(f"error{who}: {first}" + (f"\n(traceback in {where})" if where else ""), file=sys.stderr)
-    return 1
+    # the workdir's file when the run has one; `generate` (whose default workdir is the current folder) and runs
+    # that failed before making theirs write to the system's temporary folder
+    has_own = _WORKDIR.value is not None or os.path.realpath(workdir) != os.getcwd()
+    folder = workdir if has_own and paths.isdir(workdir) else None
+    errors.say_exception(error, folder, process_index=_process_index(), process_count=_process_count())
+    return errors.INPUT
+
+
+def _usage_error(message: str) -> int:
+    """A mistake in the command line: one line, status 2 (absl's UsageError would print every flag's help)."""
+    errors.say(message, None, None)
+    return errors.USAGE
 
 
 def _process_index() -> int:
@@ -148,7 +167,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        message = str(e)
+        message, text = errors.config_file_error(str(e))
+        if text:
+            errors.say(message, text, None)
+            sys.exit(errors.USAGE)
     except (KeyError, AttributeError) as e:  # ml_collections: a field the config does not have
         text = str(e.args[0] if e.args else e)
         for _ in range(2):  # its messages arrive as the repr of a KeyError's message
