@@ -34,6 +34,9 @@ def get_config(arg=None):
     # as .mlp): core/defaults.py, 'auto' by default. The fused MLP is inference-only: 'auto' picks it for a
     # frozen encoder only.
     c.kernels = defaults.kernels()
+    # the encoder in training: 0 encodes a row's clips at once; N > 0 N clips a pass, each pass recomputed in the
+    # backward pass, so the step keeps one pass's encoder activations (what fits a 512-frame row on a chip)
+    c.encoder_clips_per_pass = 0
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
 
     # The demo's colour and order questions are learnt first; direction and count, which need the shapes'

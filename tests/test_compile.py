@@ -213,7 +213,8 @@ def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
         return config.remat == "full" and rows <= 2, f"{rows} rows"
 
     said = sizing.search(c, 8, fits)
-    assert tried == [("none", 1, 1), ("full", 1, 1), ("full", -1, 1), ("full", -1, 2)]
+    assert c.encoder_clips_per_pass == 8  # 64 clips at 512 frames, 8 a pass
+    assert tried == [("none", 1, 1), ("full", 1, 1), ("full", 1, 1), ("full", -1, 1), ("full", -1, 2)]
     assert (c.remat, c.mesh.data, c.mesh.fsdp, c.grad_accum_steps) == ("full", 1, -1, 2)
     assert said[0] == "remat=full (the step needed 4 rows)"
     c = load_config("lma", "paper")
@@ -237,3 +238,23 @@ def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsy
     c.sizing = "off"
     sizing.apply(c, [device] * 8)
     assert c.grad_accum_steps == 1
+
+
+def test_the_encoder_a_few_clips_a_pass_gives_the_same_tokens_and_gradients():
+    from flax import nnx
+    from liteframe_jax.train.lma import LMATask
+    c = load_config("lma", "demo")
+    c.student.init, c.data.num_frames, c.mesh.num_devices = "random", 32, 1  # 4 clips of 8 frames
+    task = LMATask(c, sharding.make_mesh(c.mesh), "/tmp/unused", with_data=False)
+    graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))
+    s = task.spec.encoder.image_size
+    frames = jax.random.randint(jax.random.key(1), (2, 32, s, s, 3), 0, 256).astype(jnp.uint8)
+    encode = lambda st, n: task.spec.visual_tokens(nnx.merge(graphdef, st), frames, jnp.float32, n)
+    whole, passes = encode(state, 0), encode(state, 2)
+    assert whole.shape == (2, task.spec.num_visual_tokens, task.spec.llm.hidden_size)
+    np.testing.assert_allclose(passes, whole, rtol=1e-5, atol=1e-5)
+    weights = jax.random.normal(jax.random.key(2), whole.shape)  # each token's place matters
+    grads = [jax.grad(lambda st: (encode(st, n) * weights).sum())(state) for n in (0, 2)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+    with pytest.raises(ValueError, match="does not divide the 4 clips"):
+        encode(state, 3)

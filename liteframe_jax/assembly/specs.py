@@ -221,17 +221,37 @@ class VideoLLMSpec:
             system_prompt=self.system_prompt, max_answer_tokens=max_answer_tokens)
 
     # --- running ---
-    def visual_tokens(self, model: VideoLLM, frames_uint8: jax.Array, dtype) -> jax.Array:
-        """uint8 (B, num_frames, S, S, 3) -> (B, num_visual_tokens, LLM width): the video as encoder clips."""
+    def visual_tokens(self, model: VideoLLM, frames_uint8: jax.Array, dtype, clips_per_pass: int = 0) -> jax.Array:
+        """uint8 (B, num_frames, S, S, 3) -> (B, num_visual_tokens, LLM width): the video as encoder clips.
+
+        `clips_per_pass` > 0: each row's clips are encoded that many at a time, each pass rematerialised, so a
+        training step keeps one pass's activations of the encoder instead of the whole video's (the encoder's
+        memory at 512 frames is what limits LMA on a chip). Pass p takes clips p, p + P, p + 2P, ... (P passes):
+        where the frames are split over devices by contiguous clips, each pass stays on every device."""
         e = self.encoder
         x = normalise(frames_uint8, e.pixel_mean, e.pixel_std, dtype)
         b, t = x.shape[:2]
-        tokens = model.visual_tokens(x.reshape(b * (t // e.clip_frames), e.clip_frames, *x.shape[2:]))
-        return tokens.reshape(b, -1, tokens.shape[-1])
+        clips = t // e.clip_frames
+        if not clips_per_pass or clips_per_pass >= clips:
+            tokens = model.visual_tokens(x.reshape(b * clips, e.clip_frames, *x.shape[2:]))
+            return tokens.reshape(b, -1, tokens.shape[-1])
+        if clips % clips_per_pass:
+            raise ValueError(f"encoder_clips_per_pass={clips_per_pass} does not divide the {clips} clips of a row")
+        passes = clips // clips_per_pass
+        x = x.reshape(b, clips_per_pass, passes, e.clip_frames, *x.shape[2:]).swapaxes(1, 2).swapaxes(0, 1)
 
-    def embeds(self, model: VideoLLM, tokens: jax.Array, frames_uint8: jax.Array, dtype) -> jax.Array:
+        @jax.checkpoint
+        def one_pass(xs):  # (B, clips_per_pass, clip frames, S, S, 3) -> (B, clips_per_pass, tokens, width)
+            out = model.visual_tokens(xs.reshape(b * clips_per_pass, *xs.shape[2:]))
+            return out.reshape(b, clips_per_pass, *out.shape[1:])
+
+        tokens = jax.lax.map(one_pass, x)  # (passes, B, clips_per_pass, tokens, width)
+        return tokens.transpose(1, 2, 0, 3, 4).reshape(b, -1, tokens.shape[-1])
+
+    def embeds(self, model: VideoLLM, tokens: jax.Array, frames_uint8: jax.Array, dtype,
+               clips_per_pass: int = 0) -> jax.Array:
         """The prompt's embeddings with the visual tokens at the video placeholders."""
-        return self.embeds_with(model, tokens, self.visual_tokens(model, frames_uint8, dtype))
+        return self.embeds_with(model, tokens, self.visual_tokens(model, frames_uint8, dtype, clips_per_pass))
 
     def embeds_with(self, model: VideoLLM, tokens: jax.Array, visual: jax.Array) -> jax.Array:
         """The prompt's embeddings with `visual` (B, num_visual_tokens, LLM width), encoded before (e.g. clip by

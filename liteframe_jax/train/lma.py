@@ -169,7 +169,7 @@ class LMATask(Task):
         if l.init == "random":
             arch = l.arch.to_dict()
             llm = Qwen2Config(**{**arch, "vocab_size": arch.get("vocab_size") or tokenizer.vocab_size})
-            log("[lma] RANDOMLY INITIALISED LLM (demo)")
+            log(f"[lma] RANDOMLY INITIALISED LLM (llm.init=random: {llm.num_layers} layers of width {llm.hidden_size})")
         elif l.init:
             llm = config_from_hf(text_config(l.init))
             sources["llm"] = l.init
@@ -287,7 +287,8 @@ class LMATask(Task):
         # the frames by whole encoder clips where those divide, so the encoder's work is split too
         split = lambda x: context_parallel.split_sequence(x, self.mesh)
         frames = split(frames) if self.spec.clips % sharding.context_size(self.mesh) == 0 else frames
-        embeds = split(self.spec.embeds(model, tokens, frames, self.dtype))
+        embeds = split(self.spec.embeds(model, tokens, frames, self.dtype,
+                                        int(self.config.get("encoder_clips_per_pass", 0))))
         h, _ = model.llm.hidden(embeds, split(positions), split(valid))
         # position i predicts token i + 1; the rows' answer positions first, in order (a stable sort)
         weights = batch["loss_mask"][:, 1:]

@@ -5,8 +5,8 @@ without changing what is trained (the global batch, the model, the optimizer sta
 `config.sizing`:
   'table' (default)  the chip kind's row of `TABLE` (found by compiling the preset for that chip, BENCHMARKS.md)
   'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
-                     at each rung until it fits: rematerialisation, FSDP over every device, then doubling
-                     `grad_accum_steps`
+                     at each rung until it fits: rematerialisation, the encoder a few clips at a time (LMA),
+                     FSDP over every device, then doubling `grad_accum_steps`
   'off'              the config's own fields
 The run says what it chose and why.
 """
@@ -23,7 +23,7 @@ from liteframe_jax.core.log import log
 # for that chip kind's smallest host (v5e / v6e: 8 chips, v4 / v5p: 4) and fits within the headroom there
 # (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip.
 TABLE: dict[tuple[str, str], dict[str, dict]] = {
-    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}},
+    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16}},
 }
 
 
@@ -75,6 +75,9 @@ def ladder(config, devices: int) -> list[tuple[str, object]]:
     rungs = []
     if config.get("remat", None) == "none":
         rungs.append(("remat", "full"))
+    clips = int(config.data.num_frames) // 8 if config.trainer == "lma" else 0
+    if clips > 8 and not config.get("encoder_clips_per_pass", 0) and clips % 8 == 0:
+        rungs.append(("encoder_clips_per_pass", 8))  # the encoder's activations, a pass at a time
     if config.mesh.fsdp != -1 and config.mesh.fsdp < devices // max(int(config.mesh.tensor), 1):
         rungs.append(("mesh.fsdp", -1))
     accum = int(config.get("grad_accum_steps", 1))
