@@ -17,6 +17,7 @@ import time
 
 import jax
 
+from liteframe_jax.bench import preflight
 from liteframe_jax.bench.common import default_tail_kernel, fused_mlp_kernel, matmul_ceiling
 from liteframe_jax.bench.encoders import bench_encoders, profile_encoders
 from liteframe_jax.bench.export import bench_export
@@ -71,6 +72,13 @@ def main(argv=None):
     what = {"matmul", "encoders", "ctd", "lma", "pipeline", "latency"} if "all" in args.what else set(args.what)
     attn_impls = [None if a == "xla" else a for a in args.attention.split(",")]
     impl = attn_impls[0]
+    from liteframe_jax.data import nvdec
+    cannot = preflight.problems(what, small=args.small, attention=attn_impls, decoder=args.decoder,
+                                decode=args.decode, backend=jax.default_backend(),
+                                nvdec_problem=nvdec.problem() if args.decoder == "nvdec" else None)
+    if cannot:  # before the matmul ceiling and any model: one line, as a mistake in the command line
+        print("error: " + "; ".join(cannot), file=sys.stderr)
+        sys.exit(2)
     tail_kernel = args.tail_kernel or default_tail_kernel(args.small)
     teacher_mlp_kernel = args.teacher_mlp_kernel or fused_mlp_kernel()
     import flax
