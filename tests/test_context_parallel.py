@@ -43,6 +43,13 @@ def test_mesh_gets_the_context_axis_only_when_asked():
     config.mesh.context = 3
     with pytest.raises(validate.ConfigError, match="'context': 3"):
         validate.check(config, 8, 1)
+    config.mesh.context, config.data.buckets = 4, (160, 250)
+    with pytest.raises(validate.ConfigError, match=r"data.buckets=\(160, 250\).*multiples of mesh.context=4"):
+        validate.check(config, 8, 1)
+    ctd = load_config("ctd", "demo")
+    ctd.mesh.context = 2
+    with pytest.raises(validate.ConfigError, match="only LMA splits"):
+        validate.check(ctd, 8, 1)
 
 
 def test_attention_over_a_split_sequence_equals_xla(monkeypatch):

@@ -156,6 +156,14 @@ def problems(config, device_count: int, process_count: int = 1) -> list[str]:
             found.append(_problem("batch_size", batch, f"a multiple of the {process_count} processes (each reads "
                                   "an equal share)"))
 
+    context = _get(config, "mesh.context")
+    if context is not _MISSING and int(context) > 1:  # sequence parallelism splits each row's tokens
+        if trainer != "lma":
+            found.append(_problem("mesh.context", context, "1: only LMA splits its rows' tokens over devices"))
+        elif any(int(b) % int(context) for b in config.data.buckets):
+            found.append(_problem("data.buckets", tuple(config.data.buckets), f"multiples of mesh.context={context} "
+                                  "(each row's tokens are split evenly over those devices)"))
+
     if trainer == "lma" and _get(config, "encoder.kind") == "student":
         clip = _clip_frames(config)
         frames = int(config.data.num_frames)
