@@ -63,7 +63,7 @@ def _event_steps(workdir) -> list[tuple[str, int]]:
     return out
 
 
-def test_ctrl_c_saves_the_step_and_a_second_stops_at_once(videos, tmp_path, monkeypatch):
+def test_ctrl_c_saves_the_step_and_a_second_stops_at_once(videos, tmp_path, monkeypatch, capfd):
     """One Ctrl-C during step 2: the run finishes it, checkpoints it and ends with status 130; two Ctrl-C during
     step 2: it stops at once, without a checkpoint, still with status 130, and leaves the workdir unlocked."""
     once, twice = tmp_path / "once", tmp_path / "twice"
@@ -75,11 +75,13 @@ def test_ctrl_c_saves_the_step_and_a_second_stops_at_once(videos, tmp_path, monk
     assert checkpoint.Checkpointer(str(once), keep=3).latest_step() == 2
     assert [r["step"] for r in metrics_lib.read_metrics(str(once))] == [1, 2]
 
+    capfd.readouterr()
     with monkeypatch.context() as patch:
         _signalling_steps(patch, {2: [signal.SIGINT, signal.SIGINT]})
         with pytest.raises(preemption.Interrupted) as stopped:
             run(_config(videos, checkpoint_every=100), str(twice))
     assert stopped.value.code == 130
+    assert capfd.readouterr().err.splitlines()[-1].startswith("Ctrl-C again: stopping now, without a checkpoint")
     assert checkpoint.Checkpointer(str(twice), keep=3).latest_step() is None
     assert not (twice / run_lock.LOCK_NAME).exists() and not (once / run_lock.LOCK_NAME).exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the watch gave Ctrl-C back

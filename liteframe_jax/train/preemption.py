@@ -79,6 +79,9 @@ class PreemptionWatch:
     def _on_sigint(self, signum, frame) -> None:
         del signum, frame
         if self.interrupted:
+            if jax.process_index() == 0:
+                _say("Ctrl-C again: stopping now, without a checkpoint of the step in flight; the same command "
+                     "continues from the last checkpoint")
             raise Interrupted("Ctrl-C again: stopped at once, without a checkpoint of the step in flight")
         self.interrupted = True
         if jax.process_index() == 0:
