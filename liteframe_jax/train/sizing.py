@@ -78,10 +78,10 @@ def ladder(config, devices: int) -> list[tuple[str, object]]:
     clips = int(config.data.num_frames) // 8 if config.trainer == "lma" else 0
     if clips > 8 and not config.get("encoder_clips_per_pass", 0) and clips % 8 == 0:
         rungs.append(("encoder_clips_per_pass", 8))  # the encoder's activations, a pass at a time
-    if config.mesh.fsdp != -1 and config.mesh.fsdp < devices // max(int(config.mesh.tensor), 1):
+    split = devices // max(int(config.mesh.tensor), 1) // max(int(config.mesh.get("context", 1)), 1)  # batch devices
+    if config.mesh.fsdp != -1 and config.mesh.fsdp < split:
         rungs.append(("mesh.fsdp", -1))
     accum = int(config.get("grad_accum_steps", 1))
-    split = devices // max(int(config.mesh.tensor), 1)
     while int(config.batch_size) % (accum * 2 * split) == 0:
         accum *= 2
         rungs.append(("grad_accum_steps", accum))
