@@ -39,7 +39,8 @@ class CTDTask(Task):
         only, never initialised, so its step can be compiled for devices this host does not have."""
         super().__init__(config, mesh)
         self.dtype = compute_dtype(config.dtype)
-        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype)  # the teacher's MLP is frozen
+        # the teacher's MLP is frozen; the kernels are those of the devices the step is compiled for
+        self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, device=mesh.devices.flat[0])
         for line in said:
             log(f"[ctd] {line}")
         attn_impl = self.kernels["attention"]
