@@ -13,6 +13,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -30,7 +31,19 @@ _LONGEST_FIRST = ("test_lma.py::test_demo_answers", "test_multiprocess.py", "tes
                   "test_lma.py::test_preempted", "test_object_store.py::test_ctd_run")
 
 
+# The end-to-end tier, marked `integration`: files whose tests train (the demo's trainers, resumes, several
+# processes, buckets), run the entry point in subprocesses or export trained runs. `pytest -m "not integration"`
+# runs the rest (models, data, convert, eval, sharding on the fake devices) as the fast tier.
+_INTEGRATION_FILES = {"test_ctd.py", "test_lma.py", "test_multiprocess.py", "test_target_cache.py",
+                      "test_object_store.py", "test_input_mistakes.py", "test_faults.py", "test_export.py",
+                      "test_hf_export.py", "test_tfds_videos.py"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in _INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
+
     def rank(item):
         for i, key in enumerate(_LONGEST_FIRST):
             if key in item.nodeid:

@@ -91,6 +91,7 @@ def test_micro_batches_are_strided_and_stay_on_every_device():
     assert not hlo.in_hlo(text, [0] * 8)
 
 
+@pytest.mark.integration
 def test_accumulated_micro_batches_give_the_whole_batch_step():
     """grad_accum_steps splits a batch without changing the step: the same loss and parameters (float32). The
     targets' outlier clipping takes its statistics over the batch it sees, a micro-batch, so it is off here."""
@@ -166,6 +167,7 @@ def _compile_cli(tmp_path, *args):
     return json.load(open(tmp_path / aot.REPORT_FILE)), done.stdout
 
 
+@pytest.mark.integration
 @needs_libtpu
 def test_ctd_demo_compiles_for_two_tpu_slices_with_fsdp(tmp_path):
     r, out = _compile_cli(tmp_path, "--config=configs/ctd.py", "--topology=v5e:2x2", "--num_slices=2",
@@ -179,6 +181,7 @@ def test_ctd_demo_compiles_for_two_tpu_slices_with_fsdp(tmp_path):
     assert "compiled ctd:demo for v5e:2x2 x 2 slices" in out
 
 
+@pytest.mark.integration
 @needs_libtpu
 def test_lma_with_fsdp_remat_and_micro_batches_compiles_for_a_tpu(tmp_path):
     """The shape of the configuration whose contiguous micro-batches made the TPU compiler fail (LMA, FSDP over
