@@ -70,27 +70,25 @@ def test_a_checkpoint_that_does_not_fit_ends_the_run_and_keeps_the_last_good_one
     """A file-size limit in the run's process, below the checkpoint's size: the resumed run trains to step 4,
     refuses to write a checkpoint that cannot fit, and ends with one line naming the step, the reason and the
     checkpoint that remains, which is the one a restart takes."""
-    import resource
-    import signal
-
     from liteframe_jax.core import checkpoint
     from liteframe_jax.jobs import train as run
     tiny = {"optimizer.decay_steps": 400, "optimizer.warmup_steps": 2, "checkpoint_every": 2}
     run(tiny_ctd_config(videos, total_steps=2, **tiny), str(tmp_path))  # checkpoint 2, in this process
-    cli = [sys.executable, "-m", "liteframe_jax.main", f"--config={REPO}/configs/ctd.py", f"--workdir={tmp_path}",
-           f"--config.data.videos={videos}", "--config.mesh.num_devices=1", "--config.data.num_workers=0",
-           "--config.data.eval_every_nth_video=0", "--config.eval_at_start=False", "--config.eval_every=0",
-           "--config.log_every=1", "--config.async_checkpointing=False",
-           "--compilation_cache=off", *[f"--config.{k}={v}" for k, v in tiny.items()]]
+    flags = [f"--config={REPO}/configs/ctd.py", f"--workdir={tmp_path}", f"--config.data.videos={videos}",
+             "--config.mesh.num_devices=1", "--config.data.num_workers=0", "--config.data.eval_every_nth_video=0",
+             "--config.eval_at_start=False", "--config.eval_every=0", "--config.log_every=1",
+             "--config.async_checkpointing=False", "--compilation_cache=off",
+             *[f"--config.{k}={v}" for k, v in tiny.items()], "--config.total_steps=4"]
     # no compilation cache: its entry (this step is compiled afresh) would not fit the limit either
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
-    def small_files():  # the state (~4 MB in files up to ~600 kB) no longer fits; the logs and the index do
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (128 << 10, 128 << 10))
-    full = subprocess.run([*cli, "--config.total_steps=4"], cwd=REPO, env=env, capture_output=True, text=True,
-                          preexec_fn=small_files)
+    # the limit is set in the child itself (no preexec_fn: forking a threaded JAX process runs no Python safely)
+    limited = ("import resource, runpy, signal, sys; "
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # a write past the limit fails, not the process
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (128 << 10, 128 << 10)); "
+               "sys.argv[0] = 'liteframe_jax.main'; runpy.run_module('liteframe_jax.main', run_name='__main__')")
+    full = subprocess.run([sys.executable, "-c", limited, *flags], cwd=REPO, env=env, capture_output=True, text=True)
     lines = full.stderr.strip().splitlines()
     assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
     assert "resumed from this workdir at step 2" in full.stdout and "step 4/4" in full.stdout, full.stdout[-3000:]
