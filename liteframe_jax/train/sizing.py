@@ -19,11 +19,14 @@ from liteframe_jax.core import hardware
 from liteframe_jax.core.log import log
 
 # (trainer, preset) -> chip kind -> what fits: `rows_per_chip` (examples of a micro-batch on each chip: sets
-# grad_accum_steps for the run's batch and chips) and any config fields (remat, mesh.*). Each row was compiled
-# for that chip kind's smallest host (v5e / v6e: 8 chips, v4 / v5p: 4) and fits within the headroom there
-# (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip.
+# grad_accum_steps for the run's batch and chips) and any config fields (remat, mesh.*). Each TPU row was
+# compiled for that chip kind's smallest host (v5e / v6e: 8 chips, v4 / v5p: 4) and fits within the headroom
+# there (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip. The GPU rows are the steps the
+# training benches measured on one GPU (CTD: 37.7 GiB at 32 clips; LMA: 97.6 GiB at one 512-frame row).
 TABLE: dict[tuple[str, str], dict[str, dict]] = {
-    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16}},
+    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16}, "h100": {"rows_per_chip": 32},
+                       "h200": {"rows_per_chip": 32}},
+    ("lma", "paper"): {"h200": {"rows_per_chip": 1, "remat": "full"}},
 }
 
 
