@@ -114,8 +114,9 @@ def _cost(compiled) -> dict:
 
 
 def roofline(chip: hardware.Chip | None, flops: float, hbm_bytes: float, traffic: dict) -> dict | None:
-    """Seconds per step if each resource alone limited it, at the chip's published peaks; the step takes at
-    least the largest. `compute / step` bounds MFU (with XLA's FLOP count, which includes recomputation)."""
+    """Seconds per step if each resource alone limited it, at the chip's published peaks; the step takes about
+    the largest. `compute / step` bounds MFU (with XLA's FLOP count, which includes recomputation). XLA's bytes
+    accessed count every fusion's operands and results, so the HBM term leans high."""
     if chip is None:
         return None
     terms = {"compute_s": flops / chip.bf16_flops, "hbm_s": hbm_bytes / chip.hbm_bytes_per_s,
@@ -176,9 +177,10 @@ def describe(r: dict) -> str:
     rf = r["roofline"]
     if rf:
         lines.append(f"  roofline: compute {rf['compute_s'] * 1e3:.1f} ms, HBM {rf['hbm_s'] * 1e3:.1f} ms, ICI "
-                     f"{rf['ici_s'] * 1e3:.1f} ms, DCN {rf['dcn_s'] * 1e3:.1f} ms -> at least "
+                     f"{rf['ici_s'] * 1e3:.1f} ms, DCN {rf['dcn_s'] * 1e3:.1f} ms -> about "
                      f"{rf['step_s'] * 1e3:.1f} ms per step ({rf['limited_by']}-bound), MFU at most "
-                     f"{100 * rf['mfu_bound']:.0f}%")
+                     f"{100 * rf['mfu_bound']:.0f}% (HBM: XLA's bytes accessed, every fusion's operands and "
+                     "results, more than reaches HBM where data stays on the chip)")
     return "\n".join(lines)
 
 
