@@ -86,6 +86,9 @@ def main(argv):
     if _TOPOLOGY.value and not _COMPILE_ONLY.value:
         raise app.UsageError("--topology compiles for devices this host does not have: add --compile_only")
     if _COMPILE_ONLY.value:
+        if _TOPOLOGY.value and not os.environ.get("JAX_PLATFORMS"):
+            import jax  # the topology's devices come from libtpu; this host's own accelerators stay unused
+            jax.config.update("jax_platforms", "cpu")
         try:
             return jobs.compile_only(config, workdir, _TOPOLOGY.value, _NUM_SLICES.value,
                                      tuple(int(n) for n in _ANSWER_FRAMES.value))
