@@ -55,6 +55,9 @@ def _common(preset: str) -> ml_collections.ConfigDict:
     c.nan_patience = 20  # stop after this many non-finite steps in a row (each one is skipped)
     c.check_memory = True  # stop before step 1 if the compiled step needs more device memory than there is
     c.resume_from = config_dict.placeholder(str)  # another run's workdir: state + data position
+    # the checkpoint to resume from (this workdir's, else resume_from's); unset: the latest. Later ones of this
+    # workdir are moved to checkpoints_set_aside/ (e.g. past a damaged checkpoint)
+    c.resume_step = config_dict.placeholder(int)
     c.init_from = config_dict.placeholder(str)  # another run's workdir: parameters only
 
     c.mesh = defaults.mesh()

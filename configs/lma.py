@@ -57,6 +57,9 @@ def get_config(arg=None):
     c.nan_patience = 20
     c.check_memory = True  # stop before step 1 if the compiled step needs more device memory than there is
     c.resume_from = config_dict.placeholder(str)
+    # the checkpoint to resume from (this workdir's, else resume_from's); unset: the latest. Later ones of this
+    # workdir are moved to checkpoints_set_aside/ (e.g. past a damaged checkpoint)
+    c.resume_step = config_dict.placeholder(int)
     c.init_from = config_dict.placeholder(str)
 
     c.mesh = defaults.mesh()

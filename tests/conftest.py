@@ -36,7 +36,7 @@ _LONGEST_FIRST = ("test_lma.py::test_demo_answers", "test_multiprocess.py", "tes
 # runs the rest (models, data, convert, eval, sharding on the fake devices) as the fast tier.
 _INTEGRATION_FILES = {"test_ctd.py", "test_lma.py", "test_multiprocess.py", "test_target_cache.py",
                       "test_object_store.py", "test_input_mistakes.py", "test_faults.py", "test_export.py",
-                      "test_hf_export.py", "test_tfds_videos.py"}
+                      "test_hf_export.py", "test_tfds_videos.py", "test_damaged_checkpoint.py"}
 
 
 def pytest_collection_modifyitems(config, items):

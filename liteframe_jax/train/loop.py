@@ -188,6 +188,18 @@ def _resume(ckpt, step: int, abstract, data_iter, task: Task, config):
     return state, iter(task.train_dataset(start=step * local))
 
 
+def _chosen_step(ckpt, config) -> int | None:
+    """The step to resume from in `ckpt`: `config.resume_step` when set (one of its saved steps), else the
+    latest; None when it has no checkpoint."""
+    wanted, steps = config.get("resume_step"), ckpt.all_steps()
+    if wanted is None or not steps:
+        return ckpt.latest_step()
+    if wanted not in steps:
+        raise ValueError(f"--config.resume_step={wanted}: {ckpt.directory} has no checkpoint of that step; it has "
+                         f"{', '.join(map(str, steps))}")
+    return wanted
+
+
 def _write_config(config, workdir: str, spec) -> None:
     if jax.process_index() == 0:
         paths.makedirs(workdir)
@@ -235,7 +247,10 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
     total_steps = int(config.total_steps)
     _write_config(config, workdir, task.spec)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-    own = ckpt.latest_step()
+    own = _chosen_step(ckpt, config)
+    if own is None and config.get("resume_step") is not None and not config.resume_from:
+        raise ValueError(f"--config.resume_step={config.resume_step}: {ckpt.directory} has no checkpoint to resume "
+                         "from (and --config.resume_from is unset)")
 
     # --- shapes first: the model, which of it trains, shardings of both parts and of the optimizer state ---
     lay = state_lib.layout(config, task, key)
@@ -266,9 +281,13 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
         state, data_iter = _resume(ckpt, own, abstract, data_iter, task, config)
         opened.append(data_iter)
         origin = f"resumed from this workdir at step {own}"
+        later = ckpt.set_aside_after(own)  # only once `own` has been read whole: --config.resume_step=own
+        if later:
+            log(f"[{task.name}] resume_step={own}: the later checkpoints (steps {', '.join(map(str, later))}) are "
+                f"moved to {ckpt.directory}_set_aside/; this run saves those steps again")
     elif config.resume_from:
         other = checkpoint.Checkpointer(config.resume_from, keep=config.keep_checkpoints)
-        step = other.latest_step()
+        step = _chosen_step(other, config)
         if step is None:
             raise FileNotFoundError(f"resume_from: no checkpoint in {checkpoint.checkpoint_dir(config.resume_from)}")
         state, data_iter = _resume(other, step, abstract, data_iter, task, config)

@@ -60,6 +60,7 @@ RULES = (
     ("llm.lora.rank", *NOT_NEGATIVE), ("llm.lora.alpha", *ABOVE_ZERO),
     ("mesh.data", *AXIS), ("mesh.fsdp", *AXIS), ("mesh.tensor", *AXIS),
     ("mesh.num_devices", (lambda v: _whole(v) and (v == -1 or v > 0)), "-1 (every device) or a whole number above 0"),
+    ("resume_step", (lambda v: v is None or (_whole(v) and v >= 0)), "unset (the latest checkpoint) or a saved step"),
 )
 
 _MISSING = object()
