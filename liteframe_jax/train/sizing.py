@@ -26,7 +26,9 @@ from liteframe_jax.core.log import log
 TABLE: dict[tuple[str, str], dict[str, dict]] = {
     ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16}, "v6e": {"rows_per_chip": 4},
                        "h100": {"rows_per_chip": 32}, "h200": {"rows_per_chip": 32}},
-    ("lma", "paper"): {"h200": {"rows_per_chip": 1, "remat": "full"}},
+    ("lma", "paper"): {"v5p": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8, "mesh.data": 1,
+                               "mesh.fsdp": -1},
+                       "h200": {"rows_per_chip": 1, "remat": "full"}},
 }
 
 
