@@ -12,7 +12,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 import jax
@@ -110,13 +112,23 @@ def main(argv=None):
                 ("export", lambda: bench_export(small=args.small)),
                 ("index", lambda: bench_video_index(small=args.small)),
                 ("targets", lambda: bench_targets(args.small, args.read_threads))]
-    for name, fn in sections:
-        if name in what:
-            for row in fn():
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out:  # after every row: a run stopped by a time limit keeps what it measured
-                    write_rows(args.out, header, rows)
+    # every bench's temporary files (generated videos, caches, exports) land in one folder that goes when the
+    # command ends, also when a bench fails
+    scratch = tempfile.mkdtemp(prefix="liteframe_bench_")
+    tempfile.tempdir = scratch
+    began = time.perf_counter()
+    try:
+        for name, fn in sections:
+            if name in what:
+                print(f"[bench] {name}: started ({time.perf_counter() - began:.0f} s into the run)", flush=True)
+                for row in fn():
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.out:  # after every row: a run stopped by a time limit keeps what it measured
+                        write_rows(args.out, header, rows)
+    finally:
+        tempfile.tempdir = None
+        shutil.rmtree(scratch, ignore_errors=True)
     if args.out:
         write_rows(args.out, header, rows)
     print("\n" + table(rows, ceiling))
