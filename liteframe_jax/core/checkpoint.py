@@ -322,11 +322,13 @@ class Checkpointer:
 
     def _write_digests(self, step: int, state) -> None:
         paths.write_text(self._digest_file(step), json.dumps(_digests(state)))
-        if jax.process_index() == 0:  # those of checkpoints Orbax has removed (keep_checkpoints)
+        if jax.process_index() == 0:  # those of checkpoints Orbax has removed (keep_checkpoints), and those of
+            # processes this run does not have, left by an attempt at this step that was killed before it finished
             kept = set(self.manager.all_steps()) | {step}
             for name in paths.listdir(self.directory):
-                found = re.fullmatch(r"digests-(\d+)\.process_\d+\.json", name)
-                if found and int(found.group(1)) not in kept:
+                found = re.fullmatch(r"digests-(\d+)\.process_(\d+)\.json", name)
+                if found and (int(found.group(1)) not in kept or
+                              int(found.group(1)) == step and int(found.group(2)) >= jax.process_count()):
                     paths.remove(f"{self.directory}/{name}")
 
     def _saved_digests(self, step: int) -> dict[str, dict] | None:
@@ -349,8 +351,8 @@ class Checkpointer:
 
     def damaged(self, step: int, what: str) -> DamagedCheckpointError:
         earlier = [s for s in self.all_steps() if s < step]
-        hint = (f"to resume from the checkpoint before it, add --config.resume_step={earlier[-1]} (the checkpoints "
-                "after that step are moved to checkpoints_set_aside/, not deleted)" if earlier else
+        hint = (f"to resume from the checkpoint before it, add --config.resume_step={earlier[-1]} (nothing is "
+                "deleted: a workdir's later checkpoints are moved to checkpoints_set_aside/)" if earlier else
                 "there is no earlier checkpoint: restore its files, or start again in a new --workdir")
         return DamagedCheckpointError(f"the checkpoint of step {step} ({self.directory}/{step}) is damaged ({what}); "
                                       f"{hint}")
