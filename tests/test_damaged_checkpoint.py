@@ -119,3 +119,30 @@ def test_changed_values_are_refused_by_their_digest_then_resume_step_goes_back(t
 def _read(path) -> str:
     with open(path) as f:
         return f.read()
+
+
+def test_the_same_resume_step_is_not_taken_twice(tmp_path):
+    """A command run again with the resume_step it used once continues from its latest checkpoint instead of
+    going back and setting aside what it trained since: it is refused with what to do."""
+    import json
+
+    from liteframe_jax.train.loop import _chosen_step
+
+    class Saved:
+        directory = str(tmp_path / "checkpoints")
+
+        def all_steps(self):
+            return [2, 4, 6]
+
+        def latest_step(self):
+            return 6
+
+    ckpt = Saved()
+    assert _chosen_step(ckpt, {"resume_step": 2}) == 2  # never went back: allowed
+    (tmp_path / "checkpoints_set_aside").mkdir()
+    (tmp_path / "checkpoints_set_aside" / "resumed_from.json").write_text(json.dumps({"step": 2}))
+    with pytest.raises(ValueError, match="resume_step=2 was used already.*Drop --config.resume_step to continue "
+                                         "from step 6"):
+        _chosen_step(ckpt, {"resume_step": 2})
+    assert _chosen_step(ckpt, {"resume_step": 4}) == 4
+    assert _chosen_step(ckpt, {}) == 6

@@ -197,7 +197,24 @@ def _chosen_step(ckpt, config) -> int | None:
     if wanted not in steps:
         raise ValueError(f"--config.resume_step={wanted}: {ckpt.directory} has no checkpoint of that step; it has "
                          f"{', '.join(map(str, steps))}")
+    marker = _resumed_marker(ckpt)
+    if wanted < steps[-1] and paths.exists(marker) and json.loads(paths.read_text(marker)).get("step") == wanted:
+        # the same command run again must not go back to the same step and set aside what it trained since
+        raise ValueError(f"--config.resume_step={wanted} was used already: the run went back to step {wanted} and "
+                         f"has trained to step {steps[-1]} since. Drop --config.resume_step to continue from step "
+                         f"{steps[-1]} (or remove {marker} to go back to step {wanted} once more)")
     return wanted
+
+
+def _resumed_marker(ckpt) -> str:
+    """Where a run that went back to an earlier checkpoint (`resume_step`) records the step it went back to."""
+    return ckpt.directory + "_set_aside/resumed_from.json"
+
+
+def _record_going_back(ckpt, step: int, later: list[int]) -> None:
+    if jax.process_index() == 0:
+        paths.write_text(_resumed_marker(ckpt), json.dumps({"step": step, "set_aside": later,
+                                                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
 
 
 def _write_config(config, workdir: str, spec) -> None:
@@ -283,6 +300,7 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
         origin = f"resumed from this workdir at step {own}"
         later = ckpt.set_aside_after(own)  # only once `own` has been read whole: --config.resume_step=own
         if later:
+            _record_going_back(ckpt, own, later)
             log(f"[{task.name}] resume_step={own}: the later checkpoints (steps {', '.join(map(str, later))}) are "
                 f"moved to {ckpt.directory}_set_aside/; this run saves those steps again")
     elif config.resume_from:
