@@ -10,11 +10,14 @@ from liteframe_jax.data import video
 
 
 def test_latency_with_decoding(tmp_path):
+    # a video of our own: the generated one goes with the bench's temporary files when the command ends
+    from liteframe_jax.bench.pipeline import synthetic_video
+    path = synthetic_video(str(tmp_path), 12, small=True)
     out = tmp_path / "lat" / "latency.json"
-    main(["latency", "--small", "--attention", "xla", "--decode", "--decode-workers", "2", "--out", str(out)])
+    main(["latency", "--small", "--attention", "xla", "--decode", path, "--decode-workers", "2", "--out", str(out)])
     video_row, *rows = json.loads(out.read_text())["rows"]
     assert video_row["bench"] == "latency_video" and video_row["decode_workers"] == 2
-    assert video_row["keyframes"] == len(video.keyframe_indices(video_row["path"])) > 1
+    assert video_row["path"] == path and video_row["keyframes"] == len(video.keyframe_indices(path)) > 1
     assert {r["model"] for r in rows} == {"InternVL3-8B-style", "InternVL3-8B-style + WAP 16x", "LiteFrame",
                                           "LiteFrame (paper_tubelet2)"}
     for r in rows:

@@ -149,7 +149,9 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     if path:
         info = video.probe(path)
         keyframes = video.keyframe_indices(path)
-        stage = {"video": os.path.basename(path), "path": path, "video_frames": info.num_frames,
+        # a generated video goes with the bench's temporary files: its row names what it was, not where
+        where = path if not decode.startswith("synthetic") else f"generated ({decode}), removed with the run"
+        stage = {"video": os.path.basename(path), "path": where, "video_frames": info.num_frames,
                  "keyframes": len(keyframes), "decoder": decoder, "decoder_reason": decoder_reason,
                  "decode_workers": (decode_workers or os.cpu_count() or 1) if decoder == "pyav" else nvdec.SESSIONS}
         if decoder == "nvdec":  # the decode engines' own speed on this file, once, before the requests
