@@ -19,6 +19,14 @@ MLVU's videochat2/choice_bench.py) or `official_generic` (MLVU's multiple_choice
 liteframe_jax/eval/prompts.py holds them, results.json their hash, the code each reproduces and the lmms-eval
 version it follows. `model.internvl_prompt`: the InternVL3 baseline asked as InternVL's `model.chat` asks
 (`chat`, its system message; the default) or as the `-hf` processor does (`hf`, no system turn).
+`frames`: a frame sweep (eval/sweep.py), e.g. `--config.frames=64,128,256,512,1024` for an LMA run or
+`16,32,48,64` for the baseline: each count scored in WORKDIR/frames_N/, its time to first token on this device
+timed (decode, encode, prefill; `latency_runs`), the table in WORKDIR/sweep.json and sweep.md and accuracy
+against time to first token drawn in WORKDIR/frontier.png (`frontier_with`: other sweeps' workdirs drawn
+beside it). Empty (the default): one count, the run's own or `model.internvl_frames`.
+Every device of the process answers (`devices`: 0 all, N the first N; `batch_size` questions a device per
+call), and every process of a multi-process run (launch/local_multiprocess.sh, `--coordinator_address` ...)
+answers its share of the questions into WORKDIR/shards/, merged into results.jsonl at the end.
 `preprocess.sampling` / `preprocess.resize`: which frames and which resize filter; empty means the model's
 own: `uniform` + `bilinear` for an LMA run (as it trained), `internvl` + `bicubic` for the InternVL3
 baseline (InternVL's reference video loader).
@@ -58,7 +66,11 @@ def get_config(arg=None):
                                                   keyframes_only=False))
     c.data = ml_collections.ConfigDict(dict(root=config_dict.placeholder(str),
                                             annotation=config_dict.placeholder(str)))
-    c.batch_size = 8
+    c.frames = ()  # a frame sweep's counts, e.g. --config.frames=64,128,256 (empty: one count)
+    c.latency_runs = 3  # a sweep's timed requests per count (the median), after one that compiles
+    c.frontier_with = ""  # other sweeps' workdirs, comma-separated, drawn beside this one in frontier.png
+    c.devices = 0  # this process's devices that answer: 0 all, N the first N
+    c.batch_size = 8  # questions a device per answering call
     c.decode_workers = 8
     c.max_new_tokens = MAX_NEW_TOKENS[bench]
     c.parse_failure_threshold = 0.05

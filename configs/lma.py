@@ -4,6 +4,8 @@ Presets (`--config=configs/lma.py:NAME`):
   demo   (default) the demo's own CTD student (trained first into WORKDIR/ctd, or --config.student.init=RUN),
          a tiny random Qwen2 with a byte-level tokenizer, and a generated video QA set (colour, direction,
          count, order); the LLM (random) and the projector train, the student stays frozen. CPU, minutes.
+  needle the `demo` models on the needle test's short videos (data/needle.py): a coloured square shows for
+         1-2 of 16 frames, "what colour was it?"; `configs/eval.py:needle` then scores it on long videos.
   paper  a CTD `paper` student (--config.student.init=RUN), Qwen2.5-7B-Instruct
          (--config.llm.init=FOLDER, its tokenizer too), LLaVA-Video style data (--config.data.train=FILE),
          512 frames = 64 student clips x 128 tokens; the projector, the student and LoRA adapters (rank 64)
@@ -123,6 +125,16 @@ def get_config(arg=None):
 
     if preset == "demo":
         pass
+    elif preset == "needle":
+        # the demo's student and LLM on needle questions (data/needle.py): 16-frame videos in which a coloured
+        # square shows for 1-2 frames; `configs/eval.py:needle` then asks it about long videos at 16..128 frames
+        c.data.train = "needle_demo"
+        c.data.num_frames = 16
+        c.data.max_length = 384  # 128 visual tokens and the lettered question in bytes
+        c.data.buckets = (256, 384)
+        c.total_steps = 300
+        c.eval_every = 150
+        c.checkpoint_every = 150
     elif preset == "paper":
         c.student.init = config_dict.placeholder(str)
         c.llm.init = config_dict.placeholder(str)
@@ -155,5 +167,5 @@ def get_config(arg=None):
         c.optimizer.weight_decay = 0.0
         c.generation.max_new_tokens = 64
     else:
-        raise ValueError(f"unknown lma preset {preset!r}; choose 'demo' or 'paper'")
+        raise ValueError(f"unknown lma preset {preset!r}; choose 'demo', 'needle' or 'paper'")
     return c

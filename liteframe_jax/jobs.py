@@ -18,7 +18,8 @@ from liteframe_jax.core.log import log
 @dataclasses.dataclass(frozen=True)
 class Job:
     run: Callable  # (config, workdir) -> the exit status (None: 0)
-    # multi-process capable, with a workdir and the compilation cache (the training jobs and the target cache)
+    # multi-process capable, with a workdir and the compilation cache (the training jobs, the target cache and
+    # evaluation, whose questions are dealt to the processes)
     trains: bool
     default_workdir: Callable  # config -> the run folder when --workdir is not given
 
@@ -100,7 +101,7 @@ def _generate_job(config, workdir: str) -> None:
 
 
 def _eval_job(config, workdir: str) -> None:
-    from liteframe_jax.eval import harness
+    from liteframe_jax.eval import harness, shards, sweep
     from liteframe_jax.eval.answer import VideoQA, internvl_baseline
     m = config.model
     if bool(m.run) == bool(m.internvl):
@@ -117,6 +118,12 @@ def _eval_job(config, workdir: str) -> None:
         config.data.root = os.path.join(m.run, "demo_qa")
     if not config.data.root:
         raise ValueError("--config.data.root is required (the benchmark's folder)")
+    model = model.on_devices(shards.local_devices(int(config.devices)))  # each batch split over them
+    if config.frames:
+        if config.benchmark == "needle":
+            raise ValueError("--config.frames: the needle test sweeps the counts of --config.needle.frames")
+        sweep.run(config, workdir, model)
+        return
     harness.evaluate(config, workdir, model)
 
 
@@ -128,7 +135,7 @@ def _targets_job(config, workdir: str) -> None:
 JOBS = {
     "ctd": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "ctd")),
     "lma": Job(_train_job, trains=True, default_workdir=lambda c: os.path.join("runs", "lma")),
-    "eval": Job(_eval_job, trains=False, default_workdir=lambda c: os.path.join("runs", f"eval_{c.benchmark}")),
+    "eval": Job(_eval_job, trains=True, default_workdir=lambda c: os.path.join("runs", f"eval_{c.benchmark}")),
     "generate": Job(_generate_job, trains=False, default_workdir=lambda c: "."),
     "targets": Job(_targets_job, trains=True, default_workdir=lambda c: os.path.join("runs", f"targets_{c.preset}")),
 }

@@ -11,7 +11,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # room -> floor; a file may import its own room and any room on a lower floor. Rooms on one floor know
 # nothing of each other (models and data).
 FLOORS = {"core": 0, "pytorch": 0, "models": 1, "data": 1, "convert": 2, "assembly": 3, "eval": 4, "export": 4,
-          "train": 5, "bench": 6, "jobs": 7, "main": 8}
+          "train": 5, "plan": 5, "bench": 6, "jobs": 7, "main": 8}
 # the PyTorch side of an export runs where JAX is not installed: these are all it may import beside the
 # standard library and its own room
 # (safetensors comes with transformers; the processor tries PyAV, then OpenCV, to decode a path, needing neither)

@@ -18,6 +18,7 @@ Layouts read (ROOT is `data.root`; `data.annotation` names another annotation fi
 - LongVideoBench val: `ROOT/lvb_val.json` (candidates, correct_choice, duration_group, question_category,
   video_path, ...) or its parquet form (option0..option4, "N/A" = absent); videos `ROOT/videos/<video_path>`.
 - demo: the generated QA set's `eval_mc.json` (data/qa_demo.py).
+- needle: the generated needle test's `needle.json` (data/needle.py).
 """
 
 from __future__ import annotations
@@ -307,8 +308,23 @@ def load_demo(root: str, annotation: str | None = None) -> Benchmark:
     return _collect(Benchmark("demo", path, []), path, parse)
 
 
+def load_needle(root: str, annotation: str | None = None) -> Benchmark:
+    """The needle test's `needle.json` (data/needle.py), each question filed by its needle's depth and its
+    video's length."""
+    path = annotation or os.path.join(root, "needle.json")
+
+    def parse(row, where):
+        return MCQuestion(str(_field(row, "id", where)), os.path.join(root, str(_field(row, "video", where))),
+                          str(_field(row, "question", where)), tuple(_field(row, "options", where)),
+                          str(_field(row, "answer", where)),
+                          (("depth", f"{float(_field(row, 'depth', where)):.2f}"),
+                           ("minutes", f"{float(_field(row, 'minutes', where)):g}")))
+
+    return _collect(Benchmark("needle", path, []), path, parse)
+
+
 LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "longvideobench": load_longvideobench,
-           "demo": load_demo}
+           "demo": load_demo, "needle": load_needle}
 
 
 def load(benchmark: str, root: str, annotation: str | None = None) -> Benchmark:

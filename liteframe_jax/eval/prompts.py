@@ -164,6 +164,9 @@ for _bench, _rule in _OLD_READING.items():
         reference=_new.reference.replace("extract_mcq_answer", "extract_characters_regex"))
 for _name in ("lmms_eval", "lmms_eval_v0.7.1"):
     _TABLE[("demo", _name)] = dataclasses.replace(_TABLE[("demo", "official")], name=_name)
+# The needle test (data/needle.py) is asked as the demo's lettered questions, which its training rows follow.
+for _name in ("official", "lmms_eval", "lmms_eval_v0.7.1"):
+    _TABLE[("needle", _name)] = dataclasses.replace(_TABLE[("demo", _name)], benchmark="needle")
 
 
 def protocol(benchmark: str, name: str) -> Protocol:
