@@ -4,6 +4,8 @@ checkpoint, nothing outside it) or the InternVL3 baseline from one Hugging Face 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,6 +101,40 @@ class VideoQA:
         self.identity = {**self.identity, "prompt_form": form}
         return self
 
+    def at_frames(self, num_frames: int) -> "VideoQA":
+        """The same model and weights asked about `num_frames` frames per video (a frame sweep): the frames
+        sampled, the prompt's visual groups and the compiled answering follow the count, which must be whole
+        encoder clips."""
+        clip = self.spec.encoder.clip_frames
+        if int(num_frames) <= 0 or int(num_frames) % clip:
+            raise ValueError(f"{num_frames} frames is not a positive multiple of the encoder's {clip}-frame clips")
+        return self._rebuilt(dataclasses.replace(self.spec, num_frames=int(num_frames)), self.answerer.devices)
+
+    def on_devices(self, devices) -> "VideoQA":
+        """The same model answering each batch split over `devices` of this process, with a copy of the weights
+        on each (one device: the weights there, without a copy where they already are)."""
+        devices = tuple(devices)
+        if not devices:
+            raise ValueError("on_devices: no devices given")
+        return self._rebuilt(self.spec, devices)
+
+    def _rebuilt(self, spec: VideoLLMSpec, devices: tuple) -> "VideoQA":
+        out = copy.copy(self)
+        out.spec = spec
+        out.builder = spec.prompt_builder(self.tokenizer)
+        out.answerer = Answerer(spec, self.tokenizer, self.graphdef, self.answerer.dtype,
+                                beside_decoding=self.decoder == "nvdec", devices=devices)
+        if len(devices) > 1:
+            out.params = out.answerer.replicated(self.params)
+        elif devices:
+            out.params = jax.tree.map(lambda a: _on(a, devices[0]), self.params)
+        return out
+
+    @property
+    def device_count(self) -> int:
+        """The devices each batch is split over."""
+        return max(1, len(self.answerer.devices))
+
     @property
     def step(self) -> int | None:
         return self.identity.get("step")
@@ -157,6 +193,11 @@ class VideoQA:
         return self.builder.generation_prompt((("user", text),), times, system=system,
                                               assistant_prefix=prompt.assistant_prefix)
 
+    def prompt_ids(self, prompt: Prompt | str, times) -> np.ndarray:
+        """The token ids the model is asked with: the chat template around the question, the video's
+        placeholders with a separator before each visual group (starting at `times`)."""
+        return self._prompt(prompt, times)
+
     def check_prompt(self, prompt: Prompt | str, times) -> None:
         """Raises (naming the limit) if the prompt does not fit the model."""
         self._prompt(prompt, times)
@@ -191,6 +232,14 @@ class VideoQA:
             return self.answer_batch([frames], [times], [question], **generation)[0]
         visual, times = self.encode_streaming(video_path)
         return self.answerer(self.params, [self._prompt(question, times)], None, visual=visual, **generation)[0]
+
+
+def _on(array: jax.Array, device) -> jax.Array:
+    """`array` on `device`: its own buffer there when it has one (a replicated array's copy), else a copy."""
+    for shard in array.addressable_shards:
+        if shard.device == device and shard.data.shape == array.shape:
+            return shard.data
+    return jax.device_put(array, device)
 
 
 def _digest(spec: VideoLLMSpec) -> str:

@@ -9,6 +9,8 @@ reproduces and the lmms-eval version it follows, prompt hash, the InternVL3 base
 preprocessing, config, checkpoint and step, package versions, annotation errors, parse-failure and
 degenerate-answer counts) and `categories.png` (accuracy per category).
 Missing videos are listed before the first question and scored as errors (wrong), never dropped.
+In a multi-process run each process answers its share into a shard of its own and process 0 merges them
+(eval/shards.py); each process splits its batches over its devices (`batch_size` questions a device).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
 from liteframe_jax.data import benchmarks, video
 from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
-from liteframe_jax.eval import extraction, prompts, subtitles
+from liteframe_jax.eval import extraction, prompts, shards, subtitles
+from liteframe_jax.eval.shards import read_done  # noqa: F401 (the harness's reader of results.jsonl)
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "av", "numpy")
 
@@ -40,20 +43,6 @@ def _versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def read_done(path: str) -> dict[str, dict]:
-    """Rows already written (a partial last line from a kill is dropped and redone)."""
-    done = {}
-    if paths.exists(path):
-        with paths.open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[row["id"]] = row
-    return done
 
 
 def score(proto: prompts.Protocol, q: MCQuestion, raw: str | None, error: str | None, seed: int) -> dict:
@@ -160,6 +149,11 @@ def _subtitles(q: MCQuestion) -> str:
     return subtitles.videomme_subtitles(q.subtitles, info.fps, info.num_frames)
 
 
+def prompt_for(proto: prompts.Protocol, q: MCQuestion) -> prompts.Prompt:
+    """The question as `proto` asks it (with its video's subtitle lines where the protocol reads them)."""
+    return proto.render(q, subtitles=_subtitles(q) if proto.subtitles else None)
+
+
 def evaluate(config, workdir: str, model) -> dict:
     """Run `config.benchmark` with `model` (an eval.answer.VideoQA) under `config.protocol`; returns the summary."""
     bench = benchmarks.load(config.benchmark, config.data.root, config.data.annotation)
@@ -174,17 +168,24 @@ def evaluate(config, workdir: str, model) -> dict:
         log(f"[eval] {len(missing)} videos are missing; their questions count as errors:\n  " +
             "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else ""))
     paths.makedirs(workdir)
-    results_path = os.path.join(workdir, "results.jsonl")
+    index, count = shards.process()
+    results_path = shards.shard_path(workdir, index, count)
     want = fingerprint(config, model, proto, bench)
     fingerprint_path = os.path.join(workdir, "results_fingerprint.json")
-    check_resumable(fingerprint_path, results_path, want)
+    for path in shards.answer_files(workdir):  # answers of any earlier run, of any number of processes
+        check_resumable(fingerprint_path, path, want)
+    # every process writes it (the same text) before its first answer: rows are never on disk without it
     paths.write_text(fingerprint_path, json.dumps(want, indent=2))
-    done = read_done(results_path)
-    todo = [q for q in questions if q.id not in done]
+    if count > 1:
+        paths.makedirs(os.path.dirname(results_path))
+    done = shards.read_answers(workdir)
+    todo = [q for q in shards.deal(questions, index, count) if q.id not in done]
+    devices = getattr(model, "device_count", 1)
     log(f"[eval] {bench.name} ({proto.name} protocol, prompts {proto.fingerprint()}): {len(questions)} questions, "
-        f"{len(done)} already answered, {len(todo)} to go; {model.num_frames} frames -> {model.visual_tokens} "
+        f"{len(done)} already answered, {len(todo)} to go" + (f" in process 0 of {count}" if count > 1 else "") +
+        f" on {devices} device{'s' if devices > 1 else ''}; {model.num_frames} frames -> {model.visual_tokens} "
         f"visual tokens per question; model {model.source}")
-    bs = int(config.batch_size)
+    bs = int(config.batch_size) * devices
     t0, answered = time.perf_counter(), 0
 
     def load(q):
@@ -192,7 +193,7 @@ def evaluate(config, workdir: str, model) -> dict:
             return q, None, None, "missing video", None
         try:
             frames, times = model.load_frames(q.video)
-            prompt = proto.render(q, subtitles=_subtitles(q) if proto.subtitles else None)
+            prompt = prompt_for(proto, q)
             model.check_prompt(prompt, times)
             return q, frames, times, None, prompt
         except Exception as e:  # an unreadable video or an over-long prompt is an error row, not a crash
@@ -215,9 +216,10 @@ def evaluate(config, workdir: str, model) -> dict:
             out.flush()
             answered += len(loaded)
             rate = answered / (time.perf_counter() - t0)
-            log(f"[eval] {len(done)}/{len(questions)} | {rate:.2f} questions/s | "
-                f"ETA {int((len(todo) - answered) / max(rate, 1e-9))}s")
-    rows = [done[q.id] for q in questions]
+            log(f"[eval] {len(done)}/{len(questions)} | {rate:.2f} questions/s" +
+                (" in process 0" if count > 1 else "") + f" | ETA {int((len(todo) - answered) / max(rate, 1e-9))}s")
+    shards.barrier(f"eval answered: {bench.name} at {model.num_frames} frames")  # every share is on disk
+    rows = shards.merge(workdir, questions)
     summary = summarise(rows, bench.name)
     failures = summary["parse_failures"] / max(summary["questions"], 1)
     if failures > config.parse_failure_threshold:
@@ -232,10 +234,14 @@ def evaluate(config, workdir: str, model) -> dict:
               "frames_per_question": model.num_frames, "visual_tokens_per_question": model.visual_tokens,
               "annotation": bench.annotation, "annotation_errors": bench.annotation_errors,
               "not_scored": bench.not_scored, "config": json.loads(config.to_json_best_effort()),
-              "versions": _versions(), "missing_videos": missing, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "versions": _versions(), "missing_videos": missing, "processes": count, "devices_per_process": devices,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if index != 0:  # process 0 writes the run's files
+        return summary
     paths.write_text(os.path.join(workdir, "results.json"), json.dumps(record, indent=2))
     chart = plot(summary, os.path.join(workdir, "categories.png"), f"{bench.name} ({proto.name}): {model.source}")
-    log(table(summary, bench.name) + f"\nresults: {results_path}, {os.path.join(workdir, 'results.json')}, {chart}")
+    log(table(summary, bench.name) + f"\nresults: {os.path.join(workdir, shards.RESULTS)}, "
+        f"{os.path.join(workdir, 'results.json')}, {chart}")
     return summary
 
 
