@@ -18,6 +18,8 @@ FLOORS = {"core": 0, "pytorch": 0, "models": 1, "data": 1, "convert": 2, "assemb
 PYTORCH_IMPORTS = {"encoder": {"torch"}, "weights": {"torch", "safetensors"}, "projector": {"torch"},
                    "video_llm": {"torch", "transformers"}, "hf_config": {"transformers"},
                    "hf_model": {"torch", "transformers"}, "hf_processor": {"torch", "transformers", "av", "cv2"},
+                   # lmms-eval's model: where lmms-eval runs (loguru and tqdm come with it)
+                   "lmms_eval_model": {"torch", "transformers", "lmms_eval", "loguru", "tqdm"},
                    "__init__": set()}
 ALLOWED_CYCLES: list[set[str]] = []  # none: the block-tail kernels share their helpers through a third file
 

@@ -33,29 +33,25 @@ pytestmark = pytest.mark.skipif(
            "integrations/vllm installed); not in CI (install 275 s and 3.5 GB, one run about 100 s)")
 
 
-@pytest.fixture(scope="module")
-def answers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm")
+def test_vllm_answers_with_the_transformers_tokens(tmp_path):
+    """One test: a second would start vLLM again in another pytest worker."""
+    root = tmp_path
     write_run(str(root / "run"), SPEC, random_params(SPEC, seed=9, video_token_id=ByteTokenizer().video_token_id),
               step=3)
     assert export_main(["--run", str(root / "run"), "--out", str(root / "export"), "--lora", "merge"]) == 0
     videos = make_videos(root / "videos", count=2, num_frames=30, seed=4)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([VLLM_PYTHON, os.path.join(REPO, "integrations", "vllm", "check_answers.py"),
+    out = root / "answers.json"
+    proc = subprocess.run([VLLM_PYTHON, os.path.join(REPO, "integrations", "vllm", "check_answers.py"), str(out),
                            str(root / "export" / "hf"), QUESTION, "12", *videos],
                           capture_output=True, text=True, cwd=str(root), env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_vllm_answers_with_the_transformers_tokens(answers):
+    answers = json.loads(out.read_text())
+    # vllm.LLM given the frames
     assert answers["vllm_prompts"] == answers["transformers_prompts"]  # the video block, token for token
     assert answers["vllm"] == answers["transformers"]
     assert answers["vllm"][0] != answers["vllm"][1]  # the two videos give other answers: the frames reach the LLM
     assert all(len(a) == 12 and len(set(a)) > 1 for a in answers["vllm"])
-
-
-def test_vllm_chat_with_a_video_file_answers_with_the_transformers_tokens(answers):
-    """The file decoded by vLLM's loader into the trained frames, the prompt from the folder's chat template."""
+    # its chat given the file: vLLM's loader with the trained frame rule, the prompt from the folder's template
     assert answers["vllm_chat_prompts"] == answers["transformers_prompts"]
     assert answers["vllm_chat"] == answers["transformers"]

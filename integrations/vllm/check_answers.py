@@ -1,5 +1,5 @@
-"""Run in vLLM's environment: `python check_answers.py HF_FOLDER QUESTION MAX_NEW_TOKENS VIDEO...` prints one JSON
-line with each video's greedy answer (token ids) from
+"""Run in vLLM's environment: `python check_answers.py OUT_JSON HF_FOLDER QUESTION MAX_NEW_TOKENS VIDEO...` writes
+to OUT_JSON (vLLM logs to stdout) each video's greedy answer (token ids) from
 
 - `vllm`: `vllm.LLM(folder).generate` given the video's frames (all of them, decoded with OpenCV);
 - `vllm_chat`: `vllm.LLM(folder).chat` given the file as a `video_url` (vLLM's loader, the plugin's frame rule);
@@ -30,8 +30,8 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
-    folder, question, max_new = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    videos = sys.argv[4:]
+    out_json, folder, question, max_new = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    videos = sys.argv[5:]
     frames = [all_frames(v) for v in videos]
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
@@ -54,11 +54,12 @@ def main() -> None:
     chats = [llm.chat([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{v}"}},
                                                     {"type": "text", "text": question}]}], greedy)[0]
              for v in videos]
-    print(json.dumps({"vllm": [list(o.outputs[0].token_ids) for o in outs],
-                      "vllm_chat": [list(o.outputs[0].token_ids) for o in chats],
-                      "transformers": hf, "vllm_prompts": [list(o.prompt_token_ids) for o in outs],
-                      "vllm_chat_prompts": [list(o.prompt_token_ids) for o in chats],
-                      "transformers_prompts": hf_prompts}))
+    with open(out_json, "w") as f:
+        json.dump({"vllm": [list(o.outputs[0].token_ids) for o in outs],
+                   "vllm_chat": [list(o.outputs[0].token_ids) for o in chats],
+                   "transformers": hf, "vllm_prompts": [list(o.prompt_token_ids) for o in outs],
+                   "vllm_chat_prompts": [list(o.prompt_token_ids) for o in chats],
+                   "transformers_prompts": hf_prompts}, f)
 
 
 if __name__ == "__main__":  # vLLM starts its engine in spawned processes, which import this file

@@ -1,0 +1,170 @@
+"""lmms-eval runs an exported Hugging Face folder as `--model liteframe` (liteframe_jax/pytorch/lmms_eval_model.py):
+its own command line, in a process that cannot import JAX, on a local task in lmms-eval's published task layout
+(`--include_path`: a YAML with `doc_to_visual` / `doc_to_text` in a `utils.py`) over the demo's multiple-choice
+questions, gives the built-in harness's answers (liteframe_jax/eval/harness.py) word for word. The model is the
+tiny random Video LLM of test_hf_export.py (written and exported in seconds, no training).
+
+Needs lmms-eval installed (`pip install --no-deps -r requirements-lmms-eval.txt`); skipped with that reason where
+it is not. Run alone: `JAX_PLATFORMS=cpu python -m pytest -q tests/test_lmms_eval_model.py -p no:xdist`.
+"""
+
+import glob
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from helpers import REPO, load_config
+from liteframe_jax.bench.export import random_params, write_run
+from liteframe_jax.data import qa_demo
+from liteframe_jax.data.tokenizer import ByteTokenizer
+from liteframe_jax.eval import harness
+from liteframe_jax.eval.answer import VideoQA
+from liteframe_jax.export.__main__ import main as export_main
+from test_export import VIDEO_LLM
+
+INSTALL = "lmms-eval 0.7.3 is not installed (pip install --no-deps -r requirements-lmms-eval.txt)"
+try:
+    LMMS_VERSION = importlib.metadata.version("lmms_eval")
+except importlib.metadata.PackageNotFoundError:
+    LMMS_VERSION = None
+if LMMS_VERSION != "0.7.3":
+    pytest.skip(f"{INSTALL}; found {LMMS_VERSION}", allow_module_level=True)
+
+MAX_NEW_TOKENS = 8  # configs/eval.py's for the demo
+
+# A task as lmms-eval publishes its own (tasks/<name>/<name>.yaml + utils.py), over the demo's eval_mc.json. Its
+# prompt is written here from the demo's format (data/qa_demo.py), not taken from this package.
+TASK_YAML = """\
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {annotation}
+task: liteframe_demo
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: {max_new_tokens}
+  temperature: 0
+  do_sample: false
+  until: []
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    post_prompt: "Answer with the option's letter from the given choices directly."
+metadata:
+  - version: 0.0
+"""
+TASK_UTILS = """\
+import os
+
+ROOT = {root!r}
+
+
+def doc_to_visual(doc):
+    return [os.path.join(ROOT, doc["video"])]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    options = "\\n".join(f"{{'ABCDEF'[i]}}. {{o}}" for i, o in enumerate(doc["options"]))
+    return f"{{doc['question']}}\\n{{options}}\\n{{lmms_eval_specific_kwargs['post_prompt']}}"
+
+
+def process_results(doc, results):
+    return {{"accuracy": float(results[0].strip()[:1] == doc["answer"])}}
+"""
+
+# lmms-eval's evaluator, as `lmms-eval --model liteframe --model_args pretrained=HF --tasks liteframe_demo
+# --include_path TASKS --batch_size 1 --device cpu --log_samples` calls it (the command line adds its argument
+# parser and a table at the end), in a process where JAX cannot be imported. Its task index is the include path
+# alone: indexing lmms-eval's two thousand tasks would take 5 s of CPU.
+_EVALUATE = """
+import json, sys
+for name in ("jax", "jaxlib", "flax", "orbax", "optax", "grain"):
+    sys.modules[name] = None
+from lmms_eval.evaluator import simple_evaluate
+from lmms_eval.tasks import TaskManager
+hf, tasks = sys.argv[1:]
+results = simple_evaluate(model="liteframe", model_args=f"pretrained={hf}", tasks=["liteframe_demo"], batch_size=1,
+                          device="cpu", log_samples=True,
+                          task_manager=TaskManager(include_path=tasks, include_defaults=False, model_name="liteframe"))
+print(json.dumps({"samples": results["samples"]["liteframe_demo"], "results": results["results"]["liteframe_demo"]},
+                 default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """(run folder, its export's hf/ folder, the demo QA folder with 8 held-out questions)."""
+    root = tmp_path_factory.mktemp("lmms_eval_model")
+    run = str(root / "run")
+    params = random_params(VIDEO_LLM, seed=9, video_token_id=ByteTokenizer().video_token_id)
+    # answers of 8 printable characters, which compare letter for letter: the LLM's output columns of every token
+    # but printable ASCII are zeroed, so greedy decoding never picks one (half the bytes decode to U+FFFD, and a
+    # random model ends most answers at once)
+    head = params["llm"]["lm_head"]
+    head[:, :32], head[:, 127:] = 0, 0
+    write_run(run, VIDEO_LLM, params, step=3)
+    assert export_main(["--run", run, "--out", str(root / "export")]) == 0
+    qa_root = str(root / "demo_qa")
+    qa_demo.make_qa_set(qa_root, num_train=0, num_eval=8, num_frames=16, size=64, seed=3)
+    return run, str(root / "export" / "hf"), qa_root
+
+
+def _entry_point_site(folder: str) -> str:
+    """A folder holding the package's distribution metadata as `pip install .` writes it from pyproject.toml
+    (the `lmms_eval.models` entry point), so lmms-eval finds the model as it does once the package is installed."""
+    project = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]
+    info = os.path.join(folder, f"liteframe_jax-{project['version']}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: liteframe_jax\nVersion: {project['version']}\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        for group, points in project["entry-points"].items():
+            f.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    return folder
+
+
+def test_lmms_eval_answers_the_demo_questions_as_the_harness_does(demo, tmp_path):
+    run, hf, qa_root = demo
+    cfg = load_config("eval", "demo")
+    cfg.data.root, cfg.decode_workers, cfg.max_new_tokens = qa_root, 2, MAX_NEW_TOKENS
+    harness.evaluate(cfg, str(tmp_path / "harness"), VideoQA.from_run(run))
+    ours = harness.read_done(str(tmp_path / "harness" / "results.jsonl"))
+
+    task = tmp_path / "tasks" / "liteframe_demo"
+    task.mkdir(parents=True)
+    (task / "liteframe_demo.yaml").write_text(TASK_YAML.format(annotation=os.path.join(qa_root, "eval_mc.json"),
+                                                               max_new_tokens=MAX_NEW_TOKENS))
+    (task / "utils.py").write_text(TASK_UTILS.format(root=qa_root))
+    site = _entry_point_site(str(tmp_path / "site"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LMMS_EVAL_PLUGINS")}
+    env.update(PYTHONPATH=os.pathsep.join([site, REPO]), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
+    # one thread: the tiny model gains nothing from two, which spin against other work on a shared CPU (10x slower)
+    env.update(OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _EVALUATE, hf, str(tmp_path / "tasks")], capture_output=True,
+                          text=True, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    lmms = json.loads(proc.stdout.strip().splitlines()[-1])
+    # one request per document, in the documents' order (doc_id); `filtered_resps`: the answer (no filter configured)
+    ids = [q["id"] for q in json.load(open(os.path.join(qa_root, "eval_mc.json")))]
+    assert all(len(s["filtered_resps"]) == 1 for s in lmms["samples"])
+    theirs = {ids[s["doc_id"]]: s["filtered_resps"][0] for s in lmms["samples"]}
+    assert len(theirs) == len(ours) == 8
+    assert theirs == {i: row["raw"] for i, row in ours.items()}
+    assert len(set(theirs.values())) > 1  # the answers differ between videos: the frames reach the model
+    # and lmms-eval scored those answers with the task's rule
+    want = sum(row["raw"].strip()[:1] == row["answer"] for row in ours.values()) / len(ours)
+    assert lmms["results"]["accuracy,none"] == pytest.approx(want)
