@@ -1,9 +1,15 @@
 """Benchmark evaluation of a Video LLM: `--config=configs/eval.py:NAME` with NAME one of
-videomme, mlvu, longvideobench, demo.
+videomme, mlvu, longvideobench, demo, needle.
 
     python -m liteframe_jax.main --config=configs/eval.py:videomme --workdir=runs/eval_vmme \\
         --config.model.run=runs/lma1 --config.data.root=/data/Video-MME
     python -m liteframe_jax.main --config=configs/eval.py:demo --config.model.run=runs/lma_demo --workdir=runs/eval_demo
+    python -m liteframe_jax.main --config=configs/eval.py:needle --config.model.run=runs/lma_needle \\
+        --workdir=runs/eval_needle --config.needle.frames=16,128 --config.needle.minutes=1,10,30
+
+`needle` (eval/needle.py) generates long videos with a needle (a coloured square shown for a few frames) at
+each depth into `data.root` (default MODEL_RUN/needle_test) on first use, scores them at each of
+`needle.frames` and draws the accuracy heat map (frames x depths) and accuracy against frames.
 
 The model is an LMA run (`model.run`) or the InternVL3 baseline from a whole Hugging Face folder
 (`model.internvl`, frames per question `model.internvl_frames`). `model.mlp_kernel=pallas` runs the encoder's
@@ -35,7 +41,7 @@ baseline (InternVL's reference video loader).
 import ml_collections
 from ml_collections import config_dict
 
-MAX_NEW_TOKENS = {"videomme": 16, "mlvu": 16, "longvideobench": 32, "demo": 8}
+MAX_NEW_TOKENS = {"videomme": 16, "mlvu": 16, "longvideobench": 32, "demo": 8, "needle": 8}
 
 
 def get_config(arg=None):
@@ -75,4 +81,8 @@ def get_config(arg=None):
     c.max_new_tokens = MAX_NEW_TOKENS[bench]
     c.parse_failure_threshold = 0.05
     c.max_questions = 0  # 0: all
+    if bench == "needle":  # eval/needle.py: the generated needle set, scored at each frame count
+        c.needle = ml_collections.ConfigDict(dict(frames=(16, 32, 64, 128), minutes=(1.0,),
+                                                  depths=(0.1, 0.3, 0.5, 0.7, 0.9), per_cell=8, fps=4, size=64,
+                                                  needle_frames=3, seed=0))
     return c

@@ -116,6 +116,8 @@ def _eval_job(config, workdir: str) -> None:
                                **preprocess))
     if config.benchmark == "demo" and not config.data.root:
         config.data.root = os.path.join(m.run, "demo_qa")
+    if config.benchmark == "needle" and not config.data.root:  # generated there on first use
+        config.data.root = os.path.join(m.run or workdir, "needle_test")
     if not config.data.root:
         raise ValueError("--config.data.root is required (the benchmark's folder)")
     model = model.on_devices(shards.local_devices(int(config.devices)))  # each batch split over them
@@ -123,6 +125,10 @@ def _eval_job(config, workdir: str) -> None:
         if config.benchmark == "needle":
             raise ValueError("--config.frames: the needle test sweeps the counts of --config.needle.frames")
         sweep.run(config, workdir, model)
+        return
+    if config.benchmark == "needle":
+        from liteframe_jax.eval import needle
+        needle.evaluate(config, workdir, model)
         return
     harness.evaluate(config, workdir, model)
 
