@@ -168,3 +168,38 @@ def test_lmms_eval_answers_the_demo_questions_as_the_harness_does(demo, tmp_path
     # and lmms-eval scored those answers with the task's rule
     want = sum(row["raw"].strip()[:1] == row["answer"] for row in ours.values()) / len(ours)
     assert lmms["results"]["accuracy,none"] == pytest.approx(want)
+
+
+def test_the_model_refuses_what_it_cannot_answer_and_honours_the_task_settings(demo):
+    """lmms-eval's registry resolves the entry point's manifest to the model; unknown model args, batches,
+    images, clipped videos and loglikelihood requests end with errors naming them; `until` cuts the answer."""
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from liteframe_jax.pytorch.lmms_eval_model import LiteFrameLmms, model_manifest
+    registry = ModelRegistryV2()
+    registry.register_manifest(model_manifest())
+    assert registry.get_model_class("liteframe") is LiteFrameLmms and not LiteFrameLmms.is_simple
+    _, hf, qa_root = demo
+    with pytest.raises(ValueError, match=r"unknown model_args \['max_num_frames'\]"):
+        LiteFrameLmms(pretrained=hf, max_num_frames=32)
+    with pytest.raises(ValueError, match="batch_size '4': it answers one request at a time"):
+        LiteFrameLmms(pretrained=hf, batch_size="4")
+    model = LiteFrameLmms(pretrained=hf, device="cpu")
+    video = os.path.join(qa_root, "videos", "eval_0000.mp4")
+    ask = lambda *items: [{"role": "user", "content": [*items, {"type": "text", "text": "What colour is the shape?"}]}]
+    with pytest.raises(ValueError, match="answers about videos and text; the request holds image"):
+        model.prompt(ask({"type": "image", "url": "frame.png"}))
+    with pytest.raises(ValueError, match="asked from 1.0 to 2.0 s; the model samples its frames over the whole"):
+        model.prompt(ask({"type": "video", "url": video, "start_time": 1.0, "end_time": 2.0}))
+    with pytest.raises(NotImplementedError, match="loglikelihood requests are not supported"):
+        model.loglikelihood([])
+    text, videos = model.prompt(ask({"type": "video", "url": video}))
+    assert videos == [video] and text.endswith("user\n<video>\nWhat colour is the shape?<|im_end|>\n<|im_start|>assistant\n")
+    greedy = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0, "do_sample": False}
+    full = model.answer(ask({"type": "video", "url": video}), greedy)
+    assert len(full) == MAX_NEW_TOKENS
+    stop = full[-2:]  # the answer ends before the first place the stop string appears, as lmms-eval's models cut
+    assert model.answer(ask({"type": "video", "url": video}), {**greedy, "until": ["", stop]}) == full[:full.index(stop)]
+    settings, until = model.generation({"temperature": 0.7, "top_p": 0.9, "until": "\n\n"})
+    assert settings == {"max_new_tokens": 128, "do_sample": True, "num_beams": 1, "temperature": 0.7, "top_p": 0.9,
+                        "top_k": None} and until == ["\n\n"]
