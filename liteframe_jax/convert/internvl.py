@@ -61,7 +61,7 @@ def head_config_from_hf(d: dict) -> tuple[InternVLHeadConfig, int]:
     return InternVLHeadConfig(downsample_ratio=ratio, out_features=int(out), act=act), layer
 
 
-def _vit_table(prefix: str):
+def vit_table(prefix: str):
     p = prefix.replace(".", r"\.")
     L = r"encoder\.layer\.(\d+)\."
     return [
@@ -94,7 +94,7 @@ def _vit_table(prefix: str):
     ]
 
 
-def _projector_table(prefix: str):
+def projector_table(prefix: str):
     p = prefix.replace(".", r"\.") + r"multi_modal_projector\."
     return [
         (p + r"layer_norm\.weight", "norm/scale", mapping.identity),
@@ -106,7 +106,7 @@ def _projector_table(prefix: str):
     ]
 
 
-def _nest(table, under: str):
+def nest(table, under: str):
     return [(pattern, f"{under}/{template}", fn) for pattern, template, fn in table]
 
 
@@ -144,9 +144,9 @@ def load_internvl(path: str, *, dtype=jnp.float32, attn_impl: str | None = None,
     tensors = hf_folder.read_tensors(path, keep=(lambda n: True) if prefix == "" else is_vision)
     if prefix is None:  # transformers saves "vision_tower.*" or, in newer layouts, "model.vision_tower.*"
         prefix = "model." if any(n.startswith("model.vision_tower.") for n in tensors) else ""
-        table = _nest(_vit_table(prefix + "vision_tower."), "vit") + _nest(_projector_table(prefix), "projector")
+        table = nest(vit_table(prefix + "vision_tower."), "vit") + nest(projector_table(prefix), "projector")
     else:
-        table = _nest(_vit_table(""), "vit")
+        table = nest(vit_table(""), "vit")
     # HF keeps a mask token for masked-image modelling; inference without masks never reads it.
     params = mapping.apply_table(table, tensors, shapes, source=path, ignore=lambda n: n.endswith("mask_token"))
     params = jax.tree.map(jnp.asarray, params)

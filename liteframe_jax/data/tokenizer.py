@@ -60,6 +60,10 @@ class ByteTokenizer:
     def video_token(self) -> str:
         return "<|video_pad|>"
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a special token, None for any other string (bytes have no names)."""
+        return self.special_ids.get(token)
+
     def encode(self, text: str) -> list[int]:
         ids = []
         for piece in self._split.split(text):
@@ -113,6 +117,10 @@ class HFTokenizer:
 
     def __setstate__(self, state):
         self.__init__(state["folder"], state["video_token"])
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token of the vocabulary (special tokens included), None where it has none."""
+        return self._tok.token_to_id(token)
 
     def _id(self, token) -> int | None:
         if isinstance(token, dict):

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({done.weight_bytes / 1e6:.1f} MB of {args.dtype} weights, {time.time() - start:.1f} s)")
     for folder, names in done.files.items():
         print(f"  {folder}/: {', '.join(names)}")
-    print(f"  README.md: the model card; load it as it says (e.g. LiteFrame{'VideoLLM' if done.kind == 'video_llm' else 'Encoder'}"
+    loader = {"video_llm": "LiteFrameVideoLLM", "internvl": "transformers' InternVLForConditionalGeneration"}
+    print(f"  README.md: the model card; load it as it says (e.g. {loader.get(done.kind, 'LiteFrameEncoder')}"
           f".from_pretrained)")
     return 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
+from liteframe_jax.assembly.specs import InternVitSpec, StudentSpec, VideoLLMSpec
 
 
 def _get(cfg: dict, dotted: str, default="-"):
@@ -66,7 +66,6 @@ def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | N
     cfg_path = os.path.join(run_dir, "config.json")
     cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
     student = spec if isinstance(spec, StudentSpec) else spec.encoder
-    t, n, width = student.token_grid
     is_llm = isinstance(spec, VideoLLMSpec)
     front = ["---", "library_name: transformers" if is_llm else "library_name: pytorch",
              "pipeline_tag: video-text-to-text" if is_llm else "pipeline_tag: feature-extraction",
@@ -74,12 +73,7 @@ def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | N
     title = "LiteFrame Video LLM" if is_llm else "LiteFrame student video encoder"
     lines = front + [f"# {title}", "",
                      f"Exported from the run `{run_dir}` at step {step}, weights in {dtype}.", ""]
-    a = student.arch
-    lines += ["## The encoder", "",
-              f"{a.num_frames}-frame clips of {a.image_size}x{a.image_size} px in; {t * n} tokens of width {width} per "
-              f"clip out ({t} temporal groups of {n}, in (t, h, w) order). Tubelet {tuple(a.patch_size)}, width "
-              f"{a.width}, {sum(s[0] for s in a.stages)} blocks in {len(a.stages)} stages. Pixels: 0..1 normalised "
-              f"with mean {tuple(student.pixel_mean)}, std {tuple(student.pixel_std)}.", ""]
+    lines += _encoder_lines(student)
     lines += ["## Training", "", "| | |", "|---|---|"] + _training_lines(cfg, spec) + [""]
     evaluation = logged_evaluation(run_dir, step)
     lines += ["## Measured by the run", ""]
@@ -94,13 +88,30 @@ def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | N
     if loading is not None:
         lines += ["## Loading", "", "```python"] + loading + ["```", ""]
     else:
-        lines += _our_loading(spec, a, lora)
+        lines += _our_loading(spec, student.arch, lora)
     if is_llm:
         lines += [f"Frames: {spec.num_frames} per video, the middle frame of each of {spec.num_frames} equal "
-                  f"segments of the whole video, resized (bilinear) to {a.image_size}x{a.image_size}, as in training.",
-                  ""]
+                  f"segments of the whole video, resized (bilinear) to {student.image_size}x{student.image_size}, "
+                  "as in training.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def _encoder_lines(encoder) -> list[str]:
+    t, n, width = encoder.token_grid
+    mean, std = tuple(encoder.pixel_mean), tuple(encoder.pixel_std)
+    if isinstance(encoder, InternVitSpec):
+        v, f = encoder.vit, encoder.head.factor
+        return ["## The encoder", "",
+                f"InternVL3's InternViT ({v.num_layers} layers of width {v.hidden_size}, patch {v.patch_size}) on each "
+                f"{v.image_size}x{v.image_size} frame, then its {f}x{f} pixel-unshuffle and MLP projector: {n} tokens "
+                f"of width {width} per frame. Pixels: 0..1 normalised with mean {mean}, std {std}.", ""]
+    a = encoder.arch
+    return ["## The encoder", "",
+            f"{a.num_frames}-frame clips of {a.image_size}x{a.image_size} px in; {t * n} tokens of width {width} per "
+            f"clip out ({t} temporal groups of {n}, in (t, h, w) order). Tubelet {tuple(a.patch_size)}, width "
+            f"{a.width}, {sum(s[0] for s in a.stages)} blocks in {len(a.stages)} stages. Pixels: 0..1 normalised "
+            f"with mean {mean}, std {std}.", ""]
 
 
 def _our_loading(spec, a, lora: str | None) -> list[str]:

@@ -24,10 +24,10 @@ import shutil
 import numpy as np
 
 from liteframe_jax.assembly import run_folder
-from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
+from liteframe_jax.assembly.specs import InternVitSpec, StudentSpec, VideoLLMSpec
 from liteframe_jax.core.tree import flatten
 from liteframe_jax.data.tokenizer import CHATML_TEMPLATE, ByteTokenizer
-from liteframe_jax.export import card, hf_folder, qwen2, student
+from liteframe_jax.export import card, hf_folder, internvl, qwen2, student
 from liteframe_jax.export.safetensors_out import DTYPES, Tensor, parse_size, write_model
 from liteframe_jax.export.tokenizer import copy_tokenizer, write_byte_tokenizer
 from liteframe_jax.models.video_llm import PROJECTOR_NORM_EPS
@@ -58,10 +58,18 @@ def _check_out(out: str, run_dir: str, overwrite: bool) -> None:
         raise ExportError(f"--out {out!r} is not empty; pass --overwrite to replace it")
 
 
-def _check_spec(spec, run_dir: str) -> None:
-    if isinstance(spec, VideoLLMSpec) and not isinstance(spec.encoder, StudentSpec):
+def _check_spec(spec, run_dir: str, lora: str) -> None:
+    if isinstance(spec, VideoLLMSpec) and not isinstance(spec.encoder, (StudentSpec, InternVitSpec)):
         raise ExportError(f"{run_dir!r}: its Video LLM's encoder is a {spec.encoder.kind!r} model; export writes "
-                          "the LiteFrame student encoder only (kind 'student')")
+                          "a LiteFrame student or InternVL3's tower")
+    if isinstance(spec, VideoLLMSpec) and isinstance(spec.encoder, InternVitSpec):
+        if lora != "merge":
+            raise ExportError(f"--lora={lora}: an InternVL3 run leaves as one 'internvl' folder, its LoRA merged "
+                              "(--lora=merge)")
+        try:
+            internvl.check_spec(spec)
+        except internvl.InternVLExportError as e:
+            raise ExportError(f"{run_dir!r}: {e}") from None
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -182,6 +190,26 @@ def _write_hf(folder: str, spec: VideoLLMSpec, tokenizer, params: dict, layout: 
         default_template=tokenizer.chat_template or CHATML_TEMPLATE, max_bytes=max_bytes)
 
 
+def _write_internvl(folder: str, spec: VideoLLMSpec, tokenizer, run_dir: str, params: dict, dtype: str,
+                    max_bytes: int) -> tuple[dict[str, list[str]], int]:
+    """hf/: an InternVL3 run as the `internvl` folder transformers loads (export/internvl.py)."""
+    try:
+        internvl.check_tokenizer(tokenizer)
+    except internvl.InternVLExportError as e:
+        raise ExportError(f"{run_dir!r}: {e}") from None
+    os.makedirs(folder)
+    bos, eos, pad = tokenizer.bos_id, list(tokenizer.stop_ids), tokenizer.pad_id
+    written = {"config.json": internvl.config(spec, tokenizer, dtype),
+               "generation_config.json": qwen2.generation_config(bos_id=bos, eos_ids=eos, pad_id=pad),
+               **internvl.processor_files(spec)}
+    for name, data in written.items():
+        _write_json(os.path.join(folder, name), data)
+    names = list(written) + copy_tokenizer(os.path.join(run_dir, spec.tokenizer), folder, run_folder.TOKENIZER_FILES)
+    tensors = internvl.tensors(spec, flatten(params["encoder"]), flatten(params["llm"]), dtype)
+    names += write_model(folder, tensors, max_shard_bytes=max_bytes)
+    return {"hf": names}, sum(t.nbytes for t in tensors)
+
+
 def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = "float32", lora: str = "merge",
                overwrite: bool = False, max_shard_size: str | int = "5GB") -> Exported:
     """Export the run folder `run_dir` at `step` (default: its latest checkpoint) into `out`."""
@@ -193,7 +221,7 @@ def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = 
     run_dir = os.path.abspath(run_dir)
     out = os.path.abspath(out)
     spec = run_folder.read_spec(run_dir)
-    _check_spec(spec, run_dir)
+    _check_spec(spec, run_dir, lora)
     _check_out(out, run_dir, overwrite)
     if lora == "adapter" and not (isinstance(spec, VideoLLMSpec) and spec.lora is not None and spec.lora.rank > 0):
         raise ExportError(f"--lora=adapter: the run {run_dir!r} trains no LoRA adapters")
@@ -210,14 +238,20 @@ def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = 
             kind = "student"
             names, total = _write_student(os.path.join(tmp, "student"), spec, flatten(params), dtype, max_bytes)
             files = {"student": names}
+        elif isinstance(spec.encoder, InternVitSpec):
+            kind = "internvl"
+            files, total = _write_internvl(os.path.join(tmp, "hf"), spec, tokenizer, run_dir, params, dtype,
+                                           max_bytes)
         else:
             kind = "video_llm"
             files, total = _write_video_llm(tmp, spec, tokenizer, run_dir, params, dtype, lora, max_bytes)
+        loading = internvl.loading_lines if kind == "internvl" else hf_folder.loading_lines
         card.write(os.path.join(tmp, "README.md"), run_dir=run_dir, step=step, spec=spec, dtype=dtype,
-                   lora=lora if kind == "video_llm" else None, files=files)
-        if kind == "video_llm":
+                   lora=lora if kind != "student" else None, files=files,
+                   loading=loading("hf") if kind == "internvl" else None)
+        if kind in ("video_llm", "internvl"):
             card.write(os.path.join(tmp, "hf", "README.md"), run_dir=run_dir, step=step, spec=spec, dtype=dtype,
-                       lora=None, files={".": files["hf"]}, loading=hf_folder.loading_lines())
+                       lora=None, files={".": files["hf"]}, loading=loading())
             files["hf"].append("README.md")
         _write_json(os.path.join(tmp, "export.json"), {"format_version": FORMAT_VERSION, "run": run_dir, "step": step,
                                                       "dtype": dtype, "lora": lora, "kind": kind})
