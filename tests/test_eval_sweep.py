@@ -125,6 +125,8 @@ def test_counts_the_model_cannot_take_are_refused_before_any_work(demo):
     for bad in ((8, 8), (0, 4)):
         with pytest.raises(ValueError, match="give distinct frame counts above 0"):
             sweep.frame_counts(demo_config(qa_root, run, frames=bad))
+    with pytest.raises(ValueError, match="--config.latency_runs=0: time each count's request at least once"):
+        sweep.frame_counts(demo_config(qa_root, run, frames=(4,), latency_runs=0))
     with pytest.raises(FileNotFoundError, match="has no sweep.json"):
         sweep.others(demo_config(qa_root, run, frontier_with=qa_root), "cpu")
     with pytest.raises(ValueError, match="at least once"):

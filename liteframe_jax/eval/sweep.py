@@ -31,6 +31,8 @@ def frame_counts(config) -> list[int]:
     if any(n <= 0 for n in counts) or len(set(counts)) != len(counts):
         raise ValueError(f"--config.frames={','.join(map(str, config.frames))}: give distinct frame counts above 0, "
                          "e.g. --config.frames=16,32,64")
+    if int(config.latency_runs) < 1:  # found before the first count is evaluated, not after
+        raise ValueError(f"--config.latency_runs={config.latency_runs}: time each count's request at least once")
     return counts
 
 
@@ -148,6 +150,7 @@ def plot(records: list[dict], path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for record in records:
         pts = sorted((r["ttft_ms"], r["accuracy"] * 100, r["frames"]) for r in record["rows"])
@@ -156,7 +159,11 @@ def plot(records: list[dict], path: str) -> str:
         for x, y, n in pts:
             ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     first = records[0]
-    ax.set_xscale("log")
+    ax.set_xscale("log")  # frame counts double from point to point; milliseconds as numbers, not powers of ten
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_ylim(0, 100)
     ax.set_xlabel(f"time to first token, encode + prefill (ms, {first['device']})")
     ax.set_ylabel(("M-Avg" if first["metric"] == "m_avg" else "accuracy") + " (%)")
     ax.set_title(f"{first['benchmark']} ({first['protocol']}): accuracy against time to first token; points are "
