@@ -168,6 +168,7 @@ def bench_latency_profile(run: str, out: str, teacher_run: str | None = None, fr
         encode, params, clip = baseline_encoder(qa, teacher_run)
         entry = measure_model(qa, frame_counts, encode=encode, params=params)
         entry["memory"]["param_bytes"] += prof["models"][name]["memory"]["param_bytes"]  # + the LLM's
+        entry["prefill"] = prof["models"][name]["prefill"]  # one LLM: the run's fit, not a second noisy one
         entry.update(baseline=True, fingerprint=f"baseline-of-{prof['models'][name]['fingerprint']}",
                      teacher_run=os.path.abspath(teacher_run))
         entry["encode"]["note"] = "the teacher and its pooling per encoder clip of the run (same frames, same tokens)"
