@@ -20,6 +20,7 @@ PYTORCH_IMPORTS = {"encoder": {"torch"}, "weights": {"torch", "safetensors"}, "p
                    "hf_model": {"torch", "transformers"}, "hf_processor": {"torch", "transformers", "av", "cv2"},
                    # lmms-eval's model: where lmms-eval runs (loguru and tqdm come with it)
                    "lmms_eval_model": {"torch", "transformers", "lmms_eval", "loguru", "tqdm"},
+                   "lmms_eval_plugin": {"lmms_eval"},
                    "__init__": set()}
 ALLOWED_CYCLES: list[set[str]] = []  # none: the block-tail kernels share their helpers through a third file
 

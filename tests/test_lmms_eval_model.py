@@ -93,6 +93,7 @@ _EVALUATE = """
 import json, sys
 for name in ("jax", "jaxlib", "flax", "orbax", "optax", "grain"):
     sys.modules[name] = None
+import liteframe_jax.pytorch.lmms_eval_model  # before lmms-eval's registry, whose entry points then load: no circle
 from lmms_eval.evaluator import simple_evaluate
 from lmms_eval.tasks import TaskManager
 hf, tasks = sys.argv[1:]
@@ -122,12 +123,14 @@ def demo(tmp_path_factory):
     return run, str(root / "export" / "hf"), qa_root
 
 
-def _entry_point_site(folder: str) -> str:
-    """A folder holding the package's distribution metadata as `pip install .` writes it from pyproject.toml
-    (the `lmms_eval.models` entry point), so lmms-eval finds the model as it does once the package is installed."""
+def _installed(folder: str) -> str:
+    """A folder laid out as `pip install .` leaves site-packages: the package (a link to this one) beside its
+    distribution metadata, written from pyproject.toml with the `lmms_eval.models` entry point, so lmms-eval finds
+    the model as it does once the package is installed (and nothing else of the repository is on the path)."""
     project = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"]
     info = os.path.join(folder, f"liteframe_jax-{project['version']}.dist-info")
     os.makedirs(info)
+    os.symlink(os.path.join(REPO, "liteframe_jax"), os.path.join(folder, "liteframe_jax"))
     with open(os.path.join(info, "METADATA"), "w") as f:
         f.write(f"Metadata-Version: 2.1\nName: liteframe_jax\nVersion: {project['version']}\n")
     with open(os.path.join(info, "entry_points.txt"), "w") as f:
@@ -148,9 +151,8 @@ def test_lmms_eval_answers_the_demo_questions_as_the_harness_does(demo, tmp_path
     (task / "liteframe_demo.yaml").write_text(TASK_YAML.format(annotation=os.path.join(qa_root, "eval_mc.json"),
                                                                max_new_tokens=MAX_NEW_TOKENS))
     (task / "utils.py").write_text(TASK_UTILS.format(root=qa_root))
-    site = _entry_point_site(str(tmp_path / "site"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LMMS_EVAL_PLUGINS")}
-    env.update(PYTHONPATH=os.pathsep.join([site, REPO]), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",
+    env.update(PYTHONPATH=_installed(str(tmp_path / "site")), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
     # one thread: the tiny model gains nothing from two, which spin against other work on a shared CPU (10x slower)
     env.update(OMP_NUM_THREADS="1")
@@ -175,7 +177,8 @@ def test_the_model_refuses_what_it_cannot_answer_and_honours_the_task_settings(d
     images, clipped videos and loglikelihood requests end with errors naming them; `until` cuts the answer."""
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
-    from liteframe_jax.pytorch.lmms_eval_model import LiteFrameLmms, model_manifest
+    from liteframe_jax.pytorch.lmms_eval_model import LiteFrameLmms
+    from liteframe_jax.pytorch.lmms_eval_plugin import model_manifest
     registry = ModelRegistryV2()
     registry.register_manifest(model_manifest())
     assert registry.get_model_class("liteframe") is LiteFrameLmms and not LiteFrameLmms.is_simple

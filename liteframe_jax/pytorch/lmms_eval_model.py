@@ -5,7 +5,7 @@ requests, so its own tasks score a LiteFrame Video LLM:
     lmms-eval --model liteframe --model_args pretrained=OUT/hf --tasks videomme --batch_size 1
 
 lmms-eval 0.7.3 finds a model from outside its tree through the entry-point group `lmms_eval.models`
-(pyproject.toml names `model_manifest` below), so installing this package is all it takes.
+(pyproject.toml names lmms_eval_plugin.py's `model_manifest`), so installing this package is all it takes.
 
 Why here, in the pytorch room: lmms-eval looks for models in installed packages only, so the model cannot live
 in the exported folder; and this room is the package's side that runs without JAX (torch, transformers and,
@@ -36,19 +36,11 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
-MODEL_ID = "liteframe"
-CLASS_PATH = f"{__name__}.LiteFrameLmms"
 DEFAULT_MAX_NEW_TOKENS = 128  # where a task sets none
 # generation settings a task may pass that change what is generated; any other key is reported once and unused
 GENERATION_KEYS = {"max_new_tokens", "temperature", "do_sample", "top_p", "top_k", "num_beams",
                    "repetition_penalty", "until"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def model_manifest():
-    """The `lmms_eval.models` entry point: lmms-eval's registry entry for `--model liteframe`."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-    return ModelManifest(model_id=MODEL_ID, chat_class_path=CLASS_PATH)
 
 
 class LiteFrameLmms(lmms):
