@@ -1,7 +1,7 @@
 """lmms-eval's `liteframe` model: an exported Hugging Face folder (`OUT/hf/`) answering lmms-eval's video
 requests, so its own tasks score a LiteFrame Video LLM:
 
-    pip install ".[pytorch]" lmms-eval==0.7.3
+    pip install ".[pytorch]" lmms-eval==0.7.3 "filelock<4"     # its evaluator imports filelock._api, gone in 4
     lmms-eval --model liteframe --model_args pretrained=OUT/hf --tasks videomme --batch_size 1
 
 lmms-eval 0.7.3 finds a model from outside its tree through the entry-point group `lmms_eval.models`
@@ -17,8 +17,8 @@ A chat model (`is_simple = False`, lmms-eval's recommended kind): each request's
 template, each video item in place, and the video paths go to the folder's processor, which samples the frames
 by the rule the model trained with (video_preprocessor_config.json: `num_frames` uniformly over the whole
 video, resized and normalised as in training). Model args of other lmms-eval models' frame loaders
-(`max_num_frames`, `fps`, ...) are refused, not ignored: the frames are the folder's rule. Generation honours the task's
-`max_new_tokens`, `temperature` / `do_sample` (greedy unless sampling is asked), `top_p`, `top_k`,
+(`max_num_frames`, `fps`, ...) are refused, not ignored: the frames are the folder's rule. Generation honours
+the task's `max_new_tokens`, `temperature` / `do_sample` (greedy unless sampling is asked), `top_p`, `top_k`,
 `num_beams`, `repetition_penalty` and `until` (the answer cut at the first stop string). Only `generate_until`
 is supported: loglikelihood and multi-round requests end with an error naming the request type.
 """
