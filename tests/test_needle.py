@@ -148,7 +148,7 @@ def test_the_prediction_is_within_25_percent_of_a_measured_request(tmp_path):
     from liteframe_jax.bench import latency_profile
     qa = _tiny_qa()
     path = latency_profile.profile_video(str(tmp_path), 64)
-    prof = {"decoders": {"pyav": latency_profile.measure_decoder(path, 64, "pyav", (8, 32, 96))},
+    prof = {"decoders": {"pyav": latency_profile.measure_decoder(path, 64, "pyav", (8, 32, 96, 192))},
             "models": {"tiny": latency_profile.measure_model(qa, (8, 32, 64))}}
     info = video.probe(path)
     frames = 48

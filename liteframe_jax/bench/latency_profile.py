@@ -68,11 +68,12 @@ def measure_decoder(path: str, size: int, decoder: str, frame_counts=(8, 32, 128
             run = lambda: nvdec.decode_frames(path, idx, size, info.num_frames)
         else:
             run = lambda: video.decode_frames(path, idx, size)
-        points.append((sampling.frames_to_decode(idx, keys), fastest_ms(run, runs=3)))
-        log(f"[profile] decode ({decoder}) {f} frames: {points[-1][0]} decoded in {points[-1][1]:.1f} ms")
-    a, b = profile.fit([p[0] for p in points], [p[1] for p in points], 1)
+        points.append((sampling.frames_to_decode(idx, keys), f, fastest_ms(run, runs=3)))
+        log(f"[profile] decode ({decoder}) {f} frames: {points[-1][0]} decoded in {points[-1][2]:.1f} ms")
+    a, b, c = profile.fit_columns([np.ones(len(points)), [p[0] for p in points], [p[1] for p in points]],
+                                  [p[2] for p in points])
     gaps = np.diff(keys)
-    return {"open_ms": a, "ms_per_decoded_frame": b, "points": points,
+    return {"open_ms": a, "ms_per_decoded_frame": b, "ms_per_sampled_frame": c, "points": points,
             "video": {"width": info.width, "height": info.height, "fps": info.fps,
                       "keyframe_every": int(np.median(gaps)) if len(gaps) else info.num_frames}}
 

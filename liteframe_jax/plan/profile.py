@@ -3,7 +3,8 @@ and the cost model that predicts a request from it.
 
 Stages of a request with F frames from a video (as `VideoQA` answers: decode, encode, prefill):
   decode   PyAV (or NVDEC) decodes from each sampled frame's keyframe up to it
-           (`sampling.frames_to_decode`): open_ms + ms_per_decoded_frame x frames decoded
+           (`sampling.frames_to_decode`), then converts and resizes each sampled frame: open_ms +
+           ms_per_decoded_frame x frames decoded + ms_per_sampled_frame x frames sampled
   encode   one pass per encoder clip: ms = a + b x clips (fitted over measured clip counts)
   prefill  the LLM over the whole prompt: ms = a + b x tokens + c x tokens^2 (fitted; attention is quadratic)
 Memory (an estimate, not a measurement): the weights, the request's frames (uint8 and float32), the visual
@@ -61,16 +62,22 @@ def load(path: str) -> dict:
 def fit(xs, ys, degree: int) -> list[float]:
     """Least-squares polynomial coefficients, lowest power first, none negative (a cost never falls as work
     grows: a negative term fitted from timing noise is dropped and the rest refitted)."""
-    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-    powers = list(range(degree + 1))
+    xs = np.asarray(xs, float)
+    return fit_columns([xs ** p for p in range(degree + 1)], ys)
+
+
+def fit_columns(columns, ys) -> list[float]:
+    """Least-squares coefficients of `ys` over `columns` (one array per term), none negative."""
+    columns, ys = [np.asarray(c, float) for c in columns], np.asarray(ys, float)
+    keep = list(range(len(columns)))
     while True:
-        coef = np.linalg.lstsq(np.stack([xs ** p for p in powers], 1), ys, rcond=None)[0]
-        if (coef >= 0).all() or len(powers) == 1:
-            out = [0.0] * (degree + 1)
-            for p, c in zip(powers, coef):
-                out[p] = float(max(c, 0.0))
+        coef = np.linalg.lstsq(np.stack([columns[k] for k in keep], 1), ys, rcond=None)[0]
+        if (coef >= 0).all() or len(keep) == 1:
+            out = [0.0] * len(columns)
+            for k, c in zip(keep, coef):
+                out[k] = float(max(c, 0.0))
             return out
-        powers.pop(int(np.argmin(coef)))
+        keep.pop(int(np.argmin(coef)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +96,8 @@ class Video:
 def decode_ms(decoder: dict, video: Video, frames: int) -> float:
     idx = sampling.uniform_indices(video.frames, frames)
     keys = range(0, video.frames, max(1, video.keyframe_every))
-    return decoder["open_ms"] + decoder["ms_per_decoded_frame"] * sampling.frames_to_decode(idx, keys)
+    return (decoder["open_ms"] + decoder["ms_per_decoded_frame"] * sampling.frames_to_decode(idx, keys)
+            + decoder.get("ms_per_sampled_frame", 0.0) * frames)
 
 
 def visual_tokens(model: dict, frames: int) -> int:
