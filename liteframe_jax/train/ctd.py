@@ -26,7 +26,7 @@ from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.train import losses
-from liteframe_jax.train.loop import Task
+from liteframe_jax.train.task import Task
 from liteframe_jax.train.teacher import build_teacher
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
 

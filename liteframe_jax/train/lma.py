@@ -35,7 +35,7 @@ from liteframe_jax.models import context_parallel, kernel_choice
 from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
 from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.models.video_llm import ProjectorConfig
-from liteframe_jax.train.loop import Task
+from liteframe_jax.train.task import Task
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
 TRAINABLE_PRESETS = {
