@@ -38,3 +38,18 @@ def test_the_package_finder_takes_every_folder_of_the_package():
                for root, _, files in os.walk(os.path.join(REPO, "liteframe_jax"))
                if any(f.endswith(".py") for f in files)}
     assert config["namespaces"] is True and folders <= found and "liteframe_jax.data" in found
+
+
+def test_every_data_file_of_the_package_is_package_data():
+    """A file the package reads at run time (the planner's shipped profiles) travels with `pip install .`."""
+    import fnmatch
+    data = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["tool"]["setuptools"]["package-data"]
+    for root, _, files in os.walk(os.path.join(REPO, "liteframe_jax")):
+        for name in files:
+            if name.endswith((".py", ".pyc")):
+                continue
+            rel = os.path.relpath(os.path.join(root, name), REPO).split(os.sep)
+            packaged = any(".".join(rel[:len(pkg.split("."))]) == pkg and
+                           any(fnmatch.fnmatch("/".join(rel[len(pkg.split(".")):]), p) for p in patterns)
+                           for pkg, patterns in data.items())
+            assert packaged, f"{'/'.join(rel)} is not package data in pyproject.toml"
