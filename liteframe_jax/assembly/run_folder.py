@@ -23,7 +23,6 @@ from flax import nnx
 from liteframe_jax.assembly.specs import SPEC_VERSION, StudentSpec, VideoLLMSpec, spec_from_dict
 from liteframe_jax.core import checkpoint, paths
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
-from liteframe_jax.models.student import StudentConfig
 
 SPEC_FILE = "spec.json"
 TOKENIZER_DIR = "tokenizer"
@@ -60,8 +59,7 @@ def _legacy_student_spec(workdir: str) -> StudentSpec | None:
         cfg = json.load(f)
     if cfg.get("trainer") != "ctd":
         return None
-    arch = StudentConfig.from_dict({**cfg["student"], "num_frames": int(cfg["data"]["num_frames"])})
-    return StudentSpec(arch, tuple(cfg["data"]["pixel_mean"]), tuple(cfg["data"]["pixel_std"]))
+    return StudentSpec.from_config(cfg["student"], cfg["data"]["num_frames"], cfg["data"])
 
 
 def read_spec(workdir: str, want: type | None = None):

@@ -87,6 +87,15 @@ class StudentSpec:
     def from_dict(cls, d: dict) -> "StudentSpec":
         return cls(StudentConfig.from_dict(d["arch"]), tuple(d["pixel_mean"]), tuple(d["pixel_std"]))
 
+    @classmethod
+    def from_config(cls, arch, num_frames: int, data) -> "StudentSpec":
+        """The student a config describes: its architecture fields (`student` in a CTD config, `student.arch`
+        in an LMA one), its clip frames and `data`'s pixel statistics. `arch` and `data` may be ConfigDicts or
+        the plain dicts of a config.json (CTD runs written before spec.json are read that way)."""
+        fields = arch.to_dict() if hasattr(arch, "to_dict") else dict(arch)
+        return cls(StudentConfig.from_dict({**fields, "num_frames": int(num_frames)}), tuple(data["pixel_mean"]),
+                   tuple(data["pixel_std"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class InternVitSpec:

@@ -24,7 +24,6 @@ from liteframe_jax.data import demo, pipeline, target_cache, tfds_records
 from liteframe_jax.models import compression, kernel_choice
 from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
-from liteframe_jax.models.student import StudentConfig
 from liteframe_jax.train import losses
 from liteframe_jax.train.task import Task
 from liteframe_jax.train.teacher import build_teacher
@@ -64,8 +63,8 @@ class CTDTask(Task):
         self.target_grid = compression.output_grid((self.num_frames, h, w), self.window)
         self.target_shape = (*self.target_grid, channels)
 
-        self.student_cfg = StudentConfig.from_dict({**config.student.to_dict(), "num_frames": self.num_frames})
-        self.spec = StudentSpec(self.student_cfg, tuple(config.data.pixel_mean), tuple(config.data.pixel_std))
+        self.spec = StudentSpec.from_config(config.student, self.num_frames, config.data)
+        self.student_cfg = self.spec.arch
         student_shape = (*self.student_cfg.output_grid, self.student_cfg.out_dim)
         if student_shape != self.target_shape:
             raise ValueError(

@@ -9,7 +9,6 @@ tokenizer and the frozen parts itself (assembly/run_folder.py), so it no longer 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import string
@@ -19,22 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from liteframe_jax.assembly import run_folder
+from liteframe_jax.assembly import from_config, run_folder
 from liteframe_jax.assembly.answering import Answerer
-from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
+from liteframe_jax.assembly.specs import VideoLLMSpec
 from liteframe_jax.convert.internvl import load_internvl
-from liteframe_jax.convert.qwen2 import config_from_hf, load_qwen2_params, text_config
+from liteframe_jax.convert.qwen2 import load_qwen2_params
 from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.data import bad_data, conversations, needle, pipeline, qa_demo
-from liteframe_jax.data.tokenizer import load_tokenizer
 from liteframe_jax.eval.extraction import letters
 from liteframe_jax.models import context_parallel, kernel_choice
-from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
-from liteframe_jax.models.student import StudentConfig
-from liteframe_jax.models.video_llm import ProjectorConfig
 from liteframe_jax.train.task import Task
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
@@ -110,7 +105,7 @@ class LMATask(Task):
             self.sources = {}
             log(f"[lma] the Video LLM of {workdir}/{run_folder.SPEC_FILE}")
         else:
-            self.spec, self.tokenizer, self.sources = self._spec_from_config(config)
+            self.spec, self.tokenizer, self.sources = from_config.video_llm(config)
         self.max_answer_tokens = int(config.data.max_answer_tokens)
         if self.max_answer_tokens <= 0:
             raise ValueError("data.max_answer_tokens must be > 0: the loss computes logits at that many answer "
@@ -128,61 +123,6 @@ class LMATask(Task):
         self.local_batch = config.batch_size // jax.process_count()
         self.samples: list[dict] = []
         self._answerer = None
-
-    # --- construction: the spec from the config and its sources ---
-    @staticmethod
-    def _spec_from_config(config):
-        """(VideoLLMSpec, tokenizer, sources): the encoder from a CTD run (or an InternVL folder, or random),
-        the LLM from a Hugging Face folder (or random); `sources` says where pretrained weights come from."""
-        e, l = config.encoder, config.llm
-        sources = {}
-        if e.kind == "student":
-            init = config.student.init
-            if init == "demo_ctd":
-                raise ValueError("student.init='demo_ctd' is resolved by the jobs table (python -m liteframe_jax.main);"
-                                 " give a CTD run folder here")
-            if init == "random":
-                arch = StudentConfig.from_dict({**config.student.arch.to_dict(),
-                                                "num_frames": int(config.student.num_frames)})
-                encoder = StudentSpec(arch, tuple(config.data.pixel_mean), tuple(config.data.pixel_std))
-                sources["description"] = "RANDOMLY INITIALISED student"
-            elif init:
-                encoder = run_folder.read_spec(init, StudentSpec)
-                sources.update(student=init, description=f"student from CTD run {init}")
-            else:
-                raise ValueError("student.init is not set: a CTD run folder, 'demo_ctd' or 'random' on purpose")
-        elif e.kind == "internvl":
-            if not e.init:
-                raise ValueError("encoder.init is not set: a whole Hugging Face InternVL folder")
-            encoder = VideoLLMSpec.internvl(e.init).encoder
-            encoder = dataclasses.replace(encoder, pixel_mean=tuple(config.data.pixel_mean),
-                                          pixel_std=tuple(config.data.pixel_std))
-            sources.update(internvl=e.init, description=f"InternVL3 vision tower from {e.init}")
-        else:
-            raise ValueError(f"encoder.kind={e.kind!r}: choose 'student' or 'internvl'")
-
-        tokenizer_source = config.tokenizer or (l.init if l.init and l.init != "random" else None)
-        if not tokenizer_source:
-            raise ValueError("tokenizer is not set: 'bytes' (demo) or a Hugging Face folder with tokenizer.json")
-        tokenizer_source = tokenizer_source if tokenizer_source == "bytes" else paths.resolve(tokenizer_source)
-        tokenizer = load_tokenizer(tokenizer_source, config.video_token)
-        if l.init == "random":
-            arch = l.arch.to_dict()
-            llm = Qwen2Config(**{**arch, "vocab_size": arch.get("vocab_size") or tokenizer.vocab_size})
-            log(f"[lma] RANDOMLY INITIALISED LLM (llm.init=random: {llm.num_layers} layers of width {llm.hidden_size})")
-        elif l.init:
-            llm = config_from_hf(text_config(l.init))
-            sources["llm"] = l.init
-        else:
-            raise ValueError("llm.init is not set: a Hugging Face Qwen2 folder (--config.llm.init=...) or 'random'")
-        p = config.projector
-        spec = VideoLLMSpec(
-            encoder=encoder, projector=None if p.kind == "none" else ProjectorConfig(p.kind, p.hidden, p.act, p.norm),
-            llm=llm, lora=LoraConfig(rank=l.lora.rank, alpha=l.lora.alpha, targets=l.lora.targets) if l.lora.rank else None,
-            tokenizer=tokenizer_source, video_token=config.video_token, num_frames=int(config.data.num_frames),
-            separators=config.data.separators, system_prompt=config.data.system_prompt)
-        spec.check_tokenizer(tokenizer)
-        return spec, tokenizer, sources
 
     def _data(self, d):
         if d.train == "demo":
