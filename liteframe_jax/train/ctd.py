@@ -6,8 +6,6 @@ optimizer, and its parameters are a separate, non-donated argument that is never
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +18,7 @@ from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import pure_dict
 from liteframe_jax.data import bad_data, clip_cache
 from liteframe_jax.data import clips as clips_lib
-from liteframe_jax.data import demo, pipeline, target_cache, tfds_records
+from liteframe_jax.data import pipeline, sources, target_cache
 from liteframe_jax.models import compression, kernel_choice
 from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
@@ -135,7 +133,7 @@ class CTDTask(Task):
         return self._weights_hash
 
     def _index_videos(self, d, workdir: str) -> None:
-        train_videos, eval_videos = self._videos(d, workdir)
+        train_videos, eval_videos = sources.videos(d, workdir)
         infos = index_videos_of_run(train_videos + eval_videos, d, workdir, "ctd")
         limit = float(d.get("max_video_minutes", 0.0))
         self.train_index = clips_lib.build_index(train_videos, self.num_frames, d.frame_stride, d.clip_hop, infos,
@@ -151,20 +149,6 @@ class CTDTask(Task):
         self.data_watch = bad_data.MidRun(lambda i: clips[i].path, d.max_bad_in_a_row, "clips")
         where = d.videos if isinstance(d.videos, str) else "data.videos"
         bad_data.check_fraction(self.train_index.tally, len(train_videos), float(d.max_bad_fraction), where)
-
-    @staticmethod
-    def _videos(d, workdir: str) -> tuple[list[str], list[str]]:
-        if d.videos == "demo":
-            videos = demo.make_demo_videos(os.path.join(workdir, "demo_videos")) + demo.sample_clips()
-        elif not d.videos:
-            raise ValueError("data.videos is not set: give a folder of videos (--config.data.videos=/data/videos)")
-        elif tfds_records.is_record(d.videos):
-            videos = tfds_records.record_paths(d.videos, d.get("tfds_data_dir"))
-        else:
-            videos = clips_lib.list_videos(d.videos)
-        if d.eval_videos:
-            return videos, clips_lib.list_videos(d.eval_videos)
-        return clips_lib.split_videos(videos, d.eval_every_nth_video)
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:

@@ -27,7 +27,8 @@ from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
-from liteframe_jax.data import bad_data, conversations, needle, pipeline, qa_demo
+from liteframe_jax.data import bad_data, conversations, pipeline
+from liteframe_jax.data import sources as data_sources
 from liteframe_jax.eval.extraction import letters
 from liteframe_jax.models import context_parallel, kernel_choice
 from liteframe_jax.train.task import Task
@@ -125,16 +126,8 @@ class LMATask(Task):
         self._answerer = None
 
     def _data(self, d):
-        if d.train == "demo":
-            train_path, eval_path = qa_demo.make_qa_set(os.path.join(self.workdir, "demo_qa"))
-            root = os.path.join(self.workdir, "demo_qa")
-        elif d.train == "needle_demo":  # short needle videos of exactly the run's frame count (data/needle.py)
-            root = os.path.join(self.workdir, "needle_qa")
-            train_path, eval_path = needle.make_qa_set(root, num_frames=int(d.num_frames))
-        else:
-            if not d.train:
-                raise ValueError("data.train is not set: a LLaVA-Video style JSON/JSONL file, or 'demo'")
-            train_path, eval_path, root = d.train, d.eval, d.video_root
+        """The training and held-out row indices of the conversation files `data` names (data/sources.py)."""
+        train_path, eval_path, root = data_sources.qa_files(d, self.workdir)
         indices = []
         for name, path in (("train", train_path), ("held-out", eval_path)):
             if not path:
