@@ -10,7 +10,7 @@ from helpers import load_config, make_videos
 from test_benchmark_formats import write_mlvu, write_videomme
 
 from liteframe_jax.data.benchmarks import MCQuestion
-from liteframe_jax.eval import extraction, harness, prompts
+from liteframe_jax.eval import extraction, harness, prompts, scoring
 
 Q4 = MCQuestion("1", "v.mp4", "What is the color of the clothing worn by the persons in the video?",
                 ("Black.", "Gray.", "Green.", "Brown."), "A")
@@ -94,9 +94,9 @@ def test_reasoning_blocks_are_stripped_as_lmms_eval_does():
     assert extraction.strip_reasoning("<think>unclosed B", tags) == "<think>unclosed B"
     assert extraction.strip_reasoning("<analysis>A</analysis><think>x</think>  D ", tags) == "D"
     proto = prompts.protocol("videomme", "lmms_eval")
-    row = harness.score(proto, Q4, "<think>Maybe B or C.</think>\nThe answer is A.", None, 0)
+    row = scoring.score(proto, Q4, "<think>Maybe B or C.</think>\nThe answer is A.", None, 0)
     assert row["correct"] and row["letter"] == "A" and row["read"] == "The answer is A."
-    old = harness.score(prompts.protocol("videomme", "official"), Q4, "<think>Maybe B.</think> A", None, 0)
+    old = scoring.score(prompts.protocol("videomme", "official"), Q4, "<think>Maybe B.</think> A", None, 0)
     assert old["letter"] == "B" and "read" not in old  # the authors' script reads the raw answer
 
 
@@ -198,7 +198,7 @@ def test_harness_resumes_without_repeating_and_counts_everything(tmp_path):
     by_id = {r["id"]: r for r in results}
     assert by_id["q0"]["correct"] and by_id["q1"]["correct"] and by_id["q2"]["correct"]
     assert not by_id["q3"]["correct"] and by_id["q3"]["error"] == "missing video"
-    assert by_id["q6"]["fallback"] and by_id["q6"]["letter"] == harness.fallback_letter("q6", 5)
+    assert by_id["q6"]["fallback"] and by_id["q6"]["letter"] == scoring.fallback_letter("q6", 5)
     record = json.load(open(tmp_path / "out" / "results.json"))
     assert record["protocol"] == "lmms_eval" and record["lmms_eval_version"] == "0.7.3"
     assert "longvideobench_doc_to_text" in record["protocol_reference"] and record["prompt_form"] is None

@@ -20,16 +20,14 @@ import dataclasses
 import importlib.metadata
 import json
 import os
-import random
 import time
-
-import numpy as np
 
 from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
 from liteframe_jax.data import benchmarks, video
-from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
-from liteframe_jax.eval import extraction, prompts, shards, subtitles
+from liteframe_jax.data.benchmarks import MCQuestion
+from liteframe_jax.eval import prompts, shards, subtitles
+from liteframe_jax.eval.scoring import score, summarise  # the one scorer (eval/scoring.py)
 from liteframe_jax.eval.shards import read_done  # noqa: F401 (the harness's reader of results.jsonl)
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "av", "numpy")
@@ -42,57 +40,6 @@ def _versions() -> dict:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
-    return out
-
-
-def score(proto: prompts.Protocol, q: MCQuestion, raw: str | None, error: str | None, seed: int) -> dict:
-    """One result row. `scored` is False where the protocol leaves an unparsed answer out of the denominator;
-    an error (missing or unreadable video) always scores as wrong."""
-    row = {"id": q.id, "video": q.video, "answer": q.answer, "categories": dict(q.categories), "raw": raw,
-           "error": error}
-    read = raw
-    if raw is not None and proto.reasoning_tags:
-        read = extraction.strip_reasoning(raw, proto.reasoning_tags)
-        if read != raw:
-            row["read"] = read  # what the rule read: the answer without its reasoning blocks
-    letter = None if read is None else extraction.extract(proto.extraction, read, len(q.options))
-    row["parsed"] = letter is not None
-    row["degenerate"] = raw is not None and extraction.is_degenerate(raw)
-    row["scored"] = True
-    if letter is None and raw is not None:
-        if proto.unparsed == "random":
-            letter = fallback_letter(q.id, len(q.options), seed)
-            row["fallback"] = True
-        elif proto.unparsed == "excluded":
-            row["scored"] = False
-    row["letter"] = letter
-    row["correct"] = letter == q.answer
-    return row
-
-
-def fallback_letter(question_id: str, num_options: int, seed: int = 0) -> str:
-    """LongVideoBench's rule for an unparsed answer: a random option, seeded per question so it repeats."""
-    return random.Random(f"{seed}:{question_id}").choice(LETTERS[:num_options])
-
-
-def summarise(rows: list[dict], benchmark: str) -> dict:
-    """Accuracy over the scored rows, overall and per category; MLVU's M-Avg is the mean over task types."""
-    def acc(rs):
-        rs = [r for r in rs if r.get("scored", True)]
-        return float(np.mean([r["correct"] for r in rs])) if rs else float("nan")
-
-    out = {"questions": len(rows), "scored": sum(r.get("scored", True) for r in rows), "overall": acc(rows),
-           "errors": sum(r["error"] is not None for r in rows),
-           "parse_failures": sum(not r["parsed"] for r in rows if r["error"] is None),
-           "degenerate": sum(r["degenerate"] for r in rows), "by": {}}
-    names = sorted({k for r in rows for k in r["categories"]})
-    for name in names:
-        groups = {}
-        for r in rows:
-            groups.setdefault(r["categories"].get(name, ""), []).append(r)
-        out["by"][name] = {value: acc(rs) for value, rs in sorted(groups.items())}
-    if benchmark == "mlvu" and "task_type" in out["by"]:
-        out["m_avg"] = float(np.mean(list(out["by"]["task_type"].values())))
     return out
 
 

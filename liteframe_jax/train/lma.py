@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.data import bad_data, conversations, pipeline
 from liteframe_jax.data import sources as data_sources
-from liteframe_jax.eval.extraction import letters
+from liteframe_jax.eval import scoring
 from liteframe_jax.models import context_parallel, kernel_choice
 from liteframe_jax.train.task import Task
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
@@ -51,41 +50,6 @@ def trainable_patterns(spec) -> list[str]:
             raise ValueError(f"train.trainable={spec!r}: choose one of {sorted(TRAINABLE_PRESETS)} or a regex list")
         return TRAINABLE_PRESETS[spec]
     return [str(p) for p in spec]
-
-
-def normalise_answer(text: str) -> str:
-    return text.strip().lower().strip(string.punctuation + " ").strip()
-
-
-def score_answer(row, answer: str) -> dict:
-    """A held-out row's answer, right or wrong: an open-ended answer must match the gold text (case and
-    punctuation aside); a lettered one (`format` 'mc') is read by the rule the benchmark harness uses for the
-    same questions (eval/extraction.py `letters`), so both report the same figure."""
-    gold, fmt, n = row.turns[-1][1], row.get("format", "open"), row.get("num_options")
-    correct = (letters(answer, n) == gold) if fmt == "mc" else normalise_answer(answer) == normalise_answer(gold)
-    return {"id": row.id, "task_type": row.get("task_type", "all"), "format": fmt,
-            "question": row.turns[-2][1].replace(conversations.VIDEO_MARKER, "").strip(), "gold": gold,
-            "answer": answer, "correct": bool(correct), "chance": 1.0 / n if n else float("nan")}
-
-
-def held_out_metrics(results: list[dict]) -> dict:
-    """Accuracy (and chance) overall and per task type; for a set holding both open-ended and lettered
-    questions, each format on its own too (`accuracy_mc`, `accuracy_mc_colour`, ...)."""
-    def add(prefix, rs):
-        metrics[f"accuracy{prefix}"] = float(np.mean([r["correct"] for r in rs]))
-        chance = [r["chance"] for r in rs if not np.isnan(r["chance"])]
-        if chance:
-            metrics[f"chance{prefix}"] = float(np.mean(chance))
-        for task in sorted({r["task_type"] for r in rs}):
-            metrics[f"accuracy{prefix}_{task}"] = float(np.mean([r["correct"] for r in rs if r["task_type"] == task]))
-
-    metrics = {}
-    add("", results)
-    formats = sorted({r["format"] for r in results})
-    if len(formats) > 1:
-        for fmt in formats:
-            add(f"_{fmt}", [r for r in results if r["format"] == fmt])
-    return metrics
 
 
 class LMATask(Task):
@@ -264,9 +228,9 @@ class LMATask(Task):
             answers = self._answerer(params, prompts, frames,
                                      max_new_tokens=int(self.config.generation.max_new_tokens))
             for row, answer in zip(chunk[:n], answers):
-                results.append(score_answer(row, answer))
+                results.append(scoring.score_held_out(row, answer))
         self.samples = results
-        return held_out_metrics(results)
+        return scoring.held_out_metrics(results)
 
     def summary(self, result) -> list[str]:
         lines = []
