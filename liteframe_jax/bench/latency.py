@@ -91,8 +91,8 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     llm_graph, llm_params = nnx.split(llm)
     llm_params = cast(llm_params)
     del llm
-    # the fused kernels where this device runs them (BENCHMARKS.md, passes 3-8), for both models: fc1 + GELU
-    # in InternViT and the student, the block tail in the student
+    # the fused kernels where this device runs them (docs/BENCHMARKS_HISTORY.md, passes 3-8), for both models:
+    # fc1 + GELU in InternViT and the student, the block tail in the student
     mlp_kernel = fused_mlp_kernel()
     tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
     tower_graph, tower_params = nnx.split(tower)

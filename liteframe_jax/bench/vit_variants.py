@@ -5,7 +5,7 @@ encoder in bfloat16, cuDNN attention, for each combination that matters: q/k/v a
 layer scale multiplied after the projection or folded into its weights (which lets XLA fuse the residual
 add into the GEMM), exact GELU through XLA's erf or through `layers.gelu_exact`, or tanh GELU, and blocks under `lax.scan` or unrolled. Every variant
 computes the same function up to rounding (tanh GELU excepted). The figures decide what the models in
-`liteframe_jax.models` do; see BENCHMARKS.md.
+`liteframe_jax.models` do; see docs/BENCHMARKS_HISTORY.md, second pass.
 """
 
 from __future__ import annotations

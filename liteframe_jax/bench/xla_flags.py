@@ -4,8 +4,8 @@
 `paper` student (256 frames; with exact and with tanh GELU) forward once per flag set, each in a fresh
 process (XLA reads `XLA_FLAGS` once, at start-up), and prints frames/s per set. Flags that the installed
 XLA does not know make the child fail; its row then carries the error. `--profile` adds each child's kernel
-breakdown of the student (`bench/profile.py`). None of the sets helped on an H100 (BENCHMARKS.md, third
-pass), so the launch scripts set none.
+breakdown of the student (`bench/profile.py`). None of the sets helped on an H100 (docs/BENCHMARKS_HISTORY.md,
+third pass), so the launch scripts set none.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """A decoded-clip cache: every training clip decoded once, kept as uint8 frames, read back at memory speed.
 
-Random access to clips is what makes CTD's input pipeline slow: each clip seeks to the keyframe before its
-first frame and decodes from there, so with long GOPs most decoded frames are thrown away (BENCHMARKS.md:
-~85 useful frames/s from 14 workers against the 400-1300 frames/s a CTD step consumes on an H100). Building
-the cache decodes each video once, front to back, cutting all of its clips in the same pass, with one
-process per video in parallel; training then reads (T, S, S, 3) uint8 slices of memory-mapped `.npy`
-shards, in the same shuffled order as the decoding pipeline, so switching a run to its cache changes no batch.
+Random access to clips is what makes CTD's input pipeline slow: each clip seeks to the keyframe before its first
+frame and decodes from there, so with long GOPs most decoded frames are thrown away (docs/BENCHMARKS_HISTORY.md,
+second pass: ~85 useful frames/s from 14 workers against the 400-1300 frames/s a CTD step consumes on an H100).
+Building the cache decodes each video once, front to back, cutting all of its clips in the same pass, with one
+process per video in parallel; training then reads (T, S, S, 3) uint8 slices of memory-mapped `.npy` shards, in the
+same shuffled order as the decoding pipeline, so switching a run to its cache changes no batch.
 
 Layout of a cache folder: `meta.json` (what was cached: frame size and the exact clip list, per-shard clip
 counts, which clips failed to decode) and `shard_NNNNN.npy` arrays of shape (clips, T, S, S, 3) uint8.

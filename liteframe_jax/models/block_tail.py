@@ -8,11 +8,11 @@ Between the attention's output projection and the MLP's fc1, a student block doe
     returns x + b_next and h             (b_next: the MLP's fc2 bias, added here for free, so the block's
                                           last residual add is x + fc2's GEMM with no bias pass of its own)
 
-XLA runs this as several passes over the (B, T, H*W, D) activations (BENCHMARKS.md: ~3.1 ms per block at
-the `paper` student's stage 0, 512 frames, on an H100). This kernel reads x and o once and writes x and h
-once. Each program owns `rows x loop_positions` spatial positions of one clip and, `rows` at a time, walks
-their frames in order, so each frame's LayerNorm_t is computed once, in registers, and reused by its
-temporal neighbours.
+XLA runs this as several passes over the (B, T, H*W, D) activations (docs/BENCHMARKS_HISTORY.md, fourth pass:
+~3.1 ms per block at the `paper` student's stage 0, 512 frames, on an H100). This kernel reads x and o once and
+writes x and h once. Each program owns `rows x loop_positions` spatial positions of one clip and, `rows` at a time,
+walks their frames in order, so each frame's LayerNorm_t is computed once, in registers, and reused by its temporal
+neighbours.
 Float32 inside; each output is rounded once.
 
 The backward pass is a kernel too (`block_tail_grad.py`), so training uses the tail (`tail_kernel="pallas"`
@@ -36,8 +36,8 @@ from liteframe_jax.models.block_tail_grad import block_tail_grad
 @dataclasses.dataclass(frozen=True)
 class TailConfig:
     """How programs map onto the activations. The defaults were the fastest of those measured on an H100
-    (BENCHMARKS.md, fifth pass): 1.69 ms at 64 clips x 8 frames x 1024 positions x 768, where XLA's passes
-    take ~3.1 ms; two rows per program, or one warp, spilled registers and ran 2-3x slower."""
+    (docs/BENCHMARKS_HISTORY.md, fifth pass): 1.69 ms at 64 clips x 8 frames x 1024 positions x 768, where XLA's
+    passes take ~3.1 ms; two rows per program, or one warp, spilled registers and ran 2-3x slower."""
 
     rows: int = 1  # spatial positions per row block (a power of 2 dividing H*W)
     num_warps: int = 4
@@ -206,7 +206,7 @@ def block_tail(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps: flo
     `mesh` whose data / fsdp axes split the batch, each device runs the kernels on its own clips (`sharding.over_batch`).
     """
     # not differentiated (inference): no statistics to write; writing them made the kernel 2.04 instead of
-    # 1.45 ms per stage-0 call at 512 frames on an H100 (BENCHMARKS.md seventh pass)
+    # 1.45 ms per stage-0 call at 512 frames on an H100 (docs/BENCHMARKS_HISTORY.md, seventh pass)
     return _fused(x, o, o_bias, norm_t, conv_w, conv_b, norm_2, next_bias, eps, config, interpret, mesh, False)
 
 

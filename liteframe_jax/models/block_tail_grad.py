@@ -3,10 +3,10 @@
 XLA's autodiff of the tail (attention residual, LayerNorm_t, temporal convolution, residual, LayerNorm_2)
 ran as many passes per block, several of them float32 transposes that its layout choice for the convolution's
 frame shifts forced: ~48 of the 190 ms of device time of a `paper` CTD step at 32 clips on an H100
-(BENCHMARKS.md, sixth pass). This kernel reads x, o and the two output cotangents once, recomputes the forward
-in registers (with the LayerNorm statistics the forward kernel kept, so without reductions), and writes the
-cotangent of x once (it is also o's: the tail only uses x + o). The ten parameter gradients are summed per
-program into a small float32 array that XLA adds up.
+(docs/BENCHMARKS_HISTORY.md, sixth pass). This kernel reads x, o and the two output cotangents once, recomputes the
+forward in registers (with the LayerNorm statistics the forward kernel kept, so without reductions), and writes the
+cotangent of x once (it is also o's: the tail only uses x + o). The ten parameter gradients are summed per program
+into a small float32 array that XLA adds up.
 
 Per position and frame t, with h = taps // 2, ^ a normalised row and s its 1 / std:
 

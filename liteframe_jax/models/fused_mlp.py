@@ -1,9 +1,9 @@
 """A fused `gelu(x @ w + b)` for Hopper GPUs, written in Pallas (Mosaic GPU).
 
-Why: in a ViT MLP, XLA runs the fc1 GEMM in cuBLAS and the exact GELU as a separate pass that reads and
-writes the 4x-wide activations; for the LiteFrame student that pass was 11% of the forward time on an
-H100 (BENCHMARKS.md), and cuBLAS has no exact-GELU epilogue. This kernel applies bias and GELU to the
-float32 accumulator before the single bfloat16 store. The GELU is the exact (erf) one or its tanh form,
+Why: in a ViT MLP, XLA runs the fc1 GEMM in cuBLAS and the exact GELU as a separate pass that reads and writes the
+4x-wide activations; for the LiteFrame student that pass was 11% of the forward time on an H100
+(docs/BENCHMARKS_HISTORY.md, third pass), and cuBLAS has no exact-GELU epilogue. This kernel applies bias and GELU
+to the float32 accumulator before the single bfloat16 store. The GELU is the exact (erf) one or its tanh form,
 whichever the model uses (`EPILOGUES`); XLA does not fuse either into cuBLAS here (H100, jax 0.11).
 
 The GEMM is the warp-specialised TMA + WGMMA pipeline of jax's `pallas/ops/gpu/hopper_matmul_mgpu.py`
@@ -39,13 +39,14 @@ class TileConfig:
     prefetch_across_tiles: bool = True
 
 
-# The smallest layer the kernel was measured on (H100, BENCHMARKS.md): at 65,536 rows it now beats cuBLAS +
-# the GELU pass (0.75 vs 0.93-1.11 ms); smaller layers keep XLA, unmeasured. The epilogue does not overlap
-# the WGMMAs (both consumer warpgroups stop for it), so the kernel's margin grows with the layer.
+# The smallest layer the kernel was measured on (H100, docs/BENCHMARKS_HISTORY.md, fourth pass): at 65,536 rows it
+# now beats cuBLAS + the GELU pass (0.75 vs 0.93-1.11 ms); smaller layers keep XLA, unmeasured. The epilogue does
+# not overlap the WGMMAs (both consumer warpgroups stop for it), so the kernel's margin grows with the layer.
 MIN_ROWS = 65536
 
 # From this many rows, 3 stages with 64x128 epilogue tiles beat the default (H100, 524,288x768 @ 768x3072:
-# 4.94 vs 5.17 ms); at 65,536 rows the default was faster (0.74 vs 0.87 ms). BENCHMARKS.md, fourth pass.
+# 4.94 vs 5.17 ms); at 65,536 rows the default was faster (0.74 vs 0.87 ms). docs/BENCHMARKS_HISTORY.md,
+# fourth pass.
 LARGE_ROWS = 524288
 LARGE_LAYER_CONFIG = TileConfig(max_concurrent_steps=3, epi_tile_n=128)
 
@@ -61,7 +62,7 @@ def gelu_f32(z, *, fast: bool = False):
     `fast` is the form the kernel's epilogue uses: the reciprocal as rsqrt(u)^2 and exp as exp2, which with
     the kernel's `approx_math` become one MUFU instruction each (rsqrt.approx, ex2.approx, relative error
     ~2^-22) instead of IEEE division and expf sequences; the epilogue's instruction count was what kept the
-    kernel below cuBLAS (BENCHMARKS.md).
+    kernel below cuBLAS (docs/BENCHMARKS_HISTORY.md, fourth pass).
     """
     a = jnp.abs(z) * 0.7071067811865476
     u = 1.0 + 0.3275911 * a
@@ -81,7 +82,8 @@ def gelu_tanh_f32(z):
     """GELU's tanh approximation (`jax.nn.gelu(approximate=True)`, Hugging Face 'gelu_pytorch_tanh', the
     default `nn.gelu` of Flax and so of big_vision's ViT) of float32 `z`. In the kernel's epilogue, with
     `approx_math`, the tanh is one MUFU instruction (tanh.approx): fewer instructions than the erf form, so
-    the fused fc1 at the student's stage 0 takes 4.40 instead of 5.27 ms on an H100 (BENCHMARKS.md)."""
+    the fused fc1 at the student's stage 0 takes 4.40 instead of 5.27 ms on an H100 (docs/BENCHMARKS_HISTORY.md,
+    seventh pass)."""
     return 0.5 * z * (1.0 + jnp.tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
 
 

@@ -26,7 +26,8 @@ def gelu_exact(x: jax.Array) -> jax.Array:
     erfc(|x|/sqrt 2) comes from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7) in float32, and the negative
     half uses it directly, so there is no cancellation: the result matches `jax.nn.gelu(approximate=False)`
     to ~7e-7 absolute. XLA's generic erf is a rational polynomial that made the InternViT MLP activation
-    cost as much as the attention on an H100 (BENCHMARKS.md); this one is bandwidth-bound.
+    cost as much as the attention on an H100 (docs/BENCHMARKS_HISTORY.md, second pass); this one is
+    bandwidth-bound.
     """
     return fused_mlp.gelu_f32(x.astype(jnp.float32)).astype(x.dtype)
 
@@ -78,10 +79,11 @@ def patch_embed(patches: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
     """patches (..., K) @ kernel (K, D) in `dtype`; on a GPU with K zero-padded to a multiple of 64 (exact).
 
     A 14x14x3 patch is 588 values: rows of 1,176 bytes in bfloat16, not 16-byte aligned, for which cuBLAS on
-    an H100 falls back to an Ampere kernel plus a separate bias pass (BENCHMARKS.md). The pad fuses into the
-    patchify transpose that writes `patches` anyway. Elsewhere it is not done: a TPU tiles the contraction
-    itself, and there the pad's gradient (a slice of the padded kernel's) fused with a sharded gradient
-    reduction made the TPU compiler fail (BENCHMARKS.md, "TPU compile table").
+    an H100 falls back to an Ampere kernel plus a separate bias pass (docs/BENCHMARKS_HISTORY.md, third pass).
+    The pad fuses into the patchify transpose that writes `patches` anyway. Elsewhere it is not done: a TPU
+    tiles the contraction itself, and there the pad's gradient (a slice of the padded kernel's) fused with a
+    sharded gradient reduction made the TPU compiler fail (BENCHMARKS.md, "TPU compile table": the micro-batch
+    layout).
     """
     k = patches.shape[-1]
     if kernel.shape[0] != k:

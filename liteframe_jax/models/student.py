@@ -160,7 +160,7 @@ class Block(nnx.Module):
         if self.tail_kernel and block_tail.supported((b, t, h * w, d), self.tconv.kernel.shape[0], tail_config):
             # attention residual, LayerNorm_t, temporal conv, residual and LayerNorm_2 in one GPU pass
             # fc2's bias rides on the kernel's residual output: the last residual add needs no bias pass
-            # (student 93.9 -> 92.9 ms at 512 frames on an H100, BENCHMARKS.md fifth pass)
+            # (student 93.9 -> 92.9 ms at 512 frames on an H100, docs/BENCHMARKS_HISTORY.md, fifth pass)
             o, o_bias = self.attn.unbiased(self.norm1(x))
             flat = lambda a: a.reshape(b, t, h * w, d)
             fold = self.mlp.fc2.bias is not None
@@ -188,7 +188,8 @@ class Downsample(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # A sum of strided slices, accumulated in float32: one elementwise pass that XLA fuses. Written as an
         # einsum over a reshaped (b, t, st, h, sh, w, sw, d) view, XLA chose a transpose plus a reduction, and
-        # in one H100 build a single strided transpose kernel 9x slower than the pass (BENCHMARKS.md).
+        # in one H100 build a single strided transpose kernel 9x slower than the pass (docs/BENCHMARKS_HISTORY.md,
+        # third pass).
         st, sh, sw = self.stride
         kernel = self.kernel[...]
         y = sum(x[:, i::st, j::sh, k::sw].astype(jnp.float32) * kernel[i, j, k]
@@ -267,8 +268,8 @@ class LiteFrameStudent(nnx.Module):
         x = self.embed(frames)
         if self.inference_kernels:
             # XLA would recompute the position-table add inside the first LayerNorm's reduction, a pass that
-            # ran 1.7 ms at 512 frames on an H100 where the LayerNorm alone takes 0.6 (BENCHMARKS.md seventh
-            # pass); the barrier makes it read the embedding once it is written
+            # ran 1.7 ms at 512 frames on an H100 where the LayerNorm alone takes 0.6
+            # (docs/BENCHMARKS_HISTORY.md, seventh pass); the barrier makes it read the embedding once it is written
             x = jax.lax.optimization_barrier(x)
         for i in range(self.num_stages):
             x = getattr(self, f"stage_{i}")(x)

@@ -5,7 +5,7 @@ XLA's attention on TPU builds the whole (heads, T, T) score matrix per layer: at
 (12,288 tokens, 28 heads) that is 28 x 12,288^2 scores per row and layer, and activations per chip do not
 shrink with more FSDP. Splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) computes the
 same softmax block by block, skips the blocks the causal mask removes, and keeps only (heads, T) statistics
-for its backward pass. BENCHMARKS.md has what this saves at the paper's shape.
+for its backward pass. BENCHMARKS.md (TPU kernels) has what this saves at the paper's shape.
 
 Masking keeps `qwen2.attention_mask`'s rule for training rows (positions increasing with the index over the
 valid tokens, as right-padded rows with positions 0..T-1 have): a query sees the valid keys at or before it.
@@ -32,7 +32,7 @@ NAME = "splash"
 # Rows shorter than this keep XLA's attention. Splash's backward recomputes the scores in two kernels (9
 # block products against XLA's 6), which the skipped blocks above the diagonal repay only from 4 blocks of
 # 512 a side: at 1,024 tokens it does 1.1x XLA's attention FLOPs and saves 0.15 of 0.77 GiB of temporaries
-# per layer, at 4,096 0.84x and 1.26 against 3.77 GiB (v5p, BENCHMARKS.md).
+# per layer, at 4,096 0.84x and 1.26 against 3.77 GiB (v5p, BENCHMARKS.md, TPU kernels).
 MIN_TOKENS = 2048
 LANES = 128  # the kernel's key blocks are multiples of the TPU's 128 lanes; rows are padded to them
 _interpret = False
