@@ -221,6 +221,9 @@ def test_frame_sampling_rules():
     assert sampling.sample_indices("internvl", 100, 4) == (12, 37, 62, 86)
     with pytest.raises(ValueError, match="unknown frame sampling 'middle'"):
         sampling.sample_indices("middle", 100, 4)
+    # each visual group starts at its first frame's time; a video without a rate counts 1 frame a second
+    assert sampling.group_times((12, 37, 62, 87), 4, 2, 25.0) == [12 / 25.0, 62 / 25.0]
+    assert sampling.group_times((12, 37, 62, 87), 4, 4, None) == [12.0, 37.0, 62.0, 87.0]
 
 
 def test_bicubic_resize_is_pils(tmp_path):

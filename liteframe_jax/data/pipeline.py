@@ -195,11 +195,9 @@ class QAExample:
     fps: dict  # path -> frames per second
 
     def frame_plan(self, row) -> tuple[tuple[int, ...], list[float]]:
-        from liteframe_jax.data.sampling import uniform_indices
+        from liteframe_jax.data.sampling import group_times, uniform_indices
         idx = uniform_indices(self.num_video_frames[row.video], self.num_frames)
-        per_group = self.num_frames // self.builder.visual_groups
-        fps = self.fps[row.video] or 1.0
-        return idx, [idx[g * per_group] / fps for g in range(self.builder.visual_groups)]
+        return idx, group_times(idx, self.num_frames, self.builder.visual_groups, self.fps[row.video])
 
     def __call__(self, row):
         idx, times = self.frame_plan(row)

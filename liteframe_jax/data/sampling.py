@@ -4,6 +4,9 @@
 - `internvl`: InternVL's reference video loader (`get_index` in the InternVL model cards and repository):
   segments over the last frame index `N - 1`, `int(seg / 2 + round(seg * i))`, so the InternVL3 baseline
   sees exactly the frames its authors' code picks.
+
+And when each group of them starts (`group_times`): the one rule that training rows and answering both put
+into a prompt's timestamp separators.
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ def sample_indices(rule: str, num_video_frames: int, num_frames: int) -> tuple[i
     if rule == "internvl":
         return internvl_indices(num_video_frames, num_frames)
     raise ValueError(f"unknown frame sampling {rule!r}; choose one of {SAMPLING_RULES}")
+
+
+def frame_time(index: int, fps: float | None) -> float:
+    """A frame's time in seconds: its index over the video's rate (1 frame a second where the rate is unknown)."""
+    return index / (fps or 1.0)
+
+
+def group_times(indices, num_frames: int, visual_groups: int, fps: float | None) -> list[float]:
+    """The start time of each visual group of `num_frames` sampled frames: the time of its first frame."""
+    per_group = num_frames // visual_groups
+    return [frame_time(indices[g * per_group], fps) for g in range(visual_groups)]
 
 
 def snap_to_keyframes(indices, keyframes) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.data import nvdec, video
 from liteframe_jax.data.conversations import VIDEO_MARKER
-from liteframe_jax.data.sampling import sample_indices, snap_to_keyframes
+from liteframe_jax.data.sampling import group_times, sample_indices, snap_to_keyframes
 from liteframe_jax.eval.prompts import Prompt
 from liteframe_jax.models import kernel_choice
 
@@ -177,8 +177,7 @@ class VideoQA:
         idx = sample_indices(self.sampling, info.num_frames, num_frames or spec.num_frames)
         if self.keyframes_only:
             idx = snap_to_keyframes(idx, video.keyframe_indices(video_path))
-        per_group = spec.num_frames // spec.visual_groups
-        return idx, [idx[g * per_group] / (info.fps or 1.0) for g in range(spec.visual_groups)], info.num_frames
+        return idx, group_times(idx, spec.num_frames, spec.visual_groups, info.fps), info.num_frames
 
     def load_frames(self, video_path: str):
         idx, times, count = self._plan(video_path)
