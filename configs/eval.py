@@ -20,8 +20,10 @@ model, step, protocol or setting is refused with what differs.
 
 `protocol`: `lmms_eval` (lmms-eval 0.7.3's task prompts and answer reading, the default), `lmms_eval_v0.7.1`
 (the same prompts, answers read as lmms-eval did up to v0.7.1), `lmms_eval_w_subtitle` (Video-MME with the
-release's subtitles, as lmms-eval's videomme_w_subtitle task), `official` (the benchmark authors' scripts;
-MLVU's videochat2/choice_bench.py) or `official_generic` (MLVU's multiple_choice_evaluation/choice_bench.py);
+release's subtitles, as lmms-eval's videomme_w_subtitle task), `official_interleaved` / `lmms_eval_interleaved`
+(LongVideoBench with its subtitles between the clips, as its authors' loader / lmms-eval's longvideobench_val_i),
+`official` (the benchmark authors' scripts; MLVU's videochat2/choice_bench.py) or `official_generic` (MLVU's
+multiple_choice_evaluation/choice_bench.py);
 liteframe_jax/eval/prompts.py holds them, results.json their hash, the code each reproduces and the lmms-eval
 version it follows. `model.internvl_prompt`: the InternVL3 baseline asked as InternVL's `model.chat` asks
 (`chat`, its system message; the default) or as the `-hf` processor does (`hf`, no system turn).

@@ -330,3 +330,85 @@ def test_videomme_with_subtitles_asks_with_the_lines_of_its_video(tmp_path):
     assert third.startswith("This video's subtitles are listed below: \nNo subtitles available\nSelect")
     with pytest.raises(ValueError, match="asks with the video's subtitles; none were given"):
         prompts.protocol("videomme", "lmms_eval_w_subtitle").render(Q4)
+
+
+class ClipAnswerer(ScriptedAnswerer):
+    """A scripted model that sees frames 0, 6, 12, 18 (0, 0.5, 1 and 1.5 s of a 12 fps video) in two clips of two
+    frames, each clip two visual groups."""
+
+    clip_frames = 2
+
+    def frame_plan(self, path):
+        return [0, 6, 12, 18], [0.0, 0.5, 1.0, 1.5]
+
+
+def _lvb_release(root, video):
+    """A LongVideoBench release in its published layout: lvb_val.json, videos/, subtitles/<subtitle_path> in
+    both of its forms, and subtitle files that are missing, not JSON or in neither form."""
+    os.makedirs(root / "videos")
+    os.makedirs(root / "subtitles")
+    os.link(video, root / "videos" / "v.mp4")
+    (root / "subtitles" / "capt_en.json").write_text(json.dumps([
+        {"start": "00:00:10.100", "end": "00:00:10.300", "line": "first"},  # shorter than 1 s: widened
+        {"start": "00:00:10.600", "end": "00:00:10.900", "line": "between the clips"},
+        {"start": "00:00:11.200", "end": "00:00:11.300", "line": "inside clip two"},
+        {"start": "00:00:15.000", "end": "00:00:16.000", "line": "after the video"}]))
+    (root / "subtitles" / "asr_en.json").write_text(json.dumps([
+        {"timestamp": [0.0, 1.2], "text": " whole"}, {"timestamp": [1.4, None], "text": " to the end"}]))
+    (root / "subtitles" / "broken_en.json").write_text('[{"start": "00:00:01.0"')
+    (root / "subtitles" / "odd_en.json").write_text(json.dumps([{"line": "no times"}]))
+    rows = [{"id": f"s{k}", "video_path": "v.mp4", "question": f"What is said {k}?", "candidates": ["yes", "no"],
+             "correct_choice": 0, "duration_group": 15, "question_category": "S2E", "duration": 2.0,
+             "starting_timestamp_for_subtitles": offset, "subtitle_path": sub}
+            for k, (sub, offset) in enumerate([("capt_en.json", 10), ("asr_en.json", 0), ("gone_en.json", 0),
+                                               ("broken_en.json", 0), ("odd_en.json", 0), ("asr_en.json", 0)])]
+    del rows[5]["subtitle_path"]
+    (root / "lvb_val.json").write_text(json.dumps(rows))
+
+
+def test_longvideobench_interleaved_subtitles_between_whole_clips(tmp_path):
+    video = make_videos(tmp_path / "v", count=1)[0]  # 24 frames at 12 fps
+    _lvb_release(tmp_path / "lvb", video)
+    cfg = load_config("eval", "longvideobench")
+    cfg.data.root, cfg.protocol = str(tmp_path / "lvb"), "official_interleaved"
+    model = ClipAnswerer(["A", "B"])
+    summary = harness.evaluate(cfg, str(tmp_path / "out"), model)
+    clip = "<video_group>" * 2
+    # "inside clip two" falls between that clip's frames: it follows the whole clip
+    assert model.asked == [
+        f"{clip}\nfirst\nbetween the clips\n{clip}\ninside clip two\nQuestion: What is said 0?\nA. yes\nB. no\n"
+        "Answer with the option's letter from the given choices directly.",
+        f"{clip}\n whole\n{clip}\n to the end\nQuestion: What is said 1?\nA. yes\nB. no\n"
+        "Answer with the option's letter from the given choices directly."]
+    assert summary["questions"] == 6 and summary["errors"] == 4 and summary["overall"] == pytest.approx(1 / 6)
+    record = json.load(open(tmp_path / "out" / "results.json"))
+    assert record["subtitle_errors"] == {"malformed": 1, "missing": 1, "no subtitle fields in the annotation row": 1,
+                                         "not JSON": 1}
+    errors = {r["id"]: r["error"] for r in harness.read_done(str(tmp_path / "out" / "results.jsonl")).values()}
+    assert errors["s2"].endswith("gone_en.json: missing")
+    assert "odd_en.json: malformed (entry 0 has neither 'timestamp' nor 'start' and 'end')" in errors["s4"]
+    # the same questions without subtitles are all asked
+    cfg.protocol = "official"
+    assert harness.evaluate(cfg, str(tmp_path / "plain"), ClipAnswerer(["A"] * 6))["errors"] == 0
+
+
+def test_subtitle_lines_between_runs_of_video_groups_in_the_prompt():
+    """A run of adjacent group markers becomes those groups as the whole video block writes them; without
+    lines between them the prompt is the video block's."""
+    from liteframe_jax.data import conversations
+    from liteframe_jax.data.tokenizer import ByteTokenizer
+    tok = ByteTokenizer()
+    pad = tok.video_token
+    for separators in ("none", "frame", "timestamp", "internvl"):
+        builder = conversations.PromptBuilder(tok, visual_groups=4, tokens_per_group=1, separators=separators)
+        times = [0.0, 0.5, 1.0, 1.5]
+        whole = builder.messages((("user", "<video>\nQ?"),), times)
+        assert builder.messages((("user", "<video_group>" * 4 + "\nQ?"),), times) == whole
+        text = builder.messages((("user", "<video_group>" * 2 + "\nhi\n" + "<video_group>" * 2 + "\nQ?"),),
+                                times)[0]["content"]
+        assert text == (builder.video_block(times, range(0, 2)) + "\nhi\n" + builder.video_block(times, range(2, 4))
+                        + "\nQ?")
+        assert text.count(pad) == 4
+    assert "Frame3: <img>" in text  # groups keep their place in the video
+    with pytest.raises(ValueError, match="3 markers for 4 groups"):
+        builder.messages((("user", "<video_group>" * 3),))

@@ -174,3 +174,52 @@ def test_longvideobench_as_lmms_eval_asks_and_scores(tmp_path):
         return result["parsed_pred"], result["parsed_pred"] == result["answer"]
 
     _agree("longvideobench", rows, questions, lambda doc: lmms_lvb.longvideobench_doc_to_text(doc, kwargs), letter)
+
+
+# The release's two subtitle forms (the video's own captions; speech recognition, whose last entry has no end),
+# with lines shorter than 1 s, lines that no sampled frame falls in and times counted before the clip starts.
+LVB_CAPTIONS = [{"start": "00:00:12.000", "end": "00:00:13.500", "line": "Welcome back."},
+                {"start": "00:00:14.100", "end": "00:00:14.400", "line": "A short one."},
+                {"start": "00:00:31.000", "end": "00:00:38.000", "line": "Now the kitchen."},
+                {"start": "00:01:02.250", "end": "00:01:02.500", "line": "Between frames."},
+                {"start": "00:01:20.000", "end": "00:01:25.000", "line": "Goodbye!"}]
+LVB_SPEECH = [{"timestamp": [0.0, 4.2], "text": " Hello and welcome."},
+              {"timestamp": [4.2, 9], "text": " It ends late."},  # an int end: the authors read the video's end
+              {"timestamp": [20.5, 21.0], "text": " Quick."}, {"timestamp": [40.0, None], "text": " The rest."}]
+
+
+def test_longvideobench_interleaved_as_lmms_eval_asks(tmp_path, monkeypatch):
+    """`longvideobench_val_i`: the release's subtitle files (both forms) interleaved with its 16 frames, read
+    from lmms-eval's cache folder; the harness's interleaving at the same frame times gives the same text."""
+    from liteframe_jax.eval import lvb_subtitles
+    subs = tmp_path / "datasets" / "longvideobench" / "subtitles"
+    os.makedirs(subs)
+    (subs / "capt_en.json").write_text(json.dumps(LVB_CAPTIONS))
+    (subs / "asr_en.json").write_text(json.dumps(LVB_SPEECH))
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # where lmms-eval looks for the release
+    rows = [{**LVB_ROW, "id": "i_0", "subtitle_path": "capt_en.json", "starting_timestamp_for_subtitles": 10,
+             "duration": 75.0, "option0": "a cup", "option1": "a phone", "option2": "N/A", "option3": "N/A",
+             "option4": "N/A", "correct_choice": 0},
+            {**LVB_ROW, "id": "i_1", "subtitle_path": "asr_en.json", "starting_timestamp_for_subtitles": 0,
+             "duration": 50.5, "option0": "A kitchen", "option1": "a park", "option2": "a car", "option3": "a shop",
+             "option4": "N/A", "correct_choice": 2},
+            {**LVB_ROW, "id": "i_2", "subtitle_path": "asr_en.json", "starting_timestamp_for_subtitles": 0,
+             "duration": 12.0, "option0": "yes", "option1": "no", "option2": "N/A", "option3": "N/A",
+             "option4": "N/A", "correct_choice": 1}]  # shorter than 16 s: one frame a second
+    parquet = tmp_path / "validation-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    questions = benchmarks.load("longvideobench", str(tmp_path), str(parquet)).questions
+    kwargs = _yaml_kwargs(lmms_lvb, "longvideobench_val_i.yaml")
+    assert kwargs["insert_interleave_subtitles"]
+    proto = prompts.protocol("longvideobench", "lmms_eval_interleaved")
+    for doc, q in zip(rows, questions):
+        assert q.subtitles == os.path.join(str(tmp_path), "subtitles", doc["subtitle_path"])
+        times = lmms_lvb.compute_frame_timestamps(doc["duration"], 16)
+        lines = lvb_subtitles.read(str(subs / doc["subtitle_path"]))
+        items = lvb_subtitles.interleave(times, 1, lines, q.subtitle_offset, q.duration)
+        ours = proto.render(q, subtitles=lvb_subtitles.render(items, "<image>")).user
+        assert ours == lmms_lvb.longvideobench_doc_to_text(doc, kwargs), q.id
+        assert 0 < sum(isinstance(x, str) for x in items) < len(lines)  # some lines kept, some left out
+    # the answers are read as the `lmms_eval` protocol reads them (compared with lmms-eval above)
+    assert proto.extraction == prompts.protocol("longvideobench", "lmms_eval").extraction
+    assert proto.unparsed == "random" and proto.reasoning_tags == extraction.LMMS_EVAL_REASONING_TAGS

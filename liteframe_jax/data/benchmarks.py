@@ -16,7 +16,9 @@ Layouts read (ROOT is `data.root`; `data.annotation` names another annotation fi
   `ROOT/video/`, one task folder deep). Each row is told apart by the fields only its layout has:
   `video_name` + `task_type` (lmms-eval's) or `video` + `question_type` (the authors').
 - LongVideoBench val: `ROOT/lvb_val.json` (candidates, correct_choice, duration_group, question_category,
-  video_path, ...) or its parquet form (option0..option4, "N/A" = absent); videos `ROOT/videos/<video_path>`.
+  video_path, ...) or its parquet form (option0..option4, "N/A" = absent); videos `ROOT/videos/<video_path>`;
+  subtitles `ROOT/subtitles/<subtitle_path>` (eval/lvb_subtitles.py reads them, with the row's
+  starting_timestamp_for_subtitles and duration).
 - demo: the generated QA set's `eval_mc.json` (data/qa_demo.py).
 - needle: the generated needle test's `needle.json` (data/needle.py).
 """
@@ -48,6 +50,10 @@ class MCQuestion:
     released_question: str = ""
     released_options: tuple[str, ...] = ()
     subtitles: str = ""  # the release's subtitle file for the video (Video-MME's subtitle/<videoID>.srt), if any
+    # LongVideoBench: the seconds its subtitle times count before the video starts, and the video's duration
+    # (None where the row does not say)
+    subtitle_offset: float | None = None
+    duration: float | None = None
 
 
 @dataclasses.dataclass
@@ -289,12 +295,26 @@ def load_longvideobench(root: str, annotation: str | None = None) -> Benchmark:
         choice = _int(row, "correct_choice", where)
         if not 0 <= choice < len(options):
             raise RowError(f"{where}: correct_choice {choice} is outside its {len(options)} options")
+        subtitle = row.get("subtitle_path")
         return MCQuestion(str(row["id"]), os.path.join(root, "videos", str(_field(row, "video_path", where))),
                           str(_field(row, "question", where)), options, LETTERS[choice],
                           (("duration_group", str(row.get("duration_group", ""))),
-                           ("question_category", str(row.get("question_category", "")))))
+                           ("question_category", str(row.get("question_category", "")))),
+                          subtitles=os.path.join(root, "subtitles", str(subtitle)) if subtitle is not None else "",
+                          subtitle_offset=_seconds_or_none(row, "starting_timestamp_for_subtitles", where),
+                          duration=_seconds_or_none(row, "duration", where))
 
     return _collect(Benchmark("longvideobench", path, []), path, parse)
+
+
+def _seconds_or_none(row: dict, key: str, where: str) -> float | None:
+    """A number of seconds the row may leave out (only the subtitle protocols need it)."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(f"{where}: field {key!r} is not a number of seconds ({value!r})")
+    return float(value)
 
 
 def load_demo(root: str, annotation: str | None = None) -> Benchmark:

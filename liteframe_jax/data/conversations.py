@@ -33,6 +33,9 @@ from liteframe_jax.core import paths
 from liteframe_jax.data import bad_data, video, video_index
 
 VIDEO_MARKER = "<video>"
+# One visual group, for prompts that put text between parts of the video (LongVideoBench's subtitles
+# between clips): a run of adjacent markers becomes those groups as the whole video block writes them.
+GROUP_MARKER = "<video_group>"
 VIDEO_MARKERS = ("<video>", "<image>")  # LLaVA-Video-178K puts LLaVA's <image> where the frames go
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
@@ -208,25 +211,42 @@ class PromptBuilder:
     system_prompt: str | None = None
     max_answer_tokens: int = 0  # > 0: rows with more loss (answer) tokens are refused, as TooLong
 
-    def video_block(self, group_times: list[float] | None = None) -> str:
+    def video_block(self, group_times: list[float] | None = None, groups: range | None = None) -> str:
+        """The placeholders of `groups` (default: all) with their separators."""
         pad = self.tokenizer.video_token * self.tokens_per_group
+        groups = range(self.visual_groups) if groups is None else groups
         if self.separators == "none":
-            return pad * self.visual_groups
+            return pad * len(groups)
         if self.separators == "frame":
-            return "".join(f"Frame {g + 1}: {pad}\n" for g in range(self.visual_groups))
+            return "".join(f"Frame {g + 1}: {pad}\n" for g in groups)
         if self.separators == "timestamp":
             times = group_times or [0.0] * self.visual_groups
-            return "".join(f"{t:.1f}s: {pad}\n" for t in times)
+            return "".join(f"{times[g]:.1f}s: {pad}\n" for g in groups)
         if self.separators == "internvl":  # InternVL's own video prompt (transformers InternVLProcessor)
-            return "\n".join(f"Frame{g + 1}: <img>{pad}</img>" for g in range(self.visual_groups))
+            return "\n".join(f"Frame{g + 1}: <img>{pad}</img>" for g in groups)
         raise ValueError(f"unknown video separators {self.separators!r}; "
                          "choose 'none', 'frame', 'timestamp' or 'internvl'")
 
+    def _video(self, text: str, group_times) -> str:
+        """`text` with its video marker, or its group markers, replaced by the placeholders."""
+        if GROUP_MARKER not in text:
+            return text.replace(VIDEO_MARKER, self.video_block(group_times))
+        pieces = text.split(GROUP_MARKER)
+        if VIDEO_MARKER in text or len(pieces) - 1 != self.visual_groups:
+            raise ValueError(f"a prompt with {GROUP_MARKER} markers holds one per visual group and no {VIDEO_MARKER}: "
+                             f"{len(pieces) - 1} markers for {self.visual_groups} groups"
+                             + (f" and a {VIDEO_MARKER}" if VIDEO_MARKER in text else ""))
+        out, g = pieces[0], 0
+        for k, piece in enumerate(pieces[1:], 1):
+            if piece or k == len(pieces) - 1:  # the end of a run of adjacent markers
+                out += self.video_block(group_times, range(g, k)) + piece
+                g = k
+        return out
+
     def messages(self, turns, group_times=None, system: str | None = None) -> list[dict]:
-        block = self.video_block(group_times)
         system = system or self.system_prompt
         msgs = [{"role": "system", "content": system}] if system else []
-        return msgs + [{"role": role, "content": text.replace(VIDEO_MARKER, block)} for role, text in turns]
+        return msgs + [{"role": role, "content": self._video(text, group_times)} for role, text in turns]
 
     def training_example(self, turns, group_times=None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32, loss_mask bool): the mask is True on assistant tokens (answers and end-of-turn)."""

@@ -21,7 +21,7 @@ from liteframe_jax.assembly.specs import VideoLLMSpec
 from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.data import nvdec, video
-from liteframe_jax.data.conversations import VIDEO_MARKER
+from liteframe_jax.data.conversations import GROUP_MARKER, VIDEO_MARKER
 from liteframe_jax.data.sampling import group_times, sample_indices, snap_to_keyframes
 from liteframe_jax.eval.prompts import Prompt
 from liteframe_jax.models import kernel_choice
@@ -155,6 +155,11 @@ class VideoQA:
         return self.spec.num_visual_tokens
 
     @property
+    def clip_frames(self) -> int:
+        """Frames the encoder turns into visual tokens together (1: a per-frame encoder)."""
+        return self.spec.encoder.clip_frames
+
+    @property
     def preprocessing(self) -> dict:
         e = self.spec.encoder
         return {"sampling": self.sampling, "resize": self.resize if self.decoder == "pyav" else "nvdec-linear",
@@ -187,7 +192,8 @@ class VideoQA:
 
     def _prompt(self, prompt: Prompt | str, times) -> np.ndarray:
         prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
-        text = prompt.user if VIDEO_MARKER in prompt.user else f"{VIDEO_MARKER}\n{prompt.user}"
+        placed = VIDEO_MARKER in prompt.user or GROUP_MARKER in prompt.user  # else the video goes first
+        text = prompt.user if placed else f"{VIDEO_MARKER}\n{prompt.user}"
         system = prompt.system if prompt.system is not None else self.system_prompt
         return self.builder.generation_prompt((("user", text),), times, system=system,
                                               assistant_prefix=prompt.assistant_prefix)

@@ -8,7 +8,9 @@ were made with: a resume by anything else is refused), `results.json` (summary, 
 reproduces and the lmms-eval version it follows, prompt hash, the InternVL3 baseline's prompt form,
 preprocessing, config, checkpoint and step, package versions, annotation errors, parse-failure and
 degenerate-answer counts) and `categories.png` (accuracy per category).
-Missing videos are listed before the first question and scored as errors (wrong), never dropped.
+Missing videos are listed before the first question and scored as errors (wrong), never dropped; so are
+LongVideoBench questions whose subtitle file a subtitle protocol cannot read (`results.json` counts them by
+reason in `subtitle_errors`).
 In a multi-process run each process answers its share into a shard of its own and process 0 merges them
 (eval/shards.py); each process splits its batches over its devices (`batch_size` questions a device).
 """
@@ -24,9 +26,10 @@ import time
 
 from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
-from liteframe_jax.data import benchmarks, video
+from liteframe_jax.data import benchmarks, sampling, video
 from liteframe_jax.data.benchmarks import MCQuestion
-from liteframe_jax.eval import prompts, shards, subtitles
+from liteframe_jax.data.conversations import GROUP_MARKER
+from liteframe_jax.eval import lvb_subtitles, prompts, shards, subtitles
 from liteframe_jax.eval.scoring import score, summarise  # the one scorer (eval/scoring.py)
 from liteframe_jax.eval.shards import read_done  # noqa: F401 (the harness's reader of results.jsonl)
 
@@ -96,9 +99,50 @@ def _subtitles(q: MCQuestion) -> str:
     return subtitles.videomme_subtitles(q.subtitles, info.fps, info.num_frames)
 
 
-def prompt_for(proto: prompts.Protocol, q: MCQuestion) -> prompts.Prompt:
-    """The question as `proto` asks it (with its video's subtitle lines where the protocol reads them)."""
-    return proto.render(q, subtitles=_subtitles(q) if proto.subtitles else None)
+def _interleaved(q: MCQuestion, model) -> str:
+    """The model's clips (runs of `GROUP_MARKER`) and the lines of the video's subtitle file in the authors'
+    order, placed by the times of the frames the model sees (the authors place lines by their own sampled
+    frames' times; lmms-eval's `_i` task by an even grid of 16 times over `duration`)."""
+    info = video.probe(q.video)
+    lines = lvb_subtitles.read(q.subtitles)
+    indices, group_times = model.frame_plan(q.video)
+    clips = len(indices) // model.clip_frames
+    frame_times = [sampling.frame_time(i, info.fps) for i in indices]  # as the frame plan times its groups
+    items = lvb_subtitles.interleave(frame_times, model.clip_frames, lines, q.subtitle_offset, q.duration)
+    return lvb_subtitles.render(items, GROUP_MARKER * (len(group_times) // clips))
+
+
+def subtitle_problems(questions: list[MCQuestion], root: str) -> dict[str, lvb_subtitles.SubtitleError]:
+    """LongVideoBench: each question whose subtitles cannot be read, with why (its subtitle file read once)."""
+    files, out = {}, {}
+    for q in questions:
+        if not q.subtitles or q.subtitle_offset is None or q.duration is None:
+            out[q.id] = lvb_subtitles.SubtitleError(lvb_subtitles.NOT_IN_ANNOTATION, q.subtitles or "-",
+                                                    "subtitle_path, starting_timestamp_for_subtitles, duration")
+            continue
+        if q.subtitles not in files:
+            try:
+                if not paths.within(root, q.subtitles):
+                    raise lvb_subtitles.SubtitleError(lvb_subtitles.OUTSIDE_ROOT, q.subtitles)
+                lvb_subtitles.read(q.subtitles)
+                files[q.subtitles] = None
+            except lvb_subtitles.SubtitleError as e:
+                files[q.subtitles] = e
+        if files[q.subtitles] is not None:
+            out[q.id] = files[q.subtitles]
+    return out
+
+
+def prompt_for(proto: prompts.Protocol, q: MCQuestion, model=None) -> prompts.Prompt:
+    """The question as `proto` asks it (with its video's subtitles where the protocol reads them; LongVideoBench
+    interleaves them with `model`'s clips)."""
+    if not proto.subtitles:
+        return proto.render(q)
+    if proto.benchmark != "longvideobench":
+        return proto.render(q, subtitles=_subtitles(q))
+    if model is None:
+        raise ValueError(f"the {proto.name!r} protocol puts the subtitles between the model's clips: pass the model")
+    return proto.render(q, subtitles=_interleaved(q, model))
 
 
 def evaluate(config, workdir: str, model) -> dict:
@@ -114,6 +158,13 @@ def evaluate(config, workdir: str, model) -> dict:
     if missing:
         log(f"[eval] {len(missing)} videos are missing; their questions count as errors:\n  " +
             "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else ""))
+    unreadable = {}  # LongVideoBench: question -> why its subtitles cannot be read
+    if proto.subtitles and bench.name == "longvideobench":
+        unreadable = subtitle_problems(questions, config.data.root)
+    if unreadable:
+        log(f"[eval] {len(unreadable)} questions' subtitles cannot be read; they count as errors: " +
+            ", ".join(f"{why} {n}" for why, n in _reasons(unreadable).items()) + "\n  " +
+            "\n  ".join(sorted({str(e) for e in unreadable.values()})[:20]))
     paths.makedirs(workdir)
     index, count = shards.process()
     results_path = shards.shard_path(workdir, index, count)
@@ -138,9 +189,11 @@ def evaluate(config, workdir: str, model) -> dict:
     def load(q):
         if q.video in missing:
             return q, None, None, "missing video", None
+        if q.id in unreadable:
+            return q, None, None, str(unreadable[q.id]), None
         try:
             frames, times = model.load_frames(q.video)
-            prompt = prompt_for(proto, q)
+            prompt = prompt_for(proto, q, model)
             model.check_prompt(prompt, times)
             return q, frames, times, None, prompt
         except Exception as e:  # an unreadable video or an over-long prompt is an error row, not a crash
@@ -180,7 +233,8 @@ def evaluate(config, workdir: str, model) -> dict:
               "step": model.step, "fingerprint": want, "preprocessing": model.preprocessing,
               "frames_per_question": model.num_frames, "visual_tokens_per_question": model.visual_tokens,
               "annotation": bench.annotation, "annotation_errors": bench.annotation_errors,
-              "not_scored": bench.not_scored, "config": json.loads(config.to_json_best_effort()),
+              "not_scored": bench.not_scored, "subtitle_errors": _reasons(unreadable),
+              "config": json.loads(config.to_json_best_effort()),
               "versions": _versions(), "missing_videos": missing, "processes": count, "devices_per_process": devices,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if index != 0:  # process 0 writes the run's files
@@ -190,6 +244,14 @@ def evaluate(config, workdir: str, model) -> dict:
     log(table(summary, bench.name) + f"\nresults: {os.path.join(workdir, shards.RESULTS)}, "
         f"{os.path.join(workdir, 'results.json')}, {chart}")
     return summary
+
+
+def _reasons(unreadable: dict) -> dict[str, int]:
+    """Questions per reason their subtitles could not be read."""
+    counts = {}
+    for e in unreadable.values():
+        counts[e.reason] = counts.get(e.reason, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def table(summary: dict, bench: str) -> str:

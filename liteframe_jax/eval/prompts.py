@@ -13,6 +13,11 @@ code; `lmms_eval_version` which lmms-eval release, where one is followed):
   MLVU's `evaluation/models/videochat2/choice_bench.py`; LongVideoBench's `LongVideoBenchDataset`).
 - `lmms_eval_w_subtitle` (Video-MME only): lmms-eval 0.7.3's `videomme_w_subtitle` task: the subtitle lines
   of the release's `subtitle/<videoID>.srt` at its 32 sampled frames (eval/subtitles.py) before the question.
+- `official_interleaved` (LongVideoBench only): its authors' `LongVideoBenchDataset` with subtitles
+  (`insert_text=True`): the video's clips and the lines of `subtitles/<subtitle_path>` in time order
+  (eval/lvb_subtitles.py), then the `official` question; `lmms_eval_interleaved`: lmms-eval 0.7.3's
+  `longvideobench_val_i`, the same interleaving before its `lmms_eval` question. `{subtitles}` is then
+  that list, one item a line, each clip a run of `GROUP_MARKER`s where its visual tokens go.
 - `official_generic` (MLVU only): MLVU's other script, `evaluation/multiple_choice_evaluation/choice_bench.py`.
 
 A protocol is a system prompt (None: the model's own), a user-turn template over `{question}`, `{options}`
@@ -35,7 +40,8 @@ from liteframe_jax.data.benchmarks import LETTERS, MCQuestion
 from liteframe_jax.data.qa_demo import MC_SUFFIX
 from liteframe_jax.eval.extraction import LMMS_EVAL_REASONING_TAGS
 
-PROTOCOLS = ("lmms_eval", "lmms_eval_v0.7.1", "lmms_eval_w_subtitle", "official", "official_generic")
+PROTOCOLS = ("lmms_eval", "lmms_eval_v0.7.1", "lmms_eval_w_subtitle", "lmms_eval_interleaved", "official",
+             "official_interleaved", "official_generic")
 LMMS_EVAL_VERSION = "0.7.3"
 UNPARSED_RULES = ("wrong", "excluded", "random")
 
@@ -150,6 +156,21 @@ _TABLE = {
         reference="lmms-eval tasks/longvideobench longvideobench_val_v: longvideobench_doc_to_text, "
                   "longvideobench_process_results (parse_multi_choice_response)",
         extraction="longvideobench", unparsed="random", **LMMS_EVAL),
+    # The authors' inputs list (the interleaved clips and lines, "Question: ...", the options, the instruction)
+    # one item a line, as `official` joins it.
+    ("longvideobench", "official_interleaved"): Protocol(
+        "longvideobench", "official_interleaved",
+        "{subtitles}\nQuestion: {question}\n{options}\n" + LETTER_DIRECTLY,
+        reference="LongVideoBench LongVideoBenchDataset(insert_text=True): insert_subtitles_into_frames over "
+                  "subtitles/<subtitle_path>; unparsed answers get a random option",
+        extraction="longvideobench", unparsed="random", subtitles=True),
+    # longvideobench_doc_to_text with insert_interleave_subtitles: pre_prompt, the interleaved list, a newline,
+    # the question and options, a newline, the post_prompt.
+    ("longvideobench", "lmms_eval_interleaved"): Protocol(
+        "longvideobench", "lmms_eval_interleaved", "{subtitles}\n{question_and_options}\n" + LETTER_DIRECTLY + "\n",
+        reference="lmms-eval tasks/longvideobench longvideobench_val_i: longvideobench_doc_to_text "
+                  "(insert_subtitles_into_frames), longvideobench_process_results (parse_multi_choice_response)",
+        extraction="longvideobench", unparsed="random", subtitles=True, **LMMS_EVAL),
     # The demo's lettered training rows (data/qa_demo.py) are written in this format.
     ("demo", "official"): Protocol("demo", "official", "{question}\n{options}\n" + MC_SUFFIX,
                                    reference="the demo's training format (data/qa_demo.py)",

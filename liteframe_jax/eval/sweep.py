@@ -72,13 +72,14 @@ def others(config, device: str) -> list[dict]:
     return out
 
 
-def timing_question(config):
-    """The request to time: the first question whose video exists, as the protocol asks it."""
+def timing_question(config, model=None):
+    """The request to time: the first question whose video exists, as the protocol asks it (`model`: the one
+    timed, whose frames a protocol that interleaves subtitles places them between)."""
     bench = benchmarks.load(config.benchmark, config.data.root, config.data.annotation)
     proto = prompts.protocol(bench.name, config.protocol)
     for q in bench.questions[:config.max_questions] if config.max_questions else bench.questions:
         if paths.isfile(q.video):
-            return q, harness.prompt_for(proto, q)
+            return q, harness.prompt_for(proto, q, model)
     raise ValueError(f"{config.benchmark}: none of the questions' videos exists under {config.data.root}: no "
                      "request to time")
 
@@ -89,7 +90,7 @@ def run(config, workdir: str, model) -> dict:
     models = models_at(model, counts)
     device = jax.local_devices()[0]
     compare = others(config, device.device_kind)
-    question, prompt = timing_question(config)
+    question, prompt = timing_question(config, models[counts[0]])
     index, _ = shards.process()
     rows = []
     for i, n in enumerate(counts):
@@ -98,6 +99,8 @@ def run(config, workdir: str, model) -> dict:
         summary = harness.evaluate(config, folder, models[n])
         shards.barrier(f"sweep: timing {n} frames")
         if index == 0:
+            if prompts.protocol(config.benchmark, config.protocol).subtitles:  # the prompt follows the frames
+                question, prompt = timing_question(config, models[n])
             timed = latency.time_to_first_token(models[n].on_devices([device]), question.video, prompt,
                                                 int(config.latency_runs))
             timed["question"] = question.id
