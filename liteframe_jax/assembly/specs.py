@@ -298,8 +298,15 @@ class VideoLLMSpec:
                              f"got model_type {hf.get('model_type')!r}")
         head, layer = head_config_from_hf(hf)
         encoder = InternVitSpec(vit_config_from_hf(hf["vision_config"]), head, layer)
-        return cls(encoder=encoder, projector=None, llm=config_from_hf(text_config(folder)), tokenizer=folder,
-                   video_token="<IMG_CONTEXT>", num_frames=frames, separators="internvl")
+        return cls.internvl_layout(encoder, config_from_hf(text_config(folder)), frames=frames, tokenizer=folder)
+
+    @classmethod
+    def internvl_layout(cls, encoder: InternVitSpec, llm: Qwen2Config, *, frames: int = 64,
+                        tokenizer: str = "bytes") -> "VideoLLMSpec":
+        """InternVL3's Video LLM around `encoder` (a tower with its InternVL3 head, which is the projector) and
+        `llm`, from configs rather than a folder (e.g. InternVL3-8B's shapes with random weights, to time it)."""
+        return cls(encoder=encoder, projector=None, llm=llm, tokenizer=tokenizer, video_token="<IMG_CONTEXT>",
+                   num_frames=frames, separators="internvl")
 
 
 def spec_from_dict(d: dict) -> StudentSpec | VideoLLMSpec:

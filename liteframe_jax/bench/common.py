@@ -1,5 +1,5 @@
 """What every bench shares: timing, the measured matmul ceiling, synthetic frames, and the paper's model sizes
-(or their tiny `--small` stand-ins)."""
+(or, with `--small`, the model configs' `tiny` presets)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from liteframe_jax.core.configs import load_config_file
 from liteframe_jax.models import block_tail, fused_mlp
@@ -63,7 +64,10 @@ def matmul_ceiling(small: bool, warmup_s: float = 2.0) -> float:
 
 
 def random_frames(batch, t, size, seed=0):
-    return jax.random.randint(jax.random.key(seed), (batch, t, size, size, 3), 0, 256, jnp.int32).astype(jnp.uint8)
+    """uint8 (batch, t, size, size, 3) on the default device, drawn on the host: a jitted draw compiles once
+    per shape, seconds on a CPU for frames that only need to be there."""
+    frames = np.random.default_rng(seed).integers(0, 256, (batch, t, size, size, 3), np.uint8)
+    return jnp.asarray(frames)
 
 
 def normalise_frames(frames):
@@ -72,29 +76,22 @@ def normalise_frames(frames):
 
 def paper_models(small: bool):
     """(teacher ViT, its head, student, the SigLIP-So400m-384 tower of configs/ctd.py:siglip, WAP window) as
-    configs/ctd.py:paper trains them, or tiny stand-ins."""
+    configs/ctd.py:paper trains them, or the `tiny` presets (the head as wide as the tiny LLM)."""
+    if small:
+        return (InternVitConfig.preset("tiny"), InternVLHeadConfig(out_features=Qwen2Config.preset("tiny").hidden_size),
+                StudentConfig.preset("tiny"), SiglipVitConfig.preset("tiny"), (4, 1, 1))
     ctd = load_config_file("ctd", "paper")
     vit = InternVitConfig(**ctd.teacher.vit.to_dict())
     head = InternVLHeadConfig(**ctd.teacher.head.to_dict())
     student = StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
     siglip = SiglipVitConfig(**load_config_file("ctd", "siglip").teacher.vit.to_dict())
-    window = tuple(ctd.compression.window)
-    if small:
-        vit = InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
-                              patch_size=14)
-        siglip = SiglipVitConfig.preset("demo", image_size=56, patch_size=14, position_grid=4, num_layers=2)
-        head = InternVLHeadConfig(out_features=64)
-        student = StudentConfig(image_size=56, num_frames=8, patch_size=(1, 14, 14), width=64, num_heads=4,
-                                mlp_dim=128, stages=((1, (2, 2, 2)), (1, (2, 1, 1))), out_dim=64)
-        window = (4, 1, 1)
-    return vit, head, student, siglip, window
+    return vit, head, student, siglip, tuple(ctd.compression.window)
 
 
 def tubelet_student(small: bool) -> StudentConfig:
-    """The `paper_tubelet2` student (2-frame tubelets), or its tiny stand-in."""
+    """The `paper_tubelet2` student (2-frame tubelets), or the `tiny_tubelet2` preset."""
     if small:
-        return StudentConfig(image_size=56, num_frames=8, patch_size=(2, 14, 14), width=64, num_heads=4,
-                             mlp_dim=128, stages=((1, (1, 2, 2)), (1, (2, 1, 1))), out_dim=64)
+        return StudentConfig.preset("tiny_tubelet2")
     ctd = load_config_file("ctd", "paper_tubelet2")
     return StudentConfig.from_dict({**ctd.student.to_dict(), "num_frames": ctd.data.num_frames})
 
@@ -116,8 +113,5 @@ def fused_mlp_kernel() -> str:
 
 
 def qwen25_7b_config(small: bool) -> Qwen2Config:
-    """The LLM of InternVL3-8B and of the LiteFrame model in the latency benches, or its tiny stand-in."""
-    if small:
-        return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                           num_kv_heads=2)
-    return Qwen2Config.preset("qwen2.5-7b")
+    """The LLM of InternVL3-8B and of the LiteFrame model in the latency benches, or the `tiny` preset."""
+    return Qwen2Config.preset("tiny" if small else "qwen2.5-7b")

@@ -21,6 +21,8 @@ from liteframe_jax.eval import prompts
 VIDEO_TOKEN = "<IMG_CONTEXT>"
 VIDEO_TOKEN_ID = 151667  # InternVL3's <IMG_CONTEXT>; any id the LLM's table holds would do
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."  # Qwen2.5's default
+ENDOFTEXT_ID = 151643  # Qwen2.5's <|endoftext|>: its padding token and, with <|im_end|>, a stop token
+VOCAB_SIZE = 152_064  # Qwen2.5-7B's embedding rows: every id this tokenizer gives is below it
 _SPECIAL = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<img>": 151665, "</img>": 151666,
             VIDEO_TOKEN: VIDEO_TOKEN_ID}
 _SPECIAL_RE = re.compile("|".join(re.escape(t) for t in _SPECIAL))
@@ -38,9 +40,13 @@ QUESTION = MCQuestion(
 
 
 class PieceTokenizer:
-    """Enough of a tokenizer for `PromptBuilder`: Qwen2's ChatML template, ids by piece (see the module)."""
+    """Enough of a tokenizer for `PromptBuilder` and `Answerer`: Qwen2's ChatML template, ids by piece (see the
+    module), Qwen2.5's padding and stop tokens."""
 
     video_token, video_token_id = VIDEO_TOKEN, VIDEO_TOKEN_ID
+    pad_id = ENDOFTEXT_ID
+    stop_ids = (_SPECIAL["<|im_end|>"], ENDOFTEXT_ID)
+    vocab_size = VOCAB_SIZE
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = False) -> str:
         if not messages or messages[0]["role"] != "system":

@@ -1,53 +1,49 @@
 """`bench latency`: time to first token of the LiteFrame Video LLM against InternVL3 (and against InternVL3 with
 post-hoc compression of its tokens), at the length of an evaluation prompt, optionally counting the decoding
-of the video file, alone and streamed behind the encoder."""
+of the video file, alone and streamed behind the encoder.
+
+Every model is built from its spec (`bench/latency_models.py`, `VideoLLMSpec.build`) and timed through
+`Answerer`, as `VideoQA` answers: its encode (`encode_stream`, the spec's pixel statistics and encoder), then
+its prefill and first token (`token_ids(..., visual=..., max_new_tokens=1)`: the prompt left-padded, the KV
+cache written, the LLM's attention as answering runs it), by `eval/latency.py`'s timing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from liteframe_jax.assembly.answering import Answerer
+from liteframe_jax.assembly.specs import StudentSpec
 from liteframe_jax.bench import eval_prompt
-from liteframe_jax.bench.common import (
-    BF16,
-    TUBELET,
-    fused_mlp_kernel,
-    normalise_frames,
-    paper_models,
-    peak_memory_gib,
-    qwen25_7b_config,
-    random_frames,
-    timed,
-    tubelet_student,
+from liteframe_jax.bench.common import BF16, TUBELET, fused_mlp_kernel, peak_memory_gib, random_frames
+from liteframe_jax.bench.latency_models import (
+    INTERNVL,
+    LITEFRAME,
+    MODELS,
+    POSTHOC,
+    build_models,
+    latency_specs,
+    whole_frames,
 )
 from liteframe_jax.bench.pipeline import long_video, synthetic_video, time_decode
 from liteframe_jax.eval.answer import stream_piece
-from liteframe_jax.models import compression
-from liteframe_jax.models.internvit import InternVisionTower, InternVLHeadConfig
-from liteframe_jax.models.qwen2 import Qwen2
-from liteframe_jax.models.student import LiteFrameStudent
-from liteframe_jax.models.video_llm import Projector, ProjectorConfig, splice
-
-INTERNVL = "InternVL3-8B-style"
-POSTHOC = "InternVL3-8B-style + WAP 16x"  # InternVL3's encoder, its tokens then pooled as CTD's targets are
-MODELS = (INTERNVL, POSTHOC, "LiteFrame", TUBELET)
+from liteframe_jax.eval.latency import time_answering, time_encode, time_streamed
 
 
 def default_plans(small: bool) -> list[tuple[str, int]]:
     if small:
-        return [(INTERNVL, 8), (POSTHOC, 8), ("LiteFrame", 8), ("LiteFrame", 16), (TUBELET, 16)]
-    return ([(INTERNVL, f) for f in (16, 32, 64)] + [(m, f) for m in (POSTHOC, "LiteFrame", TUBELET)
+        return [(INTERNVL, 8), (POSTHOC, 8), (LITEFRAME, 8), (LITEFRAME, 16), (TUBELET, 16)]
+    return ([(INTERNVL, f) for f in (16, 32, 64)] + [(m, f) for m in (POSTHOC, LITEFRAME, TUBELET)
                                                       for f in (64, 128, 256, 512)])
 
 
 def parse_plans(text: str) -> list[tuple[str, int]]:
     """'internvl:64,liteframe:512' -> plans; names as in MODELS, or internvl / posthoc / liteframe / tubelet2."""
-    short = {"internvl": INTERNVL, "posthoc": POSTHOC, "liteframe": "LiteFrame", "tubelet2": TUBELET}
+    short = {"internvl": INTERNVL, "posthoc": POSTHOC, "liteframe": LITEFRAME, "tubelet2": TUBELET}
     plans = []
     for item in text.split(","):
         name, _, frames = item.rpartition(":")
@@ -80,73 +76,14 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
     come as they are measured, the video's first."""
     from liteframe_jax.data import nvdec, sampling, video
     decoder, decoder_reason = nvdec.choose(decoder)
-    vit, head, student_cfg, _, window = paper_models(small)
-    llm_cfg = qwen25_7b_config(small)
-    if small:
-        head = InternVLHeadConfig(out_features=64)
-        window = (4, 2, 2)
     plans = plans or default_plans(small)
-    cast = lambda tree: jax.tree.map(lambda x: x.astype(BF16), tree)
-    llm = Qwen2(llm_cfg, rngs=nnx.Rngs(3), dtype=BF16, attn_impl=impl)
-    llm_graph, llm_params = nnx.split(llm)
-    llm_params = cast(llm_params)
-    del llm
+    runs = 3 if small else 10  # medians of this many requests after one that compiles
     # the fused kernels where this device runs them (docs/BENCHMARKS_HISTORY.md, passes 3-8), for both models:
     # fc1 + GELU in InternViT and the student, the block tail in the student
     mlp_kernel = fused_mlp_kernel()
-    tower = InternVisionTower(vit, head, rngs=nnx.Rngs(1), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
-    tower_graph, tower_params = nnx.split(tower)
-    tower_params = cast(tower_params)
-    size = vit.image_size
-    students = {"LiteFrame": student_cfg, TUBELET: tubelet_student(small)}
-
-    def internvl(pooled: bool):
-        def encode(p, frames):
-            grid = nnx.merge(tower_graph, p).features(normalise_frames(frames), "projector")
-            if pooled:  # the paper preset's WAP: weights proportional to each token's norm
-                grid = compression.compress(grid[None], window, "norm").astype(BF16)
-            return grid.reshape(1, -1, grid.shape[-1])
-        return encode
-
-    def liteframe(graph, cfg):
-        def encode(p, frames):
-            s, pr = nnx.merge(graph, p)
-            clips = normalise_frames(frames).reshape(-1, cfg.num_frames, size, size, 3)
-            return pr(s(clips)).reshape(1, -1, llm_cfg.hidden_size)
-        return encode
-
-    encoders = {INTERNVL: (internvl(False), tower_params), POSTHOC: (internvl(True), tower_params)}
-    for name, cfg in students.items():
-        student = LiteFrameStudent(cfg, rngs=nnx.Rngs(0), dtype=BF16, attn_impl=impl, mlp_kernel=mlp_kernel)
-        proj = Projector(cfg.out_dim, llm_cfg.hidden_size, ProjectorConfig(), rngs=nnx.Rngs(2), dtype=BF16)
-        graph, params = nnx.split((student, proj))
-        encoders[name] = (liteframe(graph, cfg), cast(params))
-
-    def clip_frames(model: str) -> int:
-        """The frames one encoder call needs whole: a student's clip, WAP's temporal window, or one frame."""
-        return {INTERNVL: 1, POSTHOC: window[0]}.get(model) or students[model].num_frames
-
-    def prompt_shape(model: str, frames_n: int) -> tuple[str, int]:
-        """(separators, visual groups): InternVL's own "Frame{k}: <img>...</img>" lines per frame (per pooled
-        group); LiteFrame's `paper` LMA preset puts a timestamp before each temporal slice."""
-        if model in (INTERNVL, POSTHOC):
-            return "internvl", frames_n // clip_frames(model)
-        cfg = students[model]  # its tokens come flat, (clip, slice, row, column) in order
-        return "timestamp", frames_n // cfg.num_frames * cfg.output_grid[0]
-
-    @jax.jit
-    def prefill(p, visual, tokens):
-        m = nnx.merge(llm_graph, p)
-        embeds = splice(m.embed_tokens(tokens), tokens, visual, eval_prompt.VIDEO_TOKEN_ID)
-        h, _ = m.hidden(embeds, jnp.arange(embeds.shape[1])[None], None)  # one request, no padding: no mask
-        return jnp.argmax(m.logits(h[:, -1]), -1)  # the first token
-
-    jitted = {name: jax.jit(fn) for name, (fn, _) in encoders.items()}
-    beside = {name: nvdec.jit_beside_decoding(fn) for name, (fn, _) in encoders.items()}  # while NVDEC decodes
-
     path = request_video(decode, small) if decode else None
     stage = {}
-    if path:
+    if path:  # a bad path or an unreadable file stops the bench here, naming the file, before any model
         info = video.probe(path)
         keyframes = video.keyframe_indices(path)
         # a generated video goes with the bench's temporary files: its row names what it was, not where
@@ -157,42 +94,47 @@ def bench_latency(ceiling, small, impl, out_dir, decode: str | None = None, deco
         if decoder == "nvdec":  # the decode engines' own speed on this file, once, before the requests
             stage.update(nvdec.raw_throughput(path, info.num_frames))
         yield {"bench": "latency_video", **stage}
+    specs = latency_specs(small)
+    models = build_models({m: specs[m] for m in dict.fromkeys(m for m, _ in plans)}, attn_impl=impl,
+                          mlp_kernel=mlp_kernel)
+    tokenizer = eval_prompt.PieceTokenizer()
     rows = []
     for model, frames_n in plans:
-        encode, params = encoders[model]
-        frames = random_frames(1, frames_n, size)[0]
         decoded = {}
-        try:
-            if path:  # a bad path or an unreadable file stops the bench here, naming the file
+        try:  # a spec refuses a frame count that is not whole clips (or WAP windows): an error row
+            spec = dataclasses.replace(specs[model], num_frames=frames_n)
+            graphdef, params = models[model]
+            answerer = Answerer(spec, tokenizer, graphdef, BF16)
+            size = spec.encoder.image_size
+            if path:
                 idx = sampling.uniform_indices(info.num_frames, frames_n)
                 decoded = decode_stage(path, idx, keyframes, size, decode_workers or os.cpu_count() or 1, decoder,
                                        stage)
                 frames = decoded.pop("frames")
-            enc_s = timed(jitted[model], params, frames)
-            visual = jitted[model](params, frames)
-            separators, groups = prompt_shape(model, frames_n)
-            ids = eval_prompt.request_ids(separators, groups, visual.shape[1] // groups)
-            tokens = jnp.asarray(ids)[None]
-            pre_s = timed(prefill, llm_params, visual, tokens, iters=5)
-            if path and decoder == "nvdec":
-                chunk = stream_piece(clip_frames(model))
-                decoded.update(streamed(path, idx, info.num_frames, size, chunk, beside[model], params, prefill,
-                                        llm_params, tokens))
-                decoded["encode_without_cuda_graphs_ms"] = timed(beside[model], params, frames) * 1e3
+            else:
+                frames = random_frames(1, frames_n, size)[0]
+            ids = eval_prompt.request_ids(spec.separators, spec.visual_groups, spec.tokens_per_group)
+            stages = time_answering(answerer, params, frames, ids, runs)
+            visual = stages.pop("visual")
+            if path and decoder == "nvdec":  # as VideoQA answers with NVDEC: the encoder beside the decoding
+                beside = Answerer(spec, tokenizer, graphdef, BF16, beside_decoding=True)
+                chunk = stream_piece(whole_frames(spec))
+                pieces = lambda: nvdec.stream_frames(path, idx, size, info.num_frames, chunk)
+                decoded["ttft_streamed_ms"] = time_streamed(beside, params, pieces, ids)
+                decoded["encode_without_cuda_graphs_ms"] = time_encode(beside, params, frames, runs)[0]
         except Exception as e:
             rows.append({"bench": "latency", "model": model, "frames": frames_n,
                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
             yield rows[-1]
             continue
-        ttft = (enc_s + pre_s) * 1e3
+        student = spec.encoder.arch if isinstance(spec.encoder, StudentSpec) else None
         rows.append({"bench": "latency", "model": model, "attention": impl or "xla", "frames": frames_n,
-                     "mlp_kernel": mlp_kernel, "student_act": students[model].act if model in students else None,
-                     "visual_tokens": int(visual.shape[1]), "prompt_tokens": int(tokens.shape[1]),
-                     "text_tokens": int(tokens.shape[1] - visual.shape[1]), "separators": separators,
-                     "visual_groups": groups,
-                     "encode_ms": enc_s * 1e3, "prefill_ms": pre_s * 1e3, "ttft_ms": ttft,
+                     "mlp_kernel": mlp_kernel, "student_act": student.act if student else None,
+                     "visual_tokens": int(visual.shape[1]), "prompt_tokens": len(ids),
+                     "text_tokens": len(ids) - int(visual.shape[1]), "separators": spec.separators,
+                     "visual_groups": spec.visual_groups, **stages, "runs": runs,
                      **({"decoder": decoder} if path else {}), **decoded,
-                     **({"ttft_with_decode_ms": decoded["decode_ms"] + ttft} if decoded else {}),
+                     **({"ttft_with_decode_ms": decoded["decode_ms"] + stages["ttft_ms"]} if decoded else {}),
                      "peak_gib": peak_memory_gib()})
         # the ratios and the plot after every row, against the rows so far: a run stopped by a time limit
         # keeps them (the rows are the same dicts, written again by the caller)
@@ -219,27 +161,6 @@ def decode_stage(path, idx, keyframes, size, workers, decoder, stage) -> dict:
     return out
 
 
-def streamed(path, idx, num_frames, size, chunk, encode, params, prefill, llm_params, tokens,
-             runs: int = 3) -> dict:
-    """Time to first token from the file with NVDEC: each piece of `chunk` frames encoded as soon as it is
-    decoded (`nvdec.stream_frames`, as `VideoQA.encode_streaming` runs it), then the prefill; the median of
-    `runs` after one untimed run that compiles."""
-    from liteframe_jax.data import nvdec
-
-    def request():
-        pieces = nvdec.stream_frames(path, idx, size, num_frames, chunk)
-        visual = jnp.concatenate([encode(params, p) for p in pieces], axis=1)
-        return prefill(llm_params, visual, tokens).block_until_ready()
-
-    request()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        request()
-        times.append(time.perf_counter() - t)
-    return {"ttft_streamed_ms": statistics.median(times) * 1e3}
-
-
 def add_ratios(rows) -> None:
     """Each row against InternVL3 at its most frames: model only, with decoding added, and streamed."""
     ok = [r for r in rows if "error" not in r]
@@ -263,7 +184,7 @@ def plot(rows, out_dir) -> None:
     import matplotlib.pyplot as plt
     device = jax.devices()[0].device_kind
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colours = {INTERNVL: "tab:red", POSTHOC: "tab:orange", "LiteFrame": "tab:blue", TUBELET: "tab:green"}
+    colours = {INTERNVL: "tab:red", POSTHOC: "tab:orange", LITEFRAME: "tab:blue", TUBELET: "tab:green"}
     styles = (("ttft_streamed_ms", "D-", 1.0, "decode streamed + encode + prefill"),
               ("ttft_with_decode_ms", "s:", 0.6, "decode, then encode + prefill"),
               ("ttft_ms", "o-", 0.9, "encode + prefill"), ("encode_ms", "x--", 0.5, "encode"))

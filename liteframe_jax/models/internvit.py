@@ -78,6 +78,9 @@ class InternVLHeadConfig:
 
 
 VIT_PRESETS = {
+    # the benches' `--small` tower: 56 px frames, a 4x4 grid of 14 px patches, two layers of width 64
+    "tiny": InternVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, image_size=56,
+                            patch_size=14),
     "demo": InternVitConfig(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256, image_size=64,
                             patch_size=8),
     # InternVL3-8B's vision tower

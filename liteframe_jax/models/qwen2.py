@@ -48,6 +48,9 @@ class Qwen2Config:
 
 
 QWEN2_PRESETS = {
+    # the benches' `--small` LLM: two layers of width 64, a CPU's seconds
+    "tiny": Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                        num_kv_heads=2),
     "demo": Qwen2Config(vocab_size=261, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
                         num_kv_heads=2, rope_theta=10_000.0, tie_word_embeddings=True),
     "qwen2.5-1.5b": Qwen2Config(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_layers=28,

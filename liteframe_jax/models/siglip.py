@@ -51,6 +51,9 @@ class SiglipVitConfig:
 
 
 SIGLIP_PRESETS = {
+    # the benches' `--small` tower: `demo` on 56 px frames of 14 px patches, two layers
+    "tiny": SiglipVitConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, image_size=56,
+                            patch_size=14, position_grid=4),
     "demo": SiglipVitConfig(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256, image_size=64,
                             patch_size=8, position_grid=8),
     # google/siglip-so400m-patch14-384 (and siglip2-so400m-patch14-384): 27x27 patches of 14 px, 729 tokens.

@@ -83,6 +83,12 @@ class StudentConfig:
 
 
 STUDENT_PRESETS = {
+    # the benches' `--small` students, `paper`'s layout at a CPU's size: 56 px, 14 px patches, one block a stage,
+    # 8x4x4 tokens -> 2x2x2 = 8 tokens of width 64 per clip; `tiny_tubelet2` on 2-frame tubelets (4x4x4 in)
+    "tiny": StudentConfig(image_size=56, patch_size=(1, 14, 14), width=64, num_heads=4, mlp_dim=128,
+                          stages=((1, (2, 2, 2)), (1, (2, 1, 1))), out_dim=64),
+    "tiny_tubelet2": StudentConfig(image_size=56, patch_size=(2, 14, 14), width=64, num_heads=4, mlp_dim=128,
+                                   stages=((1, (1, 2, 2)), (1, (2, 1, 1))), out_dim=64),
     # 64 px frames, 8x8 patches: 8x8x8 tokens -> (2, 2, 2) -> 4x4x4 = 64 tokens of width 128 per clip
     "demo": StudentConfig(image_size=64, patch_size=(1, 8, 8), width=64, num_heads=4, mlp_dim=256,
                           stages=((2, (2, 2, 2)), (2, (1, 1, 1))), out_dim=128),
