@@ -1,5 +1,5 @@
 """`bench ctd` / `bench lma` time the trainers' own step: the real CTDTask / LMATask from the `paper` presets
-(tiny stand-ins with `--small`), laid out and compiled by train/state.py and train/step.py."""
+(the `tiny` presets with `--small`), laid out and compiled by train/state.py and train/step.py."""
 
 import jax
 

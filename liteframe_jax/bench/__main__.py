@@ -1,14 +1,17 @@
 """`python -m liteframe_jax.bench [matmul|encoders|ctd|lma|pipeline|latency|probe|profile|scaling|export|index|all]
-[--small] [--out results.json]`
+[--small] [--out results.json]`, or `python -m liteframe_jax.bench TOOL [its flags]` for the benches with
+flags of their own (`TOOLS`: eval_devices, latency_profile, tpu_attention; `--help` after the name).
 
 Real sizes, random weights, bfloat16 compute with float32 parameters. Every figure is the median of repeated
 timed runs after warm-up (`jax.block_until_ready` around each), beside the bfloat16 matmul ceiling measured
-in the same process, so MFU = model FLOP/s / measured ceiling. `--small` shrinks everything to run on a CPU.
+in the same process, so MFU = model FLOP/s / measured ceiling. `--small` runs the model configs' `tiny`
+presets on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -33,12 +36,22 @@ from liteframe_jax.bench.training import bench_ctd, bench_lma, parse_plans
 from liteframe_jax.bench.video_index import bench_video_index
 
 
+# Benches with command lines of their own, run as `python -m liteframe_jax.bench NAME [flags]`.
+TOOLS = {"eval_devices": "liteframe_jax.bench.eval_devices",  # evaluation questions/s over 1, 2, 4, 8 devices
+         "latency_profile": "liteframe_jax.bench.latency_profile",  # the planner's device profile of a run
+         "tpu_attention": "liteframe_jax.bench.tpu_attention"}  # splash vs XLA attention, compiled for a TPU
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench", description=__doc__)
     parser.add_argument("what", nargs="*", default=["all"],
+                        help=f"benches to run (default: all); or one of {sorted(TOOLS)} alone, with its own flags",
                         choices=["all", "matmul", "encoders", "ctd", "lma", "pipeline", "latency", "probe",
                                  "profile", "scaling", "export", "index", "targets"])
-    parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument("--small", action="store_true", help="the model configs' tiny presets (a CPU smoke run)")
     parser.add_argument("--attention", default="cudnn",
                         help="'cudnn' or 'xla'; encoders take a list (cudnn,xla), the other benches its first")
     parser.add_argument("--workers", default="0,4,8,14", help="Grain worker counts for the pipeline bench")

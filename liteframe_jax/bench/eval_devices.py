@@ -1,4 +1,4 @@
-"""`python -m liteframe_jax.bench.eval_devices`: questions per second of the benchmark harness with each batch
+"""`python -m liteframe_jax.bench eval_devices`: questions per second of the benchmark harness with each batch
 split over 1, 2, ... devices of this process, against one device, at the LMA demo's model sizes.
 
 The model is the LMA demo's (its student, projector and Qwen2 presets, byte tokenizer, 8 frames a question)
@@ -75,7 +75,7 @@ def bench_eval_devices(device_counts: list[int], questions: int, batch_size: int
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench.eval_devices", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench eval_devices", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="1,2,4,8", help="device counts to time, the first 1 (the reference)")
     parser.add_argument("--questions", type=int, default=64, help="questions of the timed evaluation")
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     import flax
     header = {"device": jax.devices()[0].device_kind, "devices": jax.local_device_count(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
-              "date": time.strftime("%Y-%m-%d"), "command": "python -m liteframe_jax.bench.eval_devices " +
+              "date": time.strftime("%Y-%m-%d"), "command": "python -m liteframe_jax.bench eval_devices " +
               " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     print(json.dumps(header), flush=True)
     rows = []
@@ -105,6 +105,3 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r['devices']} device(s): {r['questions_per_s']:.2f} questions/s, {r['vs_one_device']:.2f}x one device")
 
-
-if __name__ == "__main__":
-    main()

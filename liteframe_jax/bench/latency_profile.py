@@ -181,7 +181,7 @@ def bench_latency_profile(run: str, out: str, teacher_run: str | None = None, fr
 
 def main(argv=None) -> None:
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench.latency_profile", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench latency_profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="an LMA run folder")
     parser.add_argument("--teacher-run", default=None, help="the CTD run whose teacher + compression is the baseline")
@@ -192,6 +192,3 @@ def main(argv=None) -> None:
     bench_latency_profile(args.run, args.out, args.teacher_run, tuple(int(f) for f in args.frames.split(",")),
                           tuple(args.decoders.split(",")))
 
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.bench import vit_variants
+from liteframe_jax.bench import plain_vit
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config, rope
 
@@ -33,7 +33,7 @@ def init_vit(key, cfg: InternVitConfig) -> dict:
     k_blocks, k_patch, k_cls, k_pos = jax.random.split(key, 4)
     d, p, n = cfg.hidden_size, cfg.patch_size, cfg.grid ** 2 + 1
     normal = lambda k, shape: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(BF16)
-    return {"blocks": vit_variants.init_params(k_blocks, cfg.num_layers, d, cfg.intermediate_size),
+    return {"blocks": plain_vit.init_params(k_blocks, cfg.num_layers, d, cfg.intermediate_size),
             "patch": normal(k_patch, (p * p * cfg.num_channels, d)), "patch_bias": jnp.zeros((d,), BF16),
             "cls": normal(k_cls, (1, 1, d)), "pos": normal(k_pos, (1, n, d))}
 
@@ -45,7 +45,7 @@ def vit_forward(params, pixels, cfg: InternVitConfig, gelu: str, attn_impl: str 
     patches = pixels.reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * c)
     x = patches @ params["patch"] + params["patch_bias"]
     x = jnp.concatenate([jnp.broadcast_to(params["cls"], (b, 1, x.shape[-1])), x], 1) + params["pos"]
-    return vit_variants.encoder(params["blocks"], x, scan=True, heads=cfg.num_heads, fused_qkv=False,
+    return plain_vit.encoder(params["blocks"], x, scan=True, heads=cfg.num_heads, fused_qkv=False,
                                 fold_ls=False, gelu=gelu, attn_impl=attn_impl)
 
 

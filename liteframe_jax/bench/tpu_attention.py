@@ -1,4 +1,4 @@
-"""`python -m liteframe_jax.bench.tpu_attention`: where splash attention pays on TPU, from the compiled program.
+"""`python -m liteframe_jax.bench tpu_attention`: where splash attention pays on TPU, from the compiled program.
 
 Compiles Qwen2 decoder layers (the `qwen2.5-7b` shape by default) forward and backward for a Cloud TPU
 topology on this host (through libtpu, no TPU needed), once with XLA's attention and once with splash
@@ -7,7 +7,7 @@ arguments and outputs (`memory_analysis()`), FLOPs and bytes accessed (`cost_ana
 analysis does not see inside the Mosaic custom call, so the attention FLOPs each path does are printed
 beside it from the shapes: XLA computes every score, splash skips the blocks above the causal diagonal.
 
-    python -m liteframe_jax.bench.tpu_attention --topology v5p:2x2x2 --tokens 12288 --layers 1
+    python -m liteframe_jax.bench tpu_attention --topology v5p:2x2x2 --tokens 12288 --layers 1
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def report(cfg, impl, mesh, batch, tokens, remat) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench.tpu_attention", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench tpu_attention", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="v5p:2x2x2")
     parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1: the rest)")
@@ -158,6 +158,3 @@ def main(argv=None):
                 with open(args.out, "a") as f:
                     f.write(json.dumps({**header, **row}) + "\n")
 
-
-if __name__ == "__main__":
-    main()

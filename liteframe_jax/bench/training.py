@@ -29,7 +29,7 @@ def _student_fields(student) -> dict:
 
 
 def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, batch: int, devices: int = 1):
-    """configs/ctd.py:paper with a random teacher (or its tiny stand-in), `batch` clips, data-parallel over
+    """configs/ctd.py:paper with a random teacher (or the `tiny` presets), `batch` clips, data-parallel over
     `devices`."""
     c = load_config_file("ctd", "paper")
     c.teacher.init = "random"
@@ -47,7 +47,7 @@ def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, bat
 
 def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None = None):
     """configs/lma.py:paper with random weights: the `paper` CTD student, a Qwen2.5-7B-shaped LLM (152k
-    vocabulary) with the preset's LoRA, 512 frames per video (or the tiny stand-ins)."""
+    vocabulary) with the preset's LoRA, 512 frames per video (or the `tiny` presets)."""
     c = load_config_file("lma", "paper")
     _, _, student, _, _ = paper_models(small)
     llm = qwen25_7b_config(small)

@@ -27,7 +27,7 @@ def model_entry(prof: dict, *, spec=None, baseline: bool = False) -> tuple[str, 
         if not found:
             raise ValueError(f"the profile has no entry for this run's {'baseline' if baseline else 'model'} "
                              f"(fingerprint {want}; it has {sorted(m['fingerprint'] for m in models.values())}): "
-                             "measure it with python -m liteframe_jax.bench.latency_profile --run=RUN")
+                             "measure it with python -m liteframe_jax.bench latency_profile --run=RUN")
         return found[0]
     found = [(n, m) for n, m in models.items() if bool(m.get("baseline")) == baseline]
     if len(found) != 1:

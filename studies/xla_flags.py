@@ -1,6 +1,6 @@
-"""Which XLA GPU flags move the encoders' forward throughput.
+"""A study: which XLA GPU flags move the encoders' forward throughput.
 
-`python -m liteframe_jax.bench.xla_flags [--profile]` runs the teacher (InternViT-300M, 64 frames) and the
+`python studies/xla_flags.py [--profile]` runs the teacher (InternViT-300M, 64 frames) and the
 `paper` student (256 frames; with exact and with tanh GELU) forward once per flag set, each in a fresh
 process (XLA reads `XLA_FLAGS` once, at start-up), and prints frames/s per set. Flags that the installed
 XLA does not know make the child fail; its row then carries the error. `--profile` adds each child's kernel
@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's package
 
 FLAG_SETS = {
     "default": "",
@@ -68,7 +70,7 @@ def child(profile: bool) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench.xla_flags", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python studies/xla_flags.py", description=__doc__)
     parser.add_argument("--sets", default=",".join(FLAG_SETS), help="comma-separated names from FLAG_SETS")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--timeout", type=int, default=240, help="seconds per flag set")
@@ -79,7 +81,7 @@ def main(argv=None):
     rows = []
     for name in args.sets.split(","):
         env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + FLAG_SETS[name]).strip()}
-        cmd = [sys.executable, "-m", "liteframe_jax.bench.xla_flags", "--child"]
+        cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         cmd += ["--profile"] if args.profile else []
         try:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
