@@ -1,5 +1,5 @@
-"""The fused student block tail (`models/block_tail.py`, backward `models/block_tail_grad.py`) computes what the
-XLA block computes, forward and backward.
+"""The fused student block tail (`models/kernels/block_tail.py`, backward `models/kernels/block_tail_grad.py`)
+computes what the XLA block computes, forward and backward.
 
 The kernel runs in the Pallas interpreter here, with the same program structure (frame walk, row blocks,
 column chunks) that the GPU compiles; its speed is measured by `bench encoders` on a GPU.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from liteframe_jax.models import block_tail
+from liteframe_jax.models.kernels import block_tail
 from liteframe_jax.models.student import Block, LiteFrameStudent, StudentConfig
 
 

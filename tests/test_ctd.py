@@ -216,7 +216,7 @@ def test_paper_preset_without_teacher_is_a_clear_error(videos):
 
 
 def test_teacher_mlp_kernel_on_a_device_without_it_names_the_problem(videos):
-    from liteframe_jax.models import fused_mlp
+    from liteframe_jax.models.kernels import fused_mlp
     if fused_mlp.device_problem(jax.numpy.bfloat16) is None:
         pytest.skip("this device runs the kernel")
     cfg = tiny_ctd_config(videos, **{"kernels.mlp": "pallas"})

@@ -1,5 +1,5 @@
-"""The fused fc1 + GELU Hopper kernel (`models/fused_mlp.py`) and the compiled student block tail
-(`models/block_tail.py`): against XLA on a Hopper GPU, and their refusals.
+"""The fused fc1 + GELU Hopper kernel (`models/kernels/fused_mlp.py`) and the compiled student block tail
+(`models/kernels/block_tail.py`): against XLA on a Hopper GPU, and their refusals.
 
 The GPU tests run where an H100/H200 is present and JAX may use it (`JAX_PLATFORMS=cuda python -m pytest
 tests/test_fused_mlp.py`: conftest defaults to the CPU); elsewhere only the refusal runs.
@@ -14,7 +14,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from liteframe_jax.core import sharding
-from liteframe_jax.models import fused_mlp, layers
+from liteframe_jax.models import layers
+from liteframe_jax.models.kernels import fused_mlp
 from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
 
 hopper = pytest.mark.skipif(fused_mlp.device_problem(jnp.bfloat16) is not None,
@@ -152,8 +153,8 @@ def _tail_inputs(shape, seed):
 @hopper
 @pytest.mark.parametrize("shape", [(4, 8, 1024, 768), (4, 4, 256, 768), (2, 2, 64, 128)])
 def test_block_tail_compiled_matches_reference(shape):
-    # the Triton-compiled tail (models/block_tail.py) at the student's stage shapes, bfloat16 in and out
-    from liteframe_jax.models import block_tail
+    # the Triton-compiled tail (models/kernels/block_tail.py) at the student's stage shapes, bfloat16 in and out
+    from liteframe_jax.models.kernels import block_tail
     args, _ = _tail_inputs(shape, 0)
     want = block_tail.reference(*args, eps=1e-6)
     got = jax.jit(lambda *a: block_tail.block_tail(*a, 1e-6, block_tail.CONFIG))(*args)
@@ -166,9 +167,9 @@ def test_block_tail_compiled_matches_reference(shape):
 @hopper
 @pytest.mark.parametrize("shape", [(4, 8, 1024, 768), (4, 4, 256, 768), (2, 2, 64, 128)])
 def test_block_tail_compiled_gradient_matches_reference(shape):
-    # the Triton-compiled backward kernel (models/block_tail_grad.py) against XLA's autodiff of `reference`,
+    # the Triton-compiled backward kernel (models/kernels/block_tail_grad.py) against XLA's autodiff of `reference`,
     # bfloat16 activations and cotangents, float32 parameters
-    from liteframe_jax.models import block_tail
+    from liteframe_jax.models.kernels import block_tail
     args, cot = _tail_inputs(shape, 1)
 
     def grads(fn):

@@ -21,7 +21,7 @@ def test_gelu_exact_matches_erf_definition():
 def test_kernel_epilogue_gelu_form_matches_erf_definition():
     # the form the Pallas kernel evaluates (rsqrt^2 reciprocal, exp2); on the GPU its rsqrt/exp2 are the MUFU
     # approximations, checked against XLA by tests/test_fused_mlp.py
-    from liteframe_jax.models import fused_mlp
+    from liteframe_jax.models.kernels import fused_mlp
     x = jnp.linspace(-12.0, 12.0, 200_001, dtype=jnp.float32)
     ref = np.asarray(jax.nn.gelu(x, approximate=False), np.float64)
     got = np.asarray(fused_mlp.gelu_f32(x, fast=True), np.float64)
@@ -33,7 +33,7 @@ def test_gelu_tanh_matches_torch_and_the_kernel_epilogue_form():
     # tanh epilogue (`fused_mlp.epilogue_activation("tanh", ...)`) against torch, float32
     import torch
 
-    from liteframe_jax.models import fused_mlp
+    from liteframe_jax.models.kernels import fused_mlp
     x = np.linspace(-12.0, 12.0, 200_001, dtype=np.float32)
     ref = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
     for name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):

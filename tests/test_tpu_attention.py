@@ -1,4 +1,4 @@
-"""Splash attention (models/tpu_attention.py): its numbers against XLA's attention in Pallas interpret mode on
+"""Splash attention (models/kernels/tpu_attention.py): its numbers against XLA's attention in Pallas interpret mode on
 CPU, the Qwen2 step compiled for a TPU topology with it and without it, and the `auto` choice by target."""
 
 import os

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from liteframe_jax.core.configs import load_config_file
-from liteframe_jax.models import block_tail, fused_mlp
+from liteframe_jax.models.kernels import block_tail, fused_mlp
 from liteframe_jax.models.internvit import InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.qwen2 import Qwen2Config
 from liteframe_jax.models.siglip import SiglipVitConfig

@@ -14,7 +14,7 @@ from liteframe_jax.bench.common import (
     timed,
     tubelet_student,
 )
-from liteframe_jax.models import fused_mlp
+from liteframe_jax.models.kernels import fused_mlp
 from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.siglip import SiglipTower
 from liteframe_jax.models.student import LiteFrameStudent

@@ -2,7 +2,7 @@
 
 Compiles Qwen2 decoder layers (the `qwen2.5-7b` shape by default) forward and backward for a Cloud TPU
 topology on this host (through libtpu, no TPU needed), once with XLA's attention and once with splash
-attention (`models/tpu_attention.py`), and prints per chip what the compiler reports: temporaries,
+attention (`models/kernels/tpu_attention.py`), and prints per chip what the compiler reports: temporaries,
 arguments and outputs (`memory_analysis()`), FLOPs and bytes accessed (`cost_analysis()`). XLA's cost
 analysis does not see inside the Mosaic custom call, so the attention FLOPs each path does are printed
 beside it from the shapes: XLA computes every score, splash skips the blocks above the causal diagonal.
@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from liteframe_jax.core import sharding
 from liteframe_jax.core.defaults import SHARDING_RULES
-from liteframe_jax.models import tpu_attention
+from liteframe_jax.models.kernels import tpu_attention
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
 
 GIB = 2 ** 30

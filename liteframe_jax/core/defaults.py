@@ -21,11 +21,11 @@ def kernels(block_tail: str | None = "auto") -> ml_collections.ConfigDict:
     """How the models run (not what they compute); 'auto' (the default) picks what this platform runs best and
     says so at start (models/kernel_choice.py):
     attention   'auto' | None: XLA decides | 'cudnn': flash attention on GPU (`jax.nn.dot_product_attention`) |
-                'splash': the LLM's causal attention as a Pallas TPU kernel (models/tpu_attention.py)
+                'splash': the LLM's causal attention as a Pallas TPU kernel (models/kernels/tpu_attention.py)
     mlp         'auto' | 'xla' | 'pallas': a frozen vision tower's fc1 + GELU as one Hopper kernel (bfloat16,
-                inference only: the CTD teacher, the LMA encoder; models/fused_mlp.py)
+                inference only: the CTD teacher, the LMA encoder; models/kernels/fused_mlp.py)
     block_tail  'auto' | 'xla' | 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU
-                kernel, forward and backward (models/block_tail.py); unset: the same as `mlp`
+                kernel, forward and backward (models/kernels/block_tail.py); unset: the same as `mlp`
     A platform that cannot run an explicit 'pallas', 'cudnn' or 'splash' refuses it with the reason."""
     c = ml_collections.ConfigDict()
     c.attention = config_dict.FieldReference("auto", field_type=str)  # None allowed: XLA's own attention

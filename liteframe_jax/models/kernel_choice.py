@@ -4,7 +4,7 @@ The target is the device the step is compiled for (`device`, by default the firs
 host: a compile for a TPU topology on a CPU host picks the TPU's kernels.
 
     attention   'cudnn' (flash attention) on a GPU computing in bfloat16 / float16; 'splash' (Pallas splash
-                attention for the LLM's causal attention, `models/tpu_attention.py`; the vision towers keep
+                attention for the LLM's causal attention, `models/kernels/tpu_attention.py`; the vision towers keep
                 XLA's) on a TPU; else XLA's (None)
     mlp         'pallas' (fused fc1 + GELU) for a frozen vision tower on a Hopper GPU in bfloat16, else 'xla';
                 a tower that trains keeps 'xla' (the fused kernel's backward recomputes with XLA, slower)
@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from liteframe_jax.models import block_tail, fused_mlp, tpu_attention
+from liteframe_jax.models.kernels import block_tail, fused_mlp, tpu_attention
 
 AUTO = "auto"
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from liteframe_jax.core import sharding
-from liteframe_jax.models import fused_mlp
+from liteframe_jax.models.kernels import fused_mlp
 
 Initializer = Callable[..., jax.Array]
 
@@ -141,7 +141,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None =
 
     `implementation='cudnn'` selects the cuDNN flash kernel on GPU (bfloat16/float16 only); None lets XLA
     decide, which is what the CPU tests use. 'splash' (the TPU kernel of the LLM's causal attention,
-    `models/tpu_attention.py`) runs XLA's here: the vision towers' non-causal attention has no splash path
+    `models/kernels/tpu_attention.py`) runs XLA's here: the vision towers' non-causal attention has no splash path
     (their layers pass no mesh to split a kernel's rows by), so `kernels.attention=splash` means the LLM's.
     """
     if implementation == "splash":
@@ -200,7 +200,7 @@ MLP_KERNELS = ("xla", "pallas")
 class Mlp(nnx.Module):
     """fc1 -> activation -> fc2.
 
-    `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/fused_mlp.py`) for
+    `impl="pallas"` runs fc1 + GELU (exact, or its tanh form) as one Hopper kernel (`models/kernels/fused_mlp.py`) for
     inference on bfloat16; layers with fewer than `fused_mlp.MIN_ROWS` tokens, or widths that do not tile
     (`fused_mlp.tiles`; any number of tokens does), keep the XLA path, which computes the same function. Asking
     for it on another device or dtype is an error. `mesh`: the device mesh a sharded `jax.jit` runs the model
@@ -238,7 +238,7 @@ class Mlp(nnx.Module):
                                    what="fused MLP")
 
     def __call__(self, x: jax.Array, *, bias: bool = True) -> jax.Array:
-        """`bias=False` leaves out fc2's bias (a caller that adds it elsewhere, `models/block_tail.py`)."""
+        """`bias=False` leaves out fc2's bias (a caller that adds it elsewhere, `models/kernels/block_tail.py`)."""
         h = self._fused_fc1(x) if self.impl == "pallas" else None
         if h is None:
             h = activation(self.act)(self.fc1(x))

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import context_parallel, layers, tpu_attention
+from liteframe_jax.models import context_parallel, layers
+from liteframe_jax.models.kernels import tpu_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,9 @@ def attention_mask(q_pos, k_pos, k_valid, window: int) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """`attn_impl`: None (XLA's), 'cudnn' (GPU flash attention) or 'splash' (TPU, `models/tpu_attention.py`) for
-    training rows; decoding with a cache always runs XLA's. `mesh`: where a sharded jit splits a kernel's rows."""
+    """`attn_impl`: None (XLA's), 'cudnn' (GPU flash attention) or 'splash' (TPU,
+    `models/kernels/tpu_attention.py`) for training rows; decoding with a cache always runs XLA's. `mesh`: where a
+    sharded jit splits a kernel's rows."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs, dtype, lora, attn_impl, mesh=None):
         if attn_impl == tpu_attention.NAME:

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liteframe_jax.models import block_tail, layers, resize
+from liteframe_jax.models import layers, resize
+from liteframe_jax.models.kernels import block_tail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,7 @@ class LiteFrameStudent(nnx.Module):
     `mlp_kernel="pallas"` (inference on Hopper GPUs) fuses each MLP's fc1 and GELU (see `layers.Mlp`).
     `tail_kernel="pallas"` (GPUs; training and inference) runs each block's attention residual, LayerNorm_t,
     temporal convolution, residual and LayerNorm_2 as one kernel forward and one backward
-    (`models/block_tail.py`); None follows `mlp_kernel`. `mesh`: the device mesh a sharded `jax.jit` runs the
+    (`models/kernels/block_tail.py`); None follows `mlp_kernel`. `mesh`: the device mesh a sharded `jax.jit` runs the
     model on, so that each device runs the fused kernels on its own clips (`sharding.over_batch`).
     """
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from liteframe_jax.core import sharding
-from liteframe_jax.models.block_tail_common import column_chunk, row_sum, vector_loader
+from liteframe_jax.models.kernels.block_tail_common import column_chunk, row_sum, vector_loader
 
 # the parameter gradients' order in the kernel's partial-sum output; the conv taps follow as "w0", "w1", ...
 PARTIALS = ("o_bias", "norm_t_scale", "norm_t_bias", "conv_b", "norm_2_scale", "norm_2_bias", "next_bias")

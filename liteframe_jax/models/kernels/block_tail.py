@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from liteframe_jax.core import sharding
-from liteframe_jax.models.block_tail_common import column_chunk, row_sum, vector_loader
-from liteframe_jax.models.block_tail_grad import block_tail_grad
+from liteframe_jax.models.kernels.block_tail_common import column_chunk, row_sum, vector_loader
+from liteframe_jax.models.kernels.block_tail_grad import block_tail_grad
 
 
 @dataclasses.dataclass(frozen=True)
