@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from liteframe_jax.core import sharding  # noqa: E402
 from liteframe_jax.core.defaults import SHARDING_RULES, kernels  # noqa: E402
-from liteframe_jax.models import kernel_choice, tpu_attention  # noqa: E402
+from liteframe_jax.models import kernel_choice  # noqa: E402
+from liteframe_jax.models.kernels import tpu_attention  # noqa: E402
 from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config, attention_mask  # noqa: E402
 
 # GQA (4 query heads over 2 key/value heads); 200 tokens: not a multiple of the kernel's 128-token blocks
