@@ -55,6 +55,33 @@ def test_left_padding_does_not_change_logits(tmp_path):
     np.testing.assert_allclose(got, plain, atol=1e-5)
 
 
+def test_a_prefill_in_query_blocks_gives_the_same_states_and_tokens(tmp_path, monkeypatch):
+    """Answering's prefill into the KV cache takes its queries a block at a time (a 17k-token prompt's scores
+    would not fit otherwise): left-padded prompts give the same hidden states, cache and greedy tokens."""
+    from liteframe_jax.models import qwen2
+    _reference(tmp_path)
+    ours = load_pretrained(str(tmp_path))
+    rng = np.random.default_rng(3)
+    ids = jnp.asarray(rng.integers(0, 96, (2, 7)))
+    valid = jnp.asarray([[True] * 7, [False] * 3 + [True] * 4])
+    positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
+    graphdef, params = nnx.split(ours)
+
+    def prefill_and_generate():
+        h, cache = ours.hidden(ours.embed_tokens(ids), positions, valid, ours.init_cache(2, 12))
+        tokens, _ = generate(graphdef, params, ours.embed_tokens(ids), valid, jnp.asarray([-1]), jax.random.key(0),
+                             max_new_tokens=5)
+        return np.asarray(h), np.asarray(cache["layers"][-1]["k"]), np.asarray(tokens)
+
+    whole = prefill_and_generate()
+    monkeypatch.setattr(qwen2, "PREFILL_QUERY_BLOCK", 3)  # blocks of 3, 3 and 1 queries
+    jax.clear_caches()  # `generate` was traced with the whole prompt as one block
+    blocked = prefill_and_generate()
+    np.testing.assert_allclose(blocked[0], whole[0], atol=1e-5)
+    np.testing.assert_allclose(blocked[1], whole[1], atol=1e-6)
+    np.testing.assert_array_equal(blocked[2], whole[2])
+
+
 def test_greedy_generation_matches_transformers(tmp_path):
     ref = _reference(tmp_path)
     ours = load_pretrained(str(tmp_path))

@@ -111,6 +111,11 @@ def attention_mask(q_pos, k_pos, k_valid, window: int) -> jax.Array:
     return mask[:, None]
 
 
+# Queries per block of a prefill that writes the KV cache (answering's prompts): scores of at most this many
+# queries against the whole cache exist at once.
+PREFILL_QUERY_BLOCK = 2048
+
+
 class Attention(nnx.Module):
     """`attn_impl`: None (XLA's), 'cudnn' (GPU flash attention) or 'splash' (TPU,
     `models/kernels/tpu_attention.py`) for training rows; decoding with a cache always runs XLA's. `mesh`: where a
@@ -165,10 +170,17 @@ class Attention(nnx.Module):
                 local_window_size=(window - 1, 0) if window else None, implementation="cudnn")
         else:
             k_valid = jnp.ones(k_pos.shape, bool) if k_valid is None else k_valid
-            mask = attention_mask(positions, k_pos, k_valid, window)
             xla = cache is not None or self.attn_impl == tpu_attention.NAME  # splash: a row under MIN_TOKENS
-            y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask,
-                                             scale=hd ** -0.5, implementation=None if xla else self.attn_impl)
+            k_all, v_all = k_all.astype(q.dtype), v_all.astype(q.dtype)
+            # A long prefill into the cache takes its queries a block at a time: XLA's attention holds the
+            # (heads, queries, keys) scores in float32, for a whole 17k-token prompt 28 x 17k^2 of them.
+            step = PREFILL_QUERY_BLOCK if cache is not None else t
+            y = jnp.concatenate([
+                jax.nn.dot_product_attention(
+                    q[:, i:i + step], k_all, v_all, mask=attention_mask(positions[:, i:i + step], k_pos, k_valid,
+                                                                        window),
+                    scale=hd ** -0.5, implementation=None if xla else self.attn_impl)
+                for i in range(0, t, step)], axis=1)
         return self.o(y.reshape(b, t, -1)), cache
 
 
