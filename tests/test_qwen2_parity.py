@@ -82,6 +82,23 @@ def test_a_prefill_in_query_blocks_gives_the_same_states_and_tokens(tmp_path, mo
     np.testing.assert_array_equal(blocked[2], whole[2])
 
 
+@pytest.mark.parametrize("window", [0, 3])
+def test_prefill_attention_on_rotated_rows_equals_the_masked_attention(window):
+    """A GPU prefills with cuDNN's kernel, which takes right-padded rows with lengths: left-padded prompts turned
+    round and back give the masked attention's outputs at every valid token (XLA here stands in for cuDNN)."""
+    from liteframe_jax.models import qwen2
+    rng = np.random.default_rng(4)
+    q = jnp.asarray(rng.normal(size=(3, 9, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(3, 9, 2, 8)), jnp.float32) for _ in range(2))
+    valid = jnp.arange(9)[None] >= jnp.asarray([0, 2, 5])[:, None]
+    positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
+    want = jax.nn.dot_product_attention(q, k, v, mask=qwen2.attention_mask(positions, positions, valid, window),
+                                        scale=0.3)
+    got = qwen2.prefill_attention(q, k, v, valid, scale=0.3, window=window)
+    np.testing.assert_allclose(np.where(valid[..., None, None], got, 0), np.where(valid[..., None, None], want, 0),
+                               atol=1e-5)
+
+
 def test_greedy_generation_matches_transformers(tmp_path):
     ref = _reference(tmp_path)
     ours = load_pretrained(str(tmp_path))

@@ -35,7 +35,7 @@ def generate(graphdef, params, embeds, valid, stop_ids, rng, *, max_new_tokens: 
     b, p = valid.shape
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
     cache = llm.init_cache(b, p + max_new_tokens)
-    h, cache = llm.hidden(embeds, positions, valid, cache)
+    h, cache = llm.hidden(embeds, positions, valid, cache, prefill=True)
     next_pos = positions[:, -1] + 1
     rng, sub = jax.random.split(rng)
     token = _pick(llm.logits(h[:, -1]), sub, temperature, top_k)

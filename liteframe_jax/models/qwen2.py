@@ -111,6 +111,23 @@ def attention_mask(q_pos, k_pos, k_valid, window: int) -> jax.Array:
     return mask[:, None]
 
 
+def prefill_attention(q, k, v, valid, *, scale: float, window: int = 0, implementation: str | None = None):
+    """Causal attention of left-padded prompts over themselves: q (B, T, H, D), k / v (B, T, KV, D), valid
+    (B, T) with each row's valid tokens at its end. Each row is rotated so its valid tokens come first (the
+    right-padded form with lengths that cuDNN's kernel takes), attended, and rotated back; padded queries
+    come out as whatever the kernel gives them (nothing reads them)."""
+    t = q.shape[1]
+    n = (jnp.ones(q.shape[:2], bool) if valid is None else valid).sum(-1).astype(jnp.int32)
+    shift = (t - n)[:, None]
+    rotate = lambda x, idx: jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+    ahead = (jnp.arange(t)[None] + shift) % t  # valid tokens to the front
+    y = jax.nn.dot_product_attention(rotate(q, ahead), rotate(k, ahead), rotate(v, ahead), scale=scale,
+                                     is_causal=True, query_seq_lengths=n, key_value_seq_lengths=n,
+                                     local_window_size=(window - 1, 0) if window else None,
+                                     implementation=implementation)
+    return rotate(y, (jnp.arange(t)[None] - shift) % t)
+
+
 # Queries per block of a prefill that writes the KV cache (answering's prompts): scores of at most this many
 # queries against the whole cache exist at once.
 PREFILL_QUERY_BLOCK = 2048
@@ -139,7 +156,8 @@ class Attention(nnx.Module):
                            init=init, lora=pick("o"))
         self.cfg, self.attn_impl, self.mesh = cfg, attn_impl, mesh
 
-    def __call__(self, x, positions, valid, window, cache=None):
+    def __call__(self, x, positions, valid, window, cache=None, prefill=False):
+        """`prefill`: this chunk is the whole prompt, written into an empty cache (generation's first call)."""
         cfg = self.cfg
         b, t, _ = x.shape
         hd = cfg.dim_per_head
@@ -160,6 +178,10 @@ class Attention(nnx.Module):
         elif cache is None and self.attn_impl == tpu_attention.NAME and t >= tpu_attention.MIN_TOKENS:
             # Training rows, as for cuDNN below: causal by index over the valid keys is the position mask.
             y = tpu_attention.attention(q, k, v, valid, scale=hd ** -0.5, window=window, mesh=self.mesh)
+        elif prefill and self.attn_impl == "cudnn" and t > 1:
+            # The prompt attends to itself only: cuDNN's fused kernel, as in training, on rows turned to the
+            # right-padded form it takes.
+            y = prefill_attention(q, k, v, valid, scale=hd ** -0.5, window=window, implementation="cudnn")
         elif cache is None and self.attn_impl == "cudnn":
             # Training batches are right-padded with positions 0..T-1: causal attention over each row's valid
             # prefix is exactly the position mask, in the form cuDNN's fused kernel takes. valid=None (every
@@ -212,8 +234,8 @@ class DecoderLayer(nnx.Module):
         self.post_norm = layers.RMSNorm(cfg.hidden_size, rngs=rngs, eps=cfg.rms_norm_eps)
         self.mlp = Mlp(cfg, rngs=rngs, dtype=dtype, lora=lora)
 
-    def __call__(self, x, positions, valid, window, cache=None):
-        y, cache = self.attn(self.input_norm(x), positions, valid, window, cache)
+    def __call__(self, x, positions, valid, window, cache=None, prefill=False):
+        y, cache = self.attn(self.input_norm(x), positions, valid, window, cache, prefill)
         x = x + y
         return x + self.mlp(self.post_norm(x)), cache
 
@@ -248,9 +270,11 @@ class Qwen2(nnx.Module):
             return layer(x, positions, valid, window, None)[0]
         return nnx.remat(run, policy=layers.REMAT_POLICIES[self.remat])
 
-    def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None):
+    def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None,
+               prefill: bool = False):
         """embeds (B, T, D), positions (B, T) int, valid (B, T) bool or None (all valid) -> (hidden (B, T, D),
-        updated cache)."""
+        updated cache). `prefill`: `cache` is empty and these are whole left-padded prompts (positions counting
+        the valid tokens from 0), so attention needs no cache: a GPU runs cuDNN's kernel on it."""
         x = embeds.astype(self.dtype)
         if cache is not None:
             valid = jnp.ones(positions.shape, bool) if valid is None else valid
@@ -266,7 +290,7 @@ class Qwen2(nnx.Module):
             if cache is None and self.remat != "none":
                 x = self._rematerialised(window)(layer, x, positions, valid)
             else:
-                x, layer_cache = layer(x, positions, valid, window, layer_cache)
+                x, layer_cache = layer(x, positions, valid, window, layer_cache, prefill and cache is not None)
             if cache is not None:
                 new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
         if cache is not None:
