@@ -18,6 +18,7 @@ run's own records. All of it goes through `core.paths`, so a run in a bucket (`g
     WORKDIR/nonfinite_report.json    what a run that stopped on non-finite steps needs to be reproduced
     WORKDIR/error_traceback.txt      the traceback of an error said in one line (core/errors.py)
     WORKDIR/demo_videos/, demo_qa/, needle_qa/   the demo data, written once (data/sources.py)
+    WORKDIR/needle_test/             the needle test's videos, made at its first evaluation of the run
     WORKDIR/ctd/                     the LMA demo's CTD run (`student.init='demo_ctd'`)
 
 Names on disk never change: an old run folder is read with the names it was written with.
@@ -46,6 +47,7 @@ NONFINITE_REPORT = "nonfinite_report.json"
 DEMO_VIDEOS = "demo_videos"
 DEMO_QA = "demo_qa"
 NEEDLE_QA = "needle_qa"
+NEEDLE_TEST = "needle_test"
 DEMO_CTD = "ctd"
 
 
@@ -140,6 +142,26 @@ class RunDir:
     @property
     def nonfinite_report(self) -> str:
         return self.path(NONFINITE_REPORT)
+
+    @property
+    def demo_videos(self) -> str:
+        return self.path(DEMO_VIDEOS)
+
+    @property
+    def demo_qa(self) -> str:
+        return self.path(DEMO_QA)
+
+    @property
+    def needle_qa(self) -> str:
+        return self.path(NEEDLE_QA)
+
+    @property
+    def needle_test(self) -> str:
+        return self.path(NEEDLE_TEST)
+
+    @property
+    def demo_ctd(self) -> str:
+        return self.path(DEMO_CTD)
 
     def traceback(self, process_index: int = 0, process_count: int = 1) -> str:
         return self.path(traceback_name(process_index, process_count))
