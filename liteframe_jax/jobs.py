@@ -160,7 +160,7 @@ def print_summary(result, task) -> None:
         f"done: step {result.step} ({result.origin}); compile {result.compile_seconds:.1f}s, "
         f"train {result.train_seconds:.1f}s",
         f"checkpoint: {result.checkpoint_dir}",
-        f"metrics:    {result.metrics_path} (TensorBoard: {os.path.join(result.workdir, 'tensorboard')})",
+        f"metrics:    {result.metrics_path} (TensorBoard: {RunDir(result.workdir).tensorboard})",
         f"loss curve: {result.curve_path}",
         *task.summary(result),
     ]

@@ -251,7 +251,7 @@ def _megabytes(n: float) -> str:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
-        self._set_aside = RunDir(workdir).checkpoints_set_aside
+        self.run = RunDir(workdir)
         check_format(self.directory)
         _quiet_about_failed_writes()
         self._format_recorded = False
@@ -364,7 +364,7 @@ class Checkpointer:
         run resumed from `step` saves those steps again); the steps moved."""
         later = [s for s in self.all_steps() if s > step]
         if later and jax.process_index() == 0:
-            aside = self._set_aside
+            aside = self.run.checkpoints_set_aside
             paths.makedirs(aside)
             for s in later:
                 target = f"{aside}/{s}"

@@ -7,7 +7,8 @@ run's own records. All of it goes through `core.paths`, so a run in a bucket (`g
     WORKDIR/tokenizer/               the tokenizer files, copied from the LLM's folder (LMA runs)
     WORKDIR/frozen/                  the parameters that do not train, written once (LMA runs)
     WORKDIR/checkpoints/             the trained parameters, optimizer state and data position per saved step
-    WORKDIR/checkpoints_set_aside/   checkpoints after a step a run was resumed from (never deleted)
+    WORKDIR/checkpoints_set_aside/   checkpoints after a step a run was resumed from (never deleted), and
+                                     resumed_from.json, that step
     WORKDIR/metrics.jsonl            one JSON object per logged step
     WORKDIR/tensorboard/             the same rows as TensorBoard events
     WORKDIR/loss_curve.png           the loss (and held-out cosine) against step, at the end
@@ -36,6 +37,7 @@ TOKENIZER = "tokenizer"
 FROZEN = "frozen"
 CHECKPOINTS = "checkpoints"
 CHECKPOINTS_SET_ASIDE = "checkpoints_set_aside"
+RESUMED_FROM = CHECKPOINTS_SET_ASIDE + "/resumed_from.json"  # the step a run went back to (resume_step)
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 LOSS_CURVE = "loss_curve.png"
@@ -110,6 +112,10 @@ class RunDir:
     @property
     def checkpoints_set_aside(self) -> str:
         return self.path(CHECKPOINTS_SET_ASIDE)
+
+    @property
+    def resumed_from(self) -> str:
+        return self.path(RESUMED_FROM)
 
     @property
     def metrics(self) -> str:
