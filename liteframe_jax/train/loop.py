@@ -190,7 +190,7 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
         if later:
             _record_going_back(ckpt, own, later)
             log(f"[{task.name}] resume_step={own}: the later checkpoints (steps {', '.join(map(str, later))}) are "
-                f"moved to {ckpt.directory}_set_aside/; this run saves those steps again")
+                f"moved to {ckpt.run.checkpoints_set_aside}/; this run saves those steps again")
     elif config.resume_from:
         other = checkpoint.Checkpointer(config.resume_from, keep=config.keep_checkpoints)
         step = _chosen_step(other, config)
