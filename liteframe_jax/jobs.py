@@ -13,6 +13,7 @@ from typing import Callable
 from liteframe_jax.core import checkpoint, sharding
 from liteframe_jax.core.configs import load_config_file
 from liteframe_jax.core.log import log
+from liteframe_jax.core.run_dir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ def resolve_prerequisites(config, workdir: str) -> None:
     """Jobs another job depends on, run first: `student.init='demo_ctd'` trains the demo's CTD student in
     WORKDIR/ctd (once; a later start reuses it) and points `student.init` at it."""
     if config.trainer == "lma" and config.encoder.kind == "student" and config.student.init == "demo_ctd":
-        ctd_dir = os.path.join(workdir, "ctd")
+        ctd_dir = RunDir(workdir).demo_ctd
         if not checkpoint.has_checkpoint(ctd_dir):
             log(f"[lma] student.init=demo_ctd: training the demo CTD student first in {ctd_dir}")
             ctd = load_config_file("ctd", "demo")
@@ -115,9 +116,9 @@ def _eval_job(config, workdir: str) -> None:
              internvl_baseline(m.internvl, num_frames=m.internvl_frames, mlp_kernel=m.mlp_kernel or "auto",
                                **preprocess))
     if config.benchmark == "demo" and not config.data.root:
-        config.data.root = os.path.join(m.run, "demo_qa")
+        config.data.root = RunDir(m.run).demo_qa
     if config.benchmark == "needle" and not config.data.root:  # generated there on first use
-        config.data.root = os.path.join(m.run or workdir, "needle_test")
+        config.data.root = RunDir(m.run or workdir).needle_test
     if not config.data.root:
         raise ValueError("--config.data.root is required (the benchmark's folder)")
     model = model.on_devices(shards.local_devices(int(config.devices)))  # each batch split over them
@@ -159,7 +160,7 @@ def print_summary(result, task) -> None:
         f"done: step {result.step} ({result.origin}); compile {result.compile_seconds:.1f}s, "
         f"train {result.train_seconds:.1f}s",
         f"checkpoint: {result.checkpoint_dir}",
-        f"metrics:    {result.metrics_path} (TensorBoard: {os.path.join(result.workdir, 'tensorboard')})",
+        f"metrics:    {result.metrics_path} (TensorBoard: {RunDir(result.workdir).tensorboard})",
         f"loss curve: {result.curve_path}",
         *task.summary(result),
     ]

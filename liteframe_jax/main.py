@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from liteframe_jax import jobs
 from liteframe_jax.core import checkpoint, errors, paths, run_lock
+from liteframe_jax.core.run_dir import RunDir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/ctd.py:demo.",
                                           lock_config=True)
@@ -51,7 +52,7 @@ def enable_compilation_cache(workdir: str) -> None:
     import jax
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or _CACHE.value == "off":
         return
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value or os.path.join(workdir, "compilation_cache"))
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value or RunDir(workdir).compilation_cache)
 
 
 def maybe_initialize_distributed() -> None:

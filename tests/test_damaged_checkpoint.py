@@ -126,10 +126,12 @@ def test_the_same_resume_step_is_not_taken_twice(tmp_path):
     going back and setting aside what it trained since: it is refused with what to do."""
     import json
 
+    from liteframe_jax.core.run_dir import RunDir
     from liteframe_jax.train.loop import _chosen_step
 
-    class Saved:
-        directory = str(tmp_path / "checkpoints")
+    class Saved:  # the Checkpointer's part that choosing a step reads
+        run = RunDir(str(tmp_path))
+        directory = run.checkpoints
 
         def all_steps(self):
             return [2, 4, 6]

@@ -14,6 +14,7 @@ import pytest
 from helpers import make_videos, tiny_ctd_config
 
 from liteframe_jax.core import checkpoint, paths
+from liteframe_jax.export.run import export_run
 from liteframe_jax.jobs import train as run
 
 BUCKET = "liteframe-test"
@@ -133,3 +134,12 @@ def test_ctd_run_in_a_bucket_resumes_exactly(gcs, tmp_path, monkeypatch):
     names = paths.listdir(workdir)
     assert {"checkpoints", "config.json", "spec.json", "metrics.jsonl", "loss_curve.png", "tensorboard"} <= set(names)
     assert sorted(os.listdir(tmp_path)) == ["reference", "videos"]  # no local folder named gs:
+    # the export reads the run from the bucket, its card too: the config and a held-out row logged there, up to
+    # a last line cut by a kill
+    metrics = f"{workdir}/metrics.jsonl"
+    paths.write_text(metrics, paths.read_text(metrics) + '{"step": 4, "eval_cosine": 0.5}\n{"step": 4, "eval_')
+    exported = export_run(workdir, str(tmp_path / "exported"))
+    card = open(tmp_path / "exported" / "README.md").read()
+    assert exported.step == 4 and f"Exported from the run `{workdir}` at step 4" in card
+    assert "| trainer | ctd (preset `demo`) |" in card and "Held-out evaluation at step 4" in card
+    assert "| cosine | 0.5000 |" in card

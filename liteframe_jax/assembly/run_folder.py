@@ -1,4 +1,5 @@
-"""What a run folder holds beside its checkpoints, so that it alone is enough to use the model it produced:
+"""What a run folder holds beside its checkpoints, so that it alone is enough to use the model it produced (the
+names are core/run_dir.py's):
 
     WORKDIR/config.json    the training config (for people and for resuming; readers never parse it)
     WORKDIR/spec.json      the model's spec (assembly/specs.py)
@@ -21,11 +22,12 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly.specs import SPEC_VERSION, StudentSpec, VideoLLMSpec, spec_from_dict
-from liteframe_jax.core import checkpoint, paths
+from liteframe_jax.core import checkpoint, paths, run_dir
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 
-SPEC_FILE = "spec.json"
-TOKENIZER_DIR = "tokenizer"
+SPEC_FILE = run_dir.SPEC
+TOKENIZER_DIR = run_dir.TOKENIZER  # spec.json names the copy relative to the run folder
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")
 
@@ -35,7 +37,7 @@ def write_spec(workdir: str, spec):
     written names the copy. Returns the spec as written."""
     if isinstance(spec, VideoLLMSpec) and spec.tokenizer != "bytes" and paths.isabs(spec.tokenizer):
         if jax.process_index() == 0:
-            target = os.path.join(workdir, TOKENIZER_DIR)
+            target = RunDir(workdir).tokenizer
             paths.makedirs(target)
             copied = [name for name in TOKENIZER_FILES if paths.isfile(os.path.join(spec.tokenizer, name))]
             if "tokenizer.json" not in copied:
@@ -46,18 +48,14 @@ def write_spec(workdir: str, spec):
     if jax.process_index() == 0:
         paths.makedirs(workdir)
         text = json.dumps({"version": SPEC_VERSION, **spec.to_dict()}, indent=2)
-        paths.write_text(os.path.join(workdir, SPEC_FILE), text)
+        paths.write_text(RunDir(workdir).spec, text)
     return spec
 
 
 def _legacy_student_spec(workdir: str) -> StudentSpec | None:
     """CTD runs written before spec.json: their student from config.json (the CTD config's own fields)."""
-    path = os.path.join(workdir, "config.json")
-    if not paths.isfile(path):
-        return None
-    with paths.open(path) as f:
-        cfg = json.load(f)
-    if cfg.get("trainer") != "ctd":
+    cfg = RunDir(workdir).read_config()
+    if cfg is None or cfg.get("trainer") != "ctd":
         return None
     return StudentSpec.from_config(cfg["student"], cfg["data"]["num_frames"], cfg["data"])
 
@@ -66,16 +64,16 @@ def read_spec(workdir: str, want: type | None = None):
     """The spec of the model a run folder holds; `want` (StudentSpec or VideoLLMSpec) checks its kind."""
     if not paths.isdir(workdir):
         raise FileNotFoundError(f"{workdir!r} does not exist (a run folder was expected)")
-    path = os.path.join(workdir, SPEC_FILE)
-    if paths.isfile(path):
-        with paths.open(path) as f:
-            spec = spec_from_dict(json.load(f))
+    run = RunDir(workdir)
+    saved = run.read_spec()
+    if saved is not None:
+        spec = spec_from_dict(saved)
     else:
         spec = _legacy_student_spec(workdir)
         if spec is None:
-            if not paths.isfile(os.path.join(workdir, "config.json")):
+            if not paths.isfile(run.config):
                 raise FileNotFoundError(f"{workdir!r} is not a run folder of liteframe_jax (no {SPEC_FILE}, no "
-                                        "config.json)")
+                                        f"{run_dir.CONFIG})")
             raise FileNotFoundError(
                 f"{workdir!r} has no {SPEC_FILE}: it was written before run folders held their whole model. Run its "
                 "training command once more with the same --workdir (its sources must still exist): it resumes, "

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly.answering import PROMPT_WIDTH_STEP
-from liteframe_jax.core import paths
+from liteframe_jax.core import paths, run_dir
 from liteframe_jax.core.log import log
 from liteframe_jax.data import demo, needle, nvdec, sampling, video
 from liteframe_jax.eval.answer import VideoQA
@@ -130,8 +130,10 @@ def _prompt(qa: VideoQA, frames: int):
 def baseline_encoder(qa: VideoQA, teacher_run: str):
     """(encode(params, frames), params, tokens per clip, clip frames): the CTD run's teacher on every frame, its
     tokens pooled by the run's compression, then the LMA run's projector."""
-    with paths.open(os.path.join(teacher_run, "config.json")) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
+    cfg = run_dir.RunDir(teacher_run).read_config()
+    if cfg is None:
+        raise FileNotFoundError(f"{teacher_run!r} has no {run_dir.CONFIG} (a CTD run folder was expected)")
+    cfg = ml_collections.ConfigDict(cfg)
     tower, what = build_teacher(cfg.teacher, qa.answerer.dtype, None)
     window = tuple(int(w) for w in cfg.compression.window)
     graph, tparams = nnx.split(tower)

@@ -39,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from liteframe_jax.core import paths
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.core.tree import flatten, unflatten
 
 # The layout of what a run saves (items, their trees, the data positions), recorded in every checkpoints folder:
@@ -48,7 +49,7 @@ FORMAT_FILE = "liteframe_format.json"
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return paths.resolve(workdir) + "/checkpoints"
+    return RunDir(workdir).checkpoints
 
 
 def check_format(directory: str) -> None:
@@ -69,7 +70,7 @@ def _record_format(directory: str) -> None:
 
 
 def frozen_dir(workdir: str) -> str:
-    return paths.resolve(workdir) + "/frozen"
+    return RunDir(workdir).frozen
 
 
 def save_tree(path: str, tree) -> None:
@@ -250,6 +251,7 @@ def _megabytes(n: float) -> str:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
+        self.run = RunDir(workdir)
         check_format(self.directory)
         _quiet_about_failed_writes()
         self._format_recorded = False
@@ -362,7 +364,7 @@ class Checkpointer:
         run resumed from `step` saves those steps again); the steps moved."""
         later = [s for s in self.all_steps() if s > step]
         if later and jax.process_index() == 0:
-            aside = self.directory + "_set_aside"
+            aside = self.run.checkpoints_set_aside
             paths.makedirs(aside)
             for s in later:
                 target = f"{aside}/{s}"

@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 
-from liteframe_jax.core import paths
+from liteframe_jax.core import paths, run_dir
 
 USAGE = 2
 INPUT = 1
@@ -24,9 +24,9 @@ INTERRUPTED = 130
 def traceback_path(folder: str | None, process_index: int = 0, process_count: int = 1) -> str:
     """Where a traceback goes: `folder/error_traceback.txt` (one file per process in a multi-process run), or a
     new file in the system's temporary folder when there is no folder."""
-    name = "error_traceback.txt" if process_count == 1 else f"error_traceback.process-{process_index}.txt"
     if folder is not None:
-        return os.path.join(folder, name)
+        return run_dir.RunDir(folder).traceback(process_index, process_count)
+    name = run_dir.traceback_name(process_index, process_count)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return os.path.join(tempfile.gettempdir(), f"liteframe_jax-{stamp}-{os.getpid()}-{name}")
 

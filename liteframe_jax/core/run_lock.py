@@ -26,9 +26,9 @@ import time
 import uuid
 from typing import Iterator
 
-from liteframe_jax.core import paths
+from liteframe_jax.core import paths, run_dir
 
-LOCK_NAME = "run.lock"
+LOCK_NAME = run_dir.LOCK
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0  # another host's lock with no heartbeat for this long belongs to a run that is gone
 SETTLE_S = {"local": 0.2, "remote": 2.0}  # time for a racing run's write to land before the read-back
@@ -58,7 +58,7 @@ def _when(t: float) -> str:
 
 
 def lock_path(workdir: str) -> str:
-    return f"{paths.resolve(workdir)}/{LOCK_NAME}"
+    return run_dir.RunDir(workdir).lock
 
 
 def read_holder(path: str) -> Holder | None:

@@ -8,8 +8,7 @@ workdir, once; a task only ever sees paths.
 
 from __future__ import annotations
 
-import os
-
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.data import clips, demo, needle, qa_demo, tfds_records
 
 
@@ -18,7 +17,7 @@ def videos(d, workdir: str) -> tuple[list[str], list[str]]:
     into WORKDIR/demo_videos and the packaged sample clips), a TFDS record or a folder / list of videos; the
     held-out ones are `data.eval_videos`, else every `eval_every_nth_video`-th of them."""
     if d.videos == "demo":
-        found = demo.make_demo_videos(os.path.join(workdir, "demo_videos")) + demo.sample_clips()
+        found = demo.make_demo_videos(RunDir(workdir).demo_videos) + demo.sample_clips()
     elif not d.videos:
         raise ValueError("data.videos is not set: give a folder of videos (--config.data.videos=/data/videos)")
     elif tfds_records.is_record(d.videos):
@@ -35,10 +34,10 @@ def qa_files(d, workdir: str) -> tuple[str, str | None, str | None]:
     (data/qa_demo.py, written into WORKDIR/demo_qa), 'needle_demo' (short needle videos of exactly the run's
     frame count, data/needle.py, in WORKDIR/needle_qa) or a LLaVA-Video style JSON/JSONL file."""
     if d.train == "demo":
-        root = os.path.join(workdir, "demo_qa")
+        root = RunDir(workdir).demo_qa
         return (*qa_demo.make_qa_set(root), root)
     if d.train == "needle_demo":
-        root = os.path.join(workdir, "needle_qa")
+        root = RunDir(workdir).needle_qa
         return (*needle.make_qa_set(root, num_frames=int(d.num_frames)), root)
     if not d.train:
         raise ValueError("data.train is not set: a LLaVA-Video style JSON/JSONL file, or 'demo'")

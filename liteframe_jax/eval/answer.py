@@ -20,6 +20,7 @@ from liteframe_jax.assembly.baseline import load_internvl_video_llm
 from liteframe_jax.assembly.specs import VideoLLMSpec
 from liteframe_jax.core import paths
 from liteframe_jax.core.dtypes import compute_dtype
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.data import nvdec, video
 from liteframe_jax.data.conversations import GROUP_MARKER, VIDEO_MARKER
 from liteframe_jax.data.sampling import group_times, sample_indices, snap_to_keyframes
@@ -254,11 +255,9 @@ def _digest(spec: VideoLLMSpec) -> str:
 def _run_settings(run_dir: str) -> dict:
     """How the run trained (dtype, encoder MLP kernel), the defaults for how it answers; readers of the model
     itself use spec.json only."""
-    path = os.path.join(run_dir, "config.json")
-    if not paths.isfile(path):
+    cfg = RunDir(run_dir).read_config()
+    if cfg is None:
         return {}
-    with paths.open(path) as f:
-        cfg = json.load(f)
     # runs written before `kernels` kept the encoder's MLP kernel in `encoder.mlp_kernel`
     mlp = (cfg.get("kernels") or {}).get("mlp") or (cfg.get("encoder") or {}).get("mlp_kernel")
     return {"dtype": cfg.get("dtype"), "mlp_kernel": mlp}

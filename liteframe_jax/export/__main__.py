@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # reading and writing host arrays; no accelerator needed
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on opening a checkpoint read-only
+    from liteframe_jax.core import paths
     from liteframe_jax.export.run import export_run
 
     start = time.time()
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 2
-    print(f"exported {done.kind} of {os.path.abspath(args.run)} step {done.step} to {done.out} "
+    print(f"exported {done.kind} of {paths.resolve(args.run)} step {done.step} to {done.out} "
           f"({done.weight_bytes / 1e6:.1f} MB of {args.dtype} weights, {time.time() - start:.1f} s)")
     for folder, names in done.files.items():
         print(f"  {folder}/: {', '.join(names)}")

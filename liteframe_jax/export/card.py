@@ -1,12 +1,11 @@
 """The exported folder's README.md: a model card from the run's own records (config.json, metrics.jsonl,
-spec.json), with the figures the run measured and how to load what was written."""
+spec.json), with the figures the run measured and how to load what was written. The records are read through
+`RunDir`, so a run in a bucket gets its card too."""
 
 from __future__ import annotations
 
-import json
-import os
-
 from liteframe_jax.assembly.specs import InternVitSpec, StudentSpec, VideoLLMSpec
+from liteframe_jax.core.run_dir import RunDir
 
 
 def _get(cfg: dict, dotted: str, default="-"):
@@ -19,20 +18,13 @@ def _get(cfg: dict, dotted: str, default="-"):
 
 
 def logged_evaluation(run_dir: str, step: int) -> tuple[int, dict] | None:
-    """The last held-out evaluation the run logged at or before `step`: (its step, {metric: value})."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
+    """The last held-out evaluation the run logged at or before `step`: (its step, {metric: value}); a last line
+    cut by a kill is left out."""
     best = None
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            evals = {k[len("eval_"):]: v for k, v in row.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-            if evals and row.get("step", 0) <= step and (best is None or row["step"] >= best[0]):
-                best = (row["step"], evals)
+    for row in RunDir(run_dir).read_metrics():
+        evals = {k[len("eval_"):]: v for k, v in row.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if evals and row.get("step", 0) <= step and (best is None or row["step"] >= best[0]):
+            best = (row["step"], evals)
     return best
 
 
@@ -63,8 +55,7 @@ def _training_lines(cfg: dict, spec) -> list[str]:
 def write(path: str, *, run_dir: str, step: int, spec, dtype: str, lora: str | None, files: dict[str, list[str]],
           loading: list[str] | None = None):
     """`loading`: the lines of the loading example, where they are not the export's own classes."""
-    cfg_path = os.path.join(run_dir, "config.json")
-    cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
+    cfg = RunDir(run_dir).read_config() or {}
     student = spec if isinstance(spec, StudentSpec) else spec.encoder
     is_llm = isinstance(spec, VideoLLMSpec)
     front = ["---", "library_name: transformers" if is_llm else "library_name: pytorch",

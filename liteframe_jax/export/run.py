@@ -25,6 +25,7 @@ import numpy as np
 
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.assembly.specs import InternVitSpec, StudentSpec, VideoLLMSpec
+from liteframe_jax.core import paths
 from liteframe_jax.core.tree import flatten
 from liteframe_jax.data.tokenizer import CHATML_TEMPLATE, ByteTokenizer
 from liteframe_jax.export import card, hf_folder, internvl, qwen2, student
@@ -218,7 +219,7 @@ def export_run(run_dir: str, out: str, *, step: int | None = None, dtype: str = 
     if lora not in qwen2.LORA_MODES:
         raise ExportError(f"--lora {lora!r}: choose one of {qwen2.LORA_MODES}")
     max_bytes = parse_size(max_shard_size)
-    run_dir = os.path.abspath(run_dir)
+    run_dir = paths.resolve(run_dir)  # a bucket's URL stays a URL (os.path.abspath would make it ./gs:/...)
     out = os.path.abspath(out)
     spec = run_folder.read_spec(run_dir)
     _check_spec(spec, run_dir, lora)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
+from liteframe_jax.core import paths
 from liteframe_jax.data.tokenizer import CHATML_TEMPLATE, ByteTokenizer
 
 
@@ -61,8 +61,8 @@ def copy_tokenizer(source: str, folder: str, files: tuple[str, ...]) -> list[str
     generation_config.json is not copied (the export writes its own)."""
     copied = []
     for name in files:
-        if name != "generation_config.json" and os.path.isfile(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
+        if name != "generation_config.json" and paths.isfile(os.path.join(source, name)):
+            paths.copy(os.path.join(source, name), os.path.join(folder, name))  # the run may be in a bucket
             copied.append(name)
     if "tokenizer.json" not in copied:
         raise FileNotFoundError(f"{source!r} has no tokenizer.json")

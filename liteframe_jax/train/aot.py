@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from liteframe_jax.core import hardware, hlo, paths, sharding
+from liteframe_jax.core import hardware, hlo, paths, run_dir, sharding
 from liteframe_jax.core.log import log
 from liteframe_jax.core.tree import flatten, unflatten
 from liteframe_jax.train import sizing
@@ -26,7 +25,7 @@ from liteframe_jax.train import state as state_lib
 from liteframe_jax.train import step as step_lib
 
 HEADROOM = 0.9  # a step planned to fill more of HBM than this leaves too little for fragmentation and the runtime
-REPORT_FILE = "compile_report.json"
+REPORT_FILE = run_dir.COMPILE_REPORT
 
 
 def shapes_only(config) -> list[str]:
@@ -232,12 +231,13 @@ def compile_only(config, workdir: str, topology: str | None = None, num_slices: 
             raise ValueError("--answer_frames compiles a Video LLM's answering: give an LMA config")
         task = build_task(config, sharding.make_mesh(config.mesh, target.devices), workdir)
         r["answering"] = [compile_answering(config, target, task, int(n)) for n in answer_frames]
+    report = run_dir.RunDir(workdir).compile_report
     paths.makedirs(workdir)
-    paths.write_text(os.path.join(workdir, REPORT_FILE), json.dumps(r, indent=1, default=_jsonable))
+    paths.write_text(report, json.dumps(r, indent=1, default=_jsonable))
     log(describe(r))
     if r.get("answering"):
         log(describe_answering(r["answering"]))
-    log(f"[compile] report: {os.path.join(workdir, REPORT_FILE)}")
+    log(f"[compile] report: {report}")
     if r["fits"] is False and config.get("check_memory", True):
         raise fit_error(r, config)
     return r

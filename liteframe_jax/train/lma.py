@@ -9,7 +9,6 @@ tokenizer and the frozen parts itself (assembly/run_folder.py), so it no longer 
 
 from __future__ import annotations
 
-import os
 import re
 
 import jax
@@ -25,6 +24,7 @@ from liteframe_jax.convert.qwen2 import load_qwen2_params
 from liteframe_jax.core import checkpoint, paths, sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.core.tree import flatten, pure_dict, unflatten
 from liteframe_jax.data import bad_data, conversations, pipeline
 from liteframe_jax.data import sources as data_sources
@@ -64,11 +64,11 @@ class LMATask(Task):
                                                    device=mesh.devices.flat[0])
         for line in said:
             log(f"[lma] {line}")
-        if paths.isfile(os.path.join(workdir, run_folder.SPEC_FILE)):  # a resumed run: its own spec, no sources
+        if paths.isfile(RunDir(workdir).spec):  # a resumed run: its own spec, no sources
             self.spec = run_folder.read_spec(workdir, VideoLLMSpec)
             self.tokenizer = self.spec.load_tokenizer(workdir)
             self.sources = {}
-            log(f"[lma] the Video LLM of {workdir}/{run_folder.SPEC_FILE}")
+            log(f"[lma] the Video LLM of {RunDir(workdir).spec}")
         else:
             self.spec, self.tokenizer, self.sources = from_config.video_llm(config)
         self.max_answer_tokens = int(config.data.max_answer_tokens)

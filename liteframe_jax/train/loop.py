@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.core import checkpoint, paths, run_lock, sharding
 from liteframe_jax.core.log import log
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.core.tree import flatten
 from liteframe_jax.data import bad_data
 from liteframe_jax.train import metrics as metrics_lib
@@ -98,7 +98,7 @@ def _chosen_step(ckpt, config) -> int | None:
 
 def _resumed_marker(ckpt) -> str:
     """Where a run that went back to an earlier checkpoint (`resume_step`) records the step it went back to."""
-    return ckpt.directory + "_set_aside/resumed_from.json"
+    return ckpt.run.resumed_from
 
 
 def _record_going_back(ckpt, step: int, later: list[int]) -> None:
@@ -109,9 +109,7 @@ def _record_going_back(ckpt, step: int, later: list[int]) -> None:
 
 def _write_config(config, workdir: str, spec) -> None:
     if jax.process_index() == 0:
-        paths.makedirs(workdir)
-        with paths.open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        RunDir(workdir).write_config(config.to_json_best_effort(indent=2))
     if spec is not None:
         run_folder.write_spec(workdir, spec)
 
@@ -121,7 +119,7 @@ def _frozen_from_run(workdir: str, frozen_paths: set[str]) -> dict[str, np.ndarr
     saved = flatten(checkpoint.read_tree(checkpoint.frozen_dir(workdir)))
     missing = sorted(frozen_paths - set(saved))
     if missing:
-        raise ValueError(f"{workdir}/frozen does not hold {len(missing)} of the parameters that this config keeps "
+        raise ValueError(f"{RunDir(workdir).frozen} does not hold {len(missing)} of the parameters that this config keeps "
                          f"frozen, e.g. {missing[:3]}: was train.trainable changed since the run started?")
     return {k: saved[k] for k in frozen_paths}
 
@@ -192,7 +190,7 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
         if later:
             _record_going_back(ckpt, own, later)
             log(f"[{task.name}] resume_step={own}: the later checkpoints (steps {', '.join(map(str, later))}) are "
-                f"moved to {ckpt.directory}_set_aside/; this run saves those steps again")
+                f"moved to {ckpt.run.checkpoints_set_aside}/; this run saves those steps again")
     elif config.resume_from:
         other = checkpoint.Checkpointer(config.resume_from, keep=config.keep_checkpoints)
         step = _chosen_step(other, config)
@@ -302,7 +300,7 @@ def _nonfinite_report(workdir, step, streak, skipped, metrics, ckpt, recent, tas
               "reproduce": "the run's checkpoints hold only finite parameters; resuming from last_checkpoint gives "
                            "the same batches, so the steps below run again with the examples listed",
               "batches": batches}
-    path = os.path.join(workdir, "nonfinite_report.json")
+    path = RunDir(workdir).nonfinite_report
     if jax.process_index() == 0:
         paths.write_text(path, json.dumps(report, indent=1))
     return path

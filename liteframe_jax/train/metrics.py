@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 
 import jax
 
 from liteframe_jax.core import paths
+from liteframe_jax.core.run_dir import RunDir, parse_metrics
 from liteframe_jax.train import tensorboard_out
 
 UPLOAD_EVERY_S = 60.0
@@ -30,14 +30,15 @@ class MetricWriter:
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.workdir, self.total_steps = workdir, total_steps
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.run = RunDir(workdir)
+        self.path = self.run.metrics
         self._tb = None
         if self.enabled:
             paths.makedirs(workdir)
             # a fresh start keeps none of an earlier attempt's rows: its step-0 evaluation is logged again too
             drop_rows_after(workdir, start_step if start_step > 0 else -1)
             # local files are appended at every write; a bucket's object is rewritten at most every minute
-            self._tb = tensorboard_out.EventWriter(os.path.join(workdir, "tensorboard"),
+            self._tb = tensorboard_out.EventWriter(self.run.tensorboard,
                                                    flush_every_s=0.0 if not paths.is_remote(workdir) else UPLOAD_EVERY_S)
         self._last_time, self._last_step = None, None
         self._file = None  # metrics.jsonl, opened at the first write
@@ -97,40 +98,20 @@ class MetricWriter:
             self._tb.close()
 
 
-def _parse(text: str) -> list[dict]:
-    """The rows of metrics.jsonl's text; a last line that a kill cut short (not JSON, or no newline after it) is
-    left out, a damaged line before the last is an error naming it."""
-    lines = text.split("\n")
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the last line, without its newline: cut by a kill
-                break
-            raise ValueError(f"metrics.jsonl line {number} is not JSON: {line[:80]!r}") from None
-        rows.append(row)
-    return rows
-
-
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not paths.exists(path):
-        return []
-    return _parse(paths.read_text(path))
+    return RunDir(workdir).read_metrics()
 
 
 def drop_rows_after(workdir: str, step: int) -> int:
     """metrics.jsonl and the TensorBoard files without the rows logged past `step` (every row when `step` is
     negative) and without a last line cut by a kill: the number of metrics.jsonl rows dropped."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    tensorboard_out.drop_steps_after(os.path.join(workdir, "tensorboard"), step)
+    run = RunDir(workdir)
+    path = run.metrics
+    tensorboard_out.drop_steps_after(run.tensorboard, step)
     if not paths.exists(path):
         return 0
     text = paths.read_text(path)
-    rows = _parse(text)
+    rows = parse_metrics(text)
     kept = [r for r in rows if r["step"] <= step]
     if len(kept) < len(rows) or (text and not text.endswith("\n")):
         paths.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -162,7 +143,7 @@ def plot_loss_curve(workdir: str, title: str) -> str | None:
     ax.legend(loc="upper left")
     ax.set_title(title)
     fig.tight_layout()
-    path = os.path.join(workdir, "loss_curve.png")
+    path = RunDir(workdir).loss_curve
     with paths.open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

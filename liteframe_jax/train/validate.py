@@ -9,11 +9,10 @@ that a config does not have is not checked, so one table serves every training j
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 from liteframe_jax.core import paths
+from liteframe_jax.core.run_dir import RunDir
 
 
 class ConfigError(ValueError):
@@ -118,10 +117,9 @@ def _clip_frames(config) -> int | None:
     if init == "demo_ctd":
         return 8  # configs/ctd.py demo: data.num_frames
     if isinstance(init, str) and init:
-        for name, keys in (("spec.json", ("student", "num_frames")), ("config.json", ("data", "num_frames"))):
-            path = os.path.join(init, name)
+        for read, keys in ((RunDir.read_spec, ("student", "num_frames")), (RunDir.read_config, ("data", "num_frames"))):
             try:
-                node = json.loads(paths.read_text(path))
+                node = read(RunDir(init))
                 for key in keys:
                     node = node[key]
                 return int(node)
