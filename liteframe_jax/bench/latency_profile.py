@@ -181,6 +181,32 @@ def bench_latency_profile(run: str, out: str, teacher_run: str | None = None, fr
     return prof
 
 
+def check_prediction(qa: VideoQA, prof: dict, model: str, frames: int, decoder: str = "pyav") -> dict:
+    """One request at `frames` (decode, encode, first token, as `VideoQA` answers it, stage after stage) timed
+    against what the profile `prof` predicts for it on the profile's own video: the planner's error here."""
+    from liteframe_jax.eval import needle as needle_eval
+    with tempfile.TemporaryDirectory(prefix="latency_check_") as tmp:
+        path = profile_video(tmp, qa.spec.encoder.image_size)
+        info = video.probe(path)
+        dec = prof["decoders"][decoder]
+        want = profile.predict(prof["models"][model], dec,
+                               profile.Video(info.num_frames, info.fps, dec["video"]["keyframe_every"]), frames)
+        sized = needle_eval.at_frames(qa, frames)
+
+        def request():
+            loaded, times = sized.load_frames(path)
+            visual = sized.answerer.encode_stream(sized.params, [loaded])
+            return sized.answerer.token_ids(sized.params, [sized._prompt(needle.lettered(), times)], None,
+                                            visual=visual, max_new_tokens=1)
+
+        measured = fastest_ms(request)
+    row = {"bench": "latency_profile_check", "model": model, "frames": frames, "predicted_ms": want["ttft_ms"],
+           "measured_ms": measured, "predicted_over_measured": want["ttft_ms"] / measured}
+    log(f"[profile] check at {frames} frames: predicted {want['ttft_ms']:.1f} ms, measured {measured:.1f} ms "
+        f"({row['predicted_over_measured']:.2f}x)")
+    return row
+
+
 def main(argv=None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m liteframe_jax.bench latency_profile", description=__doc__,
@@ -190,7 +216,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="the profile to write (JSON)")
     parser.add_argument("--frames", default="8,16,32,64,128", help="frame counts to time the encoder and prefill at")
     parser.add_argument("--decoders", default="pyav", help="pyav and/or nvdec, comma-separated")
+    parser.add_argument("--check-frames", type=int, default=0,
+                        help="then time one request at this many frames against the profile's prediction")
     args = parser.parse_args(argv)
-    bench_latency_profile(args.run, args.out, args.teacher_run, tuple(int(f) for f in args.frames.split(",")),
-                          tuple(args.decoders.split(",")))
+    prof = bench_latency_profile(args.run, args.out, args.teacher_run, tuple(int(f) for f in args.frames.split(",")),
+                                 tuple(args.decoders.split(",")))
+    if args.check_frames:
+        name = os.path.basename(os.path.normpath(args.run))
+        print(json.dumps(check_prediction(VideoQA.from_run(args.run), prof, name, args.check_frames,
+                                          args.decoders.split(",")[0])))
 
