@@ -1,6 +1,7 @@
 """The InternVL3 baseline (InternViT + pixel-unshuffle + projector + Qwen2) against
 transformers.InternVLForConditionalGeneration on a tiny random config (float32)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,7 +29,8 @@ def test_internvl_chat_logits_match_transformers(tmp_path, tie):
         for p in ref.parameters():
             p.mul_(0).add_(torch.randn(p.shape) * 0.2)
     ref.save_pretrained(tmp_path)
-    graphdef, params = load_internvl_video_llm(VideoLLMSpec.internvl(str(tmp_path)), str(tmp_path))
+    spec = VideoLLMSpec.internvl(str(tmp_path))
+    graphdef, params = load_internvl_video_llm(spec, str(tmp_path))
     ours = nnx.merge(graphdef, params)
     rng = np.random.default_rng(0)
     # two frames -> 2 x 4 image tokens (28 px, patch 7 -> 4x4 -> pixel-unshuffle 2x2)
@@ -37,7 +39,10 @@ def test_internvl_chat_logits_match_transformers(tmp_path, tie):
     with torch.no_grad():
         want = ref(input_ids=torch.from_numpy(tokens),
                    pixel_values=torch.from_numpy(pixels[0].transpose(0, 3, 1, 2))).logits.numpy()
-    got = np.asarray(ours(tokens, pixels))
+    # the pieces answering composes: the frames' tokens at the placeholders, the LLM over the whole row
+    embeds = spec.embeds_with(ours, jnp.asarray(tokens), ours.visual_tokens(jnp.asarray(pixels)))
+    hidden, _ = ours.llm.hidden(embeds, jnp.arange(tokens.shape[1])[None], None)
+    got = np.asarray(ours.llm.logits(hidden))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 

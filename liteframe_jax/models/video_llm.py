@@ -74,16 +74,3 @@ class VideoLLM(nnx.Module):
             grid = self.encoder.features(frames.reshape(b * t, *frames.shape[2:]), "projector")
             tokens = grid.reshape(b, -1, grid.shape[-1])
         return tokens if self.projector is None else self.projector(tokens)
-
-    def embed(self, tokens: jax.Array, frames: jax.Array | None) -> jax.Array:
-        text = self.llm.embed_tokens(tokens)
-        if frames is None:
-            return text
-        return splice(text, tokens, self.visual_tokens(frames), self.video_token_id)
-
-    def __call__(self, tokens, frames, positions=None, valid=None) -> jax.Array:
-        b, t = tokens.shape
-        positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
-        valid = jnp.ones((b, t), bool) if valid is None else valid
-        h, _ = self.llm.hidden(self.embed(tokens, frames), positions, valid)
-        return self.llm.logits(h)
