@@ -175,9 +175,15 @@ def loading_lines(folder_name: str = ".") -> list[str]:
     return ["from transformers import AutoModelForImageTextToText, AutoProcessor",
             f'processor = AutoProcessor.from_pretrained("{folder_name}", trust_remote_code=True)',
             f'model = AutoModelForImageTextToText.from_pretrained("{folder_name}", trust_remote_code=True)',
-            'messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]',
+            *answering_lines('videos="clip.mp4", return_tensors="pt")  # or uint8 frames (T, H, W, 3)')]
+
+
+def answering_lines(videos: str) -> list[str]:
+    """A model card's lines from the chat message to the printed answer; `videos`: the processor call's
+    arguments after the text."""
+    return ['messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]',
             "text = processor.apply_chat_template(messages, add_generation_prompt=True)",
-            'inputs = processor(text=text, videos="clip.mp4", return_tensors="pt")  # or uint8 frames (T, H, W, 3)',
+            f"inputs = processor(text=text, {videos}",
             "out = model.generate(**inputs, max_new_tokens=64)",
             'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))']
 

@@ -21,13 +21,13 @@ import numpy as np
 from liteframe_jax.assembly.specs import InternVitSpec, VideoLLMSpec
 from liteframe_jax.convert import internvl as from_hf
 from liteframe_jax.convert import mapping
-from liteframe_jax.export import qwen2
+from liteframe_jax.export import hf_folder, qwen2
 from liteframe_jax.export.safetensors_out import Tensor
 
 # InternVLProcessor's own tokens: a frame is "<img>" + image_seq_length x "<IMG_CONTEXT>" + "</img>"
 IMAGE_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
-_BACKWARDS = {mapping.identity: lambda x: x, mapping.linear: lambda x: np.asarray(x).T,
-              mapping.conv2d_hwio: lambda x: np.asarray(x).transpose(3, 2, 0, 1)}
+# each convert transform read backwards: (the transform, the axes order it gives our layout)
+_BACKWARDS = {mapping.identity: None, mapping.linear: (1, 0), mapping.conv2d_hwio: (3, 2, 0, 1)}
 
 
 class InternVLExportError(ValueError):
@@ -96,9 +96,10 @@ def _backwards(table, flat: dict, dtype: str) -> list[Tensor]:
             if not m:
                 continue
             name = pattern.replace(r"(\d+)", m.group(1) if m.groups() else "").replace("\\", "")
-            value, back = flat[path], _BACKWARDS[fn]
-            shape = tuple(np.shape(back(np.empty(np.shape(value), np.int8))))
-            out.append(Tensor(name, shape, dtype, lambda v=value, back=back: back(v)))
+            value, axes = flat[path], _BACKWARDS[fn]
+            shape = tuple(np.shape(value)) if axes is None else tuple(np.shape(value)[a] for a in axes)
+            produce = (lambda v=value: v) if axes is None else (lambda v=value, a=axes: np.transpose(np.asarray(v), a))
+            out.append(Tensor(name, shape, dtype, produce))
     return out
 
 
@@ -135,8 +136,4 @@ def loading_lines(folder_name: str = ".") -> list[str]:
     return ["from transformers import AutoProcessor, InternVLForConditionalGeneration",
             f'processor = AutoProcessor.from_pretrained("{folder_name}")',
             f'model = InternVLForConditionalGeneration.from_pretrained("{folder_name}")',
-            'messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]',
-            "text = processor.apply_chat_template(messages, add_generation_prompt=True)",
-            'inputs = processor(text=text, videos=frames, return_tensors="pt")  # frames: uint8 (T, H, W, 3)',
-            "out = model.generate(**inputs, max_new_tokens=64)",
-            'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))']
+            *hf_folder.answering_lines('videos=frames, return_tensors="pt")  # frames: uint8 (T, H, W, 3)')]
