@@ -84,7 +84,9 @@ def get_config(arg=None):
     c.parse_failure_threshold = 0.05
     c.max_questions = 0  # 0: all
     if bench == "needle":  # eval/needle.py: the generated needle set, scored at each frame count
-        c.needle = ml_collections.ConfigDict(dict(frames=(16, 32, 64, 128), minutes=(1.0,),
-                                                  depths=(0.1, 0.3, 0.5, 0.7, 0.9), per_cell=8, fps=4, size=64,
-                                                  needle_frames=3, seed=0))
+        # one-minute videos at 4 fps (240 frames), a needle of 6 frames (1.5 s) at ten depths: 8 uniform frames
+        # land on 3 of the ten needles, 64 on every one
+        c.needle = ml_collections.ConfigDict(dict(frames=(8, 16, 32, 64), minutes=(1.0,),
+                                                  depths=tuple(round(0.05 + 0.1 * i, 2) for i in range(10)),
+                                                  per_cell=4, fps=4, size=64, needle_frames=6, seed=0))
     return c

@@ -32,6 +32,18 @@ def test_the_set_is_reproducible_and_a_folder_of_another_set_is_refused(tmp_path
         needle.make_needle_set(str(tmp_path / "a"), **{**SMALL, "per_cell": 4})
 
 
+def test_the_training_set_is_made_once_and_a_folder_of_another_set_is_refused(tmp_path):
+    folder = str(tmp_path / "qa")
+    train, held_out = needle.make_qa_set(folder, num_train=12, num_eval=2, num_frames=16, size=32,
+                                         needle_frames=(1, 6))
+    rows = [json.loads(line) for line in open(train)]
+    assert len(rows) == 24 and {r["format"] for r in rows} == {"open", "mc"}
+    assert needle.make_qa_set(folder, num_train=12, num_eval=2, num_frames=16, size=32,
+                              needle_frames=(1, 6)) == (train, held_out)  # made once
+    with pytest.raises(ValueError, match=r"needle_frames: \[1, 6\] there, \[1, 2\] asked"):
+        needle.make_qa_set(folder, num_train=12, num_eval=2, num_frames=16, size=32)
+
+
 class ColourReader:
     """Answers the needle question from the frames it is given: the option colour that covers the most pixels,
     else 'A' (a guess). What any model can know is bounded by what its sampled frames hold."""

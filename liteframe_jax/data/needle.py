@@ -69,8 +69,8 @@ def lettered(question: str = QUESTION) -> str:
     return f"{question}\n{block}\n{MC_SUFFIX}"
 
 
-def _check_manifest(folder: str, manifest: dict) -> bool:
-    """True if `folder` already holds this set; an error if it holds another."""
+def _check_manifest(folder: str, manifest: dict, last_written: str = ANNOTATION) -> bool:
+    """True if `folder` already holds this set (its last-written file is there); an error if it holds another."""
     path = os.path.join(folder, MANIFEST)
     if not paths.exists(path):
         return False
@@ -81,7 +81,7 @@ def _check_manifest(folder: str, manifest: dict) -> bool:
         raise ValueError(f"{folder} holds a needle set made with other arguments (" +
                          ", ".join(f"{k}: {have.get(k)!r} there, {manifest.get(k)!r} asked" for k in differ) +
                          "); use another folder")
-    return paths.exists(os.path.join(folder, ANNOTATION))
+    return paths.exists(os.path.join(folder, last_written))
 
 
 def make_needle_set(folder: str, *, minutes=(1.0,), depths=(0.1, 0.3, 0.5, 0.7, 0.9), per_cell: int = 4,
@@ -152,14 +152,19 @@ def make_training_set(folder: str, *, count: int, num_frames: int, size: int = 6
 
 
 def make_qa_set(folder: str, *, num_train: int = 480, num_eval: int = 48, num_frames: int = 16, size: int = 64,
-                seed: int = 0) -> tuple[str, str]:
+                needle_frames=(1, 2), seed: int = 0) -> tuple[str, str]:
     """The LMA needle demo's data (`data.train=needle_demo`): train.jsonl / eval.jsonl of short needle videos
-    (`make_training_set`) in `folder`, once; the held-out rows use their own seeds."""
+    (`make_training_set`) in `folder`, once (a folder made with other arguments is refused); the held-out rows
+    use their own seeds."""
     files = (os.path.join(folder, "train.jsonl"), os.path.join(folder, "eval.jsonl"))
-    if all(paths.exists(p) for p in files):
+    manifest = {"num_train": int(num_train), "num_eval": int(num_eval), "num_frames": int(num_frames),
+                "size": int(size), "needle_frames": [int(n) for n in needle_frames], "seed": int(seed)}
+    if _check_manifest(folder, manifest, files[1]):
         return files
     paths.makedirs(os.path.join(folder, "videos"))
+    paths.write_text(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1))
     for path, count, prefix in ((files[0], num_train, "train"), (files[1], num_eval, "eval")):
-        rows = make_training_set(folder, count=count, num_frames=num_frames, size=size, seed=seed, prefix=prefix)
-        paths.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = make_training_set(folder, count=count, num_frames=num_frames, size=size,
+                                 needle_frames=tuple(needle_frames), seed=seed, prefix=prefix)
+        paths.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))  # eval.jsonl last: the set is whole
     return files

@@ -38,7 +38,8 @@ def qa_files(d, workdir: str) -> tuple[str, str | None, str | None]:
         return (*qa_demo.make_qa_set(root), root)
     if d.train == "needle_demo":
         root = RunDir(workdir).needle_qa
-        return (*needle.make_qa_set(root, num_frames=int(d.num_frames)), root)
+        return (*needle.make_qa_set(root, num_train=int(d.get("needle_videos", 480)), num_frames=int(d.num_frames),
+                                    needle_frames=tuple(d.get("needle_frames", (1, 2)))), root)
     if not d.train:
         raise ValueError("data.train is not set: a LLaVA-Video style JSON/JSONL file, or 'demo'")
     return d.train, d.eval, d.video_root
