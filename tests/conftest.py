@@ -48,6 +48,7 @@ _INTEGRATION_TESTS = (
     "test_tpu_attention.py::test_qwen2_with_splash_on_a_mesh_equals_xla",
     "test_tpu_attention.py::test_splash_equals_xla_attention_with_padding_and_gradients",
     "test_tpu_attention.py::test_both_attention_paths_compile_for_a_tpu_topology",
+    "test_tpu_attention.py::test_the_students_attention_as_splash_on_a_mesh_equals_xla",
     "test_clip_cache.py::test_cache_reads_back_the_decoding_pipeline_batches",
     "test_eval_sweep.py::test_the_first_token_timed_is_the_one_answering_gives",
     "test_compression_student.py::test_student_output_grid_and_shape",

@@ -227,6 +227,9 @@ def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
     assert (c.remat, c.mesh.data, c.mesh.fsdp, c.grad_accum_steps) == ("full", 1, -1, 2)
     assert said[0] == "remat=full (the step needed 4 rows)"
     c = load_config("lma", "paper")
+    assert ("kernels.tower_attention", "splash") not in sizing.ladder(c, 8)
+    tpu_rungs = [field for field, _ in sizing.ladder(c, 8, tpu=True)]
+    assert tpu_rungs.index("kernels.tower_attention") == tpu_rungs.index("mesh.fsdp") + 1  # before accumulation
     with pytest.raises(MemoryError, match="no rung of the ladder fits"):
         sizing.search(c, 8, lambda config: (False, "too much"))
 

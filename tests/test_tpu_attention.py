@@ -153,3 +153,56 @@ def test_auto_picks_splash_for_a_tpu_target_and_refuses_it_elsewhere():
     with pytest.raises(ValueError, match="'splash' runs on TPUs only"):
         _model("splash")  # built for this CPU
     _model("splash", mesh)  # built for the TPU mesh: accepted
+
+
+def _student(attn_impl, mesh=None):
+    from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
+    return LiteFrameStudent(StudentConfig.preset("tiny"), rngs=nnx.Rngs(0), attn_impl=attn_impl, mesh=mesh)
+
+
+def _student_loss(graphdef, params, frames):
+    return jnp.sum(nnx.merge(graphdef, params)(frames) ** 2) / 1e2
+
+
+def test_the_students_attention_as_splash_on_a_mesh_equals_xla():
+    """`kernels.tower_attention=splash`: the student's non-causal attention through the kernel on 8 CPU devices
+    (clips over data x fsdp, heads over tensor) in interpret mode gives XLA's loss and parameter gradients."""
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    frames = jnp.asarray(np.random.default_rng(2).normal(size=(4, 8, 56, 56, 3)), jnp.float32)
+    graphdef, params = nnx.split(_student(None))
+    want, want_grads = jax.value_and_grad(_student_loss, 1)(graphdef, params, frames)
+    with tpu_attention.interpreted():
+        graphdef, params = nnx.split(_student(tpu_attention.TOWER_NAME, mesh))
+        step = jax.jit(jax.value_and_grad(_student_loss, 1), static_argnums=0)
+        got, got_grads = step(graphdef, params, frames)
+        assert "manual_computation" in step.lower(graphdef, params, frames).as_text()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda g, h: np.testing.assert_allclose(g, h, atol=1e-4, rtol=1e-4), got_grads, want_grads)
+
+
+def test_tower_attention_is_xla_unless_asked_and_splash_only_on_a_tpu():
+    mesh = _topology_mesh("v5e:2x2")
+    tpu, cpu = mesh.devices.flat[0], jax.devices()[0]
+    chosen, said = kernel_choice.resolve(kernels(), jnp.bfloat16, device=tpu)
+    assert chosen["tower_attention"] == "xla" and any("tower_attention=auto -> xla" in s for s in said)
+    assert kernel_choice.tower_attention_impl(chosen) == "splash"  # the LLM's name: towers run XLA's on it
+    asked = kernels()
+    asked.tower_attention = "splash"
+    chosen, _ = kernel_choice.resolve(asked, jnp.bfloat16, device=tpu)
+    assert kernel_choice.tower_attention_impl(chosen) == tpu_attention.TOWER_NAME
+    with pytest.raises(ValueError, match="tower_attention=splash runs on TPUs only"):
+        kernel_choice.resolve(asked, jnp.float32, device=cpu)
+    asked.tower_attention = "flash"
+    with pytest.raises(ValueError, match="unknown kernels.tower_attention 'flash'"):
+        kernel_choice.resolve(asked, jnp.float32, device=cpu)
+    with jax.default_matmul_precision("default"):
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: _student(tpu_attention.TOWER_NAME, mesh)))
+        params = sharding.param_shardings(state, SHARDING_RULES, mesh)
+        rows = sharding.batch_sharding(mesh, 5)
+        args = (jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, jnp.bfloat16, sharding=s),
+                             nnx.to_pure_dict(state), params),
+                jax.ShapeDtypeStruct((4, 8, 56, 56, 3), jnp.bfloat16, sharding=rows))
+        step = jax.jit(jax.grad(lambda p, f: _student_loss(graphdef, p, f)), in_shardings=(params, rows))
+        compiled = step.lower(*args).compile().as_text()
+    # each block's forward, dq and dk/dv kernels: two blocks in the tiny student
+    assert len(re.findall(r'custom_call_target="tpu_custom_call"', compiled)) == 6

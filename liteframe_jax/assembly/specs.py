@@ -199,10 +199,11 @@ class VideoLLMSpec:
 
     # --- building ---
     def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,
-              mesh=None, remat="none", video_token_id: int) -> VideoLLM:
-        """`tail_kernel` (a student encoder's block tail): None follows `mlp_kernel`."""
-        encoder = self.encoder.build(rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel,
-                                     tail_kernel=tail_kernel, mesh=mesh)
+              mesh=None, remat="none", video_token_id: int, tower_attn_impl=None) -> VideoLLM:
+        """`tail_kernel` (a student encoder's block tail): None follows `mlp_kernel`. `tower_attn_impl`: the
+        encoder's attention (`kernel_choice.tower_attention_impl`); None: as `attn_impl`."""
+        encoder = self.encoder.build(rngs=rngs, dtype=dtype, attn_impl=tower_attn_impl or attn_impl,
+                                     mlp_kernel=mlp_kernel, tail_kernel=tail_kernel, mesh=mesh)
         width = self.encoder.token_grid[2]
         projector = None if self.projector is None else Projector(width, self.llm.hidden_size, self.projector,
                                                                   rngs=rngs, dtype=dtype)
@@ -238,10 +239,11 @@ class VideoLLMSpec:
         memory at 512 frames is what limits LMA on a chip). Pass p takes clips p, p + P, p + 2P, ... (P passes):
         where the frames are split over devices by contiguous clips, each pass stays on every device."""
         e = self.encoder
-        x = normalise(frames_uint8, e.pixel_mean, e.pixel_std, dtype)
+        x = frames_uint8
         b, t = x.shape[:2]
         clips = t // e.clip_frames
         if not clips_per_pass or clips_per_pass >= clips:
+            x = normalise(x, e.pixel_mean, e.pixel_std, dtype)
             tokens = model.visual_tokens(x.reshape(b * clips, e.clip_frames, *x.shape[2:]))
             return tokens.reshape(b, -1, tokens.shape[-1])
         if clips % clips_per_pass:
@@ -250,7 +252,10 @@ class VideoLLMSpec:
         x = x.reshape(b, clips_per_pass, passes, e.clip_frames, *x.shape[2:]).swapaxes(1, 2).swapaxes(0, 1)
 
         @jax.checkpoint
-        def one_pass(xs):  # (B, clips_per_pass, clip frames, S, S, 3) -> (B, clips_per_pass, tokens, width)
+        def one_pass(xs):  # uint8 (B, clips_per_pass, clip frames, S, S, 3) -> (B, clips_per_pass, tokens, width)
+            # normalised here, a pass at a time: the whole row's frames in floating point are several GiB at
+            # 512 frames
+            xs = normalise(xs, e.pixel_mean, e.pixel_std, dtype)
             out = model.visual_tokens(xs.reshape(b * clips_per_pass, *xs.shape[2:]))
             return out.reshape(b, clips_per_pass, *out.shape[1:])
 

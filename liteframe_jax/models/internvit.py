@@ -89,7 +89,7 @@ VIT_PRESETS = {
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+    def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mesh=None):
         d = cfg.hidden_size
         init = nnx.initializers.normal(cfg.initializer_range)
         self.q = layers.Dense(d, d, axes=("embed", "heads"), use_bias=cfg.attention_bias, rngs=rngs, dtype=dtype,
@@ -102,18 +102,18 @@ class Attention(nnx.Module):
         # InternViT normalises q and k over the full width (all heads together), before the head split.
         self.q_norm = layers.RMSNorm(d, rngs=rngs, eps=1e-6) if cfg.use_qk_norm else None
         self.k_norm = layers.RMSNorm(d, rngs=rngs, eps=1e-6) if cfg.use_qk_norm else None
-        self.num_heads, self.head_dim, self.attn_impl = cfg.num_heads, cfg.head_dim, attn_impl
+        self.num_heads, self.head_dim, self.attn_impl, self.mesh = cfg.num_heads, cfg.head_dim, attn_impl, mesh
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, _ = x.shape
         if self.q_norm is None:
             return layers.self_attention(x, self.q, self.k, self.v, self.out, self.num_heads,
-                                         scale=self.head_dim ** -0.5, implementation=self.attn_impl)
+                                         scale=self.head_dim ** -0.5, implementation=self.attn_impl, mesh=self.mesh)
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = self.q_norm(q), self.k_norm(k)
         split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
         y = layers.attention(split(q), split(k), split(v), scale=self.head_dim ** -0.5,
-                             implementation=self.attn_impl)
+                             implementation=self.attn_impl, mesh=self.mesh)
         return self.out(y.reshape(b, n, -1))
 
 
@@ -121,7 +121,7 @@ class Block(nnx.Module):
     def __init__(self, cfg: InternVitConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mlp_kernel: str = "xla", mesh=None):
         d = cfg.hidden_size
         self.norm1 = layers.make_norm(cfg.norm_type, d, rngs=rngs, eps=cfg.layer_norm_eps)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mesh=mesh)
         self.ls1 = nnx.Param(jnp.full((d,), cfg.layer_scale_init_value, jnp.float32), axes=("norm",))
         self.norm2 = layers.make_norm(cfg.norm_type, d, rngs=rngs, eps=cfg.layer_norm_eps)
         self.mlp = layers.Mlp(d, cfg.intermediate_size, act=cfg.hidden_act, rngs=rngs, dtype=dtype, impl=mlp_kernel,

@@ -9,6 +9,9 @@ host: a compile for a TPU topology on a CPU host picks the TPU's kernels.
     mlp         'pallas' (fused fc1 + GELU) for a frozen vision tower on a Hopper GPU in bfloat16, else 'xla';
                 a tower that trains keeps 'xla' (the fused kernel's backward recomputes with XLA, slower)
     block_tail  'pallas' (the student block's fused tail, forward and backward) on a Hopper GPU, else 'xla'
+    tower_attention  'xla': the towers' attention as `attention` picks for them (cuDNN on a GPU, XLA's on a TPU);
+                'splash' (set, or by train/sizing.py where a step needs it to fit) runs the towers' attention as
+                the splash kernel on a TPU. `tower_attention_impl` gives what a tower is built with.
 
 An explicit choice is passed through unchanged: a platform that cannot run it refuses it where the model is
 built, with the reason; an explicit 'splash' for a device that is not a TPU is refused here already.
@@ -42,7 +45,7 @@ def _attention(dtype, device) -> tuple[str | None, str]:
         return tpu_attention.NAME, (
             f"splash: Pallas splash attention for the LLM's causal attention on {device.device_kind} (XLA's "
             f"builds heads x T^2 scores per layer: 8.4x the temporaries at 12,288 tokens; rows under "
-            f"{tpu_attention.MIN_TOKENS:,} tokens keep XLA's); the vision towers keep XLA's")
+            f"{tpu_attention.MIN_TOKENS:,} tokens keep XLA's); the vision towers follow kernels.tower_attention")
     if problem := _not_gpu(device):
         return None, f"XLA's: {problem}"
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
@@ -80,4 +83,23 @@ def resolve(kernels, dtype, *, tower_trains: bool = False, device=None) -> tuple
     if chosen.get("block_tail") == AUTO:
         chosen["block_tail"], why = _block_tail(device)
         said.append(f"kernels.block_tail=auto -> {why}")
+    tower = chosen.get("tower_attention")
+    if tower == AUTO:
+        chosen["tower_attention"] = "xla"
+        if device.platform == "tpu":
+            said.append("kernels.tower_attention=auto -> xla: the vision towers' attention stays XLA's (splash "
+                        "saves memory at about 1.5x their attention FLOPs: train/sizing.py sets it where a step "
+                        "needs it to fit)")
+    elif tower == "splash" and (problem := tpu_attention.device_problem(device)):
+        raise ValueError(f"kernels.tower_attention=splash {problem}; use 'auto' or 'xla'")
+    elif tower not in (None, "xla", "splash"):
+        raise ValueError(f"unknown kernels.tower_attention {tower!r}; choose 'auto', 'xla' or 'splash'")
     return chosen, said
+
+
+def tower_attention_impl(chosen: dict) -> str | None:
+    """The attention implementation a vision tower is built with, from `resolve`'s choices: the splash kernel
+    where `tower_attention` is 'splash', else what `attention` names (the LLM's 'splash' leaves towers on XLA's)."""
+    if chosen.get("tower_attention") == "splash":
+        return tpu_attention.TOWER_NAME
+    return chosen.get("attention")

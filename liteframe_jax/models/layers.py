@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from liteframe_jax.core import sharding
-from liteframe_jax.models.kernels import fused_mlp
+from liteframe_jax.models.kernels import fused_mlp, tpu_attention
 
 Initializer = Callable[..., jax.Array]
 
@@ -136,15 +136,18 @@ def make_norm(kind: str, features: int, *, rngs: nnx.Rngs, eps: float) -> nnx.Mo
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None,
-              is_causal: bool = False, implementation: str | None = None) -> jax.Array:
+              is_causal: bool = False, implementation: str | None = None, mesh=None) -> jax.Array:
     """Multi-head attention on (batch, length, heads, head_dim) through `jax.nn.dot_product_attention`.
 
     `implementation='cudnn'` selects the cuDNN flash kernel on GPU (bfloat16/float16 only); None lets XLA
-    decide, which is what the CPU tests use. 'splash' (the TPU kernel of the LLM's causal attention,
-    `models/kernels/tpu_attention.py`) runs XLA's here: the vision towers' non-causal attention has no splash path
-    (their layers pass no mesh to split a kernel's rows by), so `kernels.attention=splash` means the LLM's.
+    decide, which is what the CPU tests use. 'splash' (the TPU kernel of the LLM's causal attention) runs XLA's
+    here, so that `kernels.attention=splash` means the LLM's; 'splash_tower' (`kernels.tower_attention=splash`)
+    runs the same Pallas kernel (`models/kernels/tpu_attention.py`), its rows split over `mesh`'s batch axes.
     """
-    if implementation == "splash":
+    if implementation == tpu_attention.TOWER_NAME:
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return tpu_attention.attention(q, k, v, None, scale=scale, causal=is_causal, mesh=mesh)
+    if implementation == tpu_attention.NAME:
         implementation = None
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, implementation=implementation)
 
@@ -164,15 +167,16 @@ def check_remat(policy: str) -> str:
 
 
 def self_attention(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_heads: int, *,
-                   scale: float | None = None, implementation: str | None = None) -> jax.Array:
+                   scale: float | None = None, implementation: str | None = None, mesh=None) -> jax.Array:
     """Unmasked multi-head self-attention over (batch, length, width) with q/k/v/out projections."""
-    y, bias = self_attention_unbiased(x, q, k, v, out, num_heads, scale=scale, implementation=implementation)
+    y, bias = self_attention_unbiased(x, q, k, v, out, num_heads, scale=scale, implementation=implementation,
+                                      mesh=mesh)
     return y + bias.astype(y.dtype)
 
 
 def self_attention_unbiased(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Dense, num_heads: int, *,
-                            scale: float | None = None,
-                            implementation: str | None = None) -> tuple[jax.Array, jax.Array]:
+                            scale: float | None = None, implementation: str | None = None,
+                            mesh=None) -> tuple[jax.Array, jax.Array]:
     """`self_attention` as (output without its bias, the (width,) float32 bias), for a consumer that adds
     the bias inside its own kernel.
 
@@ -184,7 +188,7 @@ def self_attention_unbiased(x: jax.Array, q: Dense, k: Dense, v: Dense, out: Den
     b, n, d = x.shape
     split = lambda t: t.reshape(b, n, num_heads, -1)
     y = attention(split(q(x)), split(k(x, bias=False)), split(v(x, bias=False)), scale=scale,
-                  implementation=implementation)
+                  implementation=implementation, mesh=mesh)
     y = out(y.reshape(b, n, -1), bias=False)
     bias = jnp.zeros((out.kernel.shape[1],), jnp.float32)
     if out.bias is not None:

@@ -106,13 +106,13 @@ STUDENT_PRESETS = {
 
 
 class SpatialAttention(nnx.Module):
-    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl):
+    def __init__(self, cfg: StudentConfig, *, rngs: nnx.Rngs, dtype, attn_impl, mesh=None):
         d = cfg.width
         self.q = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.k = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.v = layers.Dense(d, d, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.out = layers.Dense(d, d, axes=("heads", "embed"), rngs=rngs, dtype=dtype)
-        self.num_heads, self.attn_impl = cfg.num_heads, attn_impl
+        self.num_heads, self.attn_impl, self.mesh = cfg.num_heads, attn_impl, mesh
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y, bias = self.unbiased(x)
@@ -123,7 +123,7 @@ class SpatialAttention(nnx.Module):
         b, t, h, w, d = x.shape
         tokens = x.reshape(b * t, h * w, d)  # attention within each frame
         y, bias = layers.self_attention_unbiased(tokens, self.q, self.k, self.v, self.out, self.num_heads,
-                                                 implementation=self.attn_impl)
+                                                 implementation=self.attn_impl, mesh=self.mesh)
         return y.reshape(b, t, h, w, d), bias
 
 
@@ -151,7 +151,7 @@ class Block(nnx.Module):
                  mesh=None):
         d = cfg.width
         self.norm1 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
-        self.attn = SpatialAttention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl)
+        self.attn = SpatialAttention(cfg, rngs=rngs, dtype=dtype, attn_impl=attn_impl, mesh=mesh)
         self.norm_t = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)
         self.tconv = TemporalConv(d, cfg.temporal_kernel, rngs=rngs)
         self.norm2 = layers.LayerNorm(d, rngs=rngs, eps=cfg.norm_eps)

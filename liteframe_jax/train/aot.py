@@ -250,13 +250,15 @@ def compile_answering(config, target: Target, task, frames: int, text_tokens: in
     from flax import nnx
 
     from liteframe_jax.assembly.answering import PROMPT_WIDTH_STEP, Answerer
+    from liteframe_jax.models import kernel_choice
     from liteframe_jax.models.generate import generate
     mesh = task.mesh
     spec = dataclasses.replace(task.spec, num_frames=frames)
     k = task.kernels
     graphdef, state = nnx.split(nnx.eval_shape(lambda: spec.build(
         rngs=nnx.Rngs(0), dtype=task.dtype, attn_impl=k["attention"], mlp_kernel=k["mlp"],
-        tail_kernel=k["block_tail"], mesh=mesh, video_token_id=task.tokenizer.video_token_id)))
+        tail_kernel=k["block_tail"], mesh=mesh, video_token_id=task.tokenizer.video_token_id,
+        tower_attn_impl=kernel_choice.tower_attention_impl(k))))
     shardings = sharding.param_shardings(state, config.sharding_rules, mesh)
     params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                           nnx.to_pure_dict(state), shardings)

@@ -134,6 +134,7 @@ class LMATask(Task):
         k = self.kernels
         return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=k["attention"], mlp_kernel=k["mlp"],
                                tail_kernel=k["block_tail"], mesh=self.mesh,
+                               tower_attn_impl=kernel_choice.tower_attention_impl(k),
                                remat=self.config.get("remat", "none"), video_token_id=self.tokenizer.video_token_id)
 
     def trainable_patterns(self):

@@ -6,7 +6,8 @@ without changing what is trained (the global batch, the model, the optimizer sta
   'table' (default)  the chip kind's row of `TABLE` (found by compiling the preset for that chip, BENCHMARKS.md)
   'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
                      at each rung until it fits: rematerialisation, the encoder a few clips at a time (LMA),
-                     FSDP over every device, then doubling `grad_accum_steps`
+                     FSDP over every device, on a TPU the towers' attention as the splash kernel, then
+                     doubling `grad_accum_steps`
   'off'              the config's own fields
 The run says what it chose and why.
 """
@@ -75,8 +76,8 @@ def from_table(config, chip: hardware.Chip | None, devices: int = 1) -> list[str
     return []
 
 
-def ladder(config, devices: int) -> list[tuple[str, object]]:
-    """The next changes to try, cheapest in step time first."""
+def ladder(config, devices: int, tpu: bool = False) -> list[tuple[str, object]]:
+    """The next changes to try, cheapest in step time first. `tpu`: the chips are TPUs."""
     rungs = []
     if config.get("remat", None) == "none":
         rungs.append(("remat", "full"))
@@ -86,6 +87,8 @@ def ladder(config, devices: int) -> list[tuple[str, object]]:
     split = devices // max(int(config.mesh.tensor), 1) // max(int(config.mesh.get("context", 1)), 1)  # batch devices
     if config.mesh.fsdp != -1 and config.mesh.fsdp < split:
         rungs.append(("mesh.fsdp", -1))
+    if tpu and config.kernels.get("tower_attention") != "splash":
+        rungs.append(("kernels.tower_attention", "splash"))  # a third of the towers' attention temporaries
     accum = int(config.get("grad_accum_steps", 1))
     while int(config.batch_size) % (accum * 2 * split) == 0:
         accum *= 2
@@ -93,12 +96,12 @@ def ladder(config, devices: int) -> list[tuple[str, object]]:
     return rungs
 
 
-def search(config, devices: int, fits: Callable[[object], tuple[bool, str]]) -> list[str]:
+def search(config, devices: int, fits: Callable[[object], tuple[bool, str]], tpu: bool = False) -> list[str]:
     """`sizing='auto'`: compile (`fits(config)` -> (fits, what it needs)) and move down the ladder until it fits.
     Raises MemoryError naming the last figure when no rung fits."""
     ok, need = fits(config)
     said = []
-    for field, value in ladder(config, devices):
+    for field, value in ladder(config, devices, tpu):
         if ok:
             break
         if field == "mesh.fsdp":
@@ -125,4 +128,4 @@ def apply(config, devices: list, fits: Callable[[object], tuple[bool, str]] | No
     for line in from_table(config, chip, mesh_devices(config, devices)):
         log(f"[sizing] {line}")
     if config.get("sizing", "table") == "auto" and fits is not None:
-        search(config, mesh_devices(config, devices), fits)
+        search(config, mesh_devices(config, devices), fits, tpu=chip is not None and chip.name.startswith("v"))

@@ -29,6 +29,9 @@ from jax.sharding import PartitionSpec as P
 from liteframe_jax.core import sharding
 
 NAME = "splash"
+# The vision towers' non-causal attention through the same kernel (`kernels.tower_attention=splash`): its own
+# name, so that the LLM's 'splash' leaves the towers on XLA's attention.
+TOWER_NAME = "splash_tower"
 # Rows shorter than this keep XLA's attention. Splash's backward recomputes the scores in two kernels (9
 # block products against XLA's 6), which the skipped blocks above the diagonal repay only from 4 blocks of
 # 512 a side: at 1,024 tokens it does 1.1x XLA's attention FLOPs and saves 0.15 of 0.77 GiB of temporaries
