@@ -57,7 +57,10 @@ def make_train_step(config, task, layout: StateLayout, key):
 
             def body(carry, xs):
                 i, mb = xs
-                (l, a), g = grads_of(state["params"], frozen, mb, jax.random.fold_in(rng, i))
+                # Tied to this micro-batch, the weights are no longer loop invariants that XLA may gather whole
+                # before the loop (FSDP-sharded frozen weights above all) and hold for the whole step.
+                params, frozen_now, mb = jax.lax.optimization_barrier((state["params"], frozen, mb))
+                (l, a), g = grads_of(params, frozen_now, mb, jax.random.fold_in(rng, i))
                 return jax.tree.map(jnp.add, carry, (l, a, g)), None
 
             zeros = jax.eval_shape(lambda: grads_of(state["params"], frozen,
