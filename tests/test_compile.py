@@ -117,6 +117,37 @@ def test_accumulated_micro_batches_give_the_whole_batch_step():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
 
 
+def test_a_frozen_llm_kept_in_bfloat16_gives_the_same_step():
+    """LMA in bfloat16 keeps the frozen LLM's matrices in bfloat16 (every use casts them to it first): the
+    step's loss and trained parameters are bit for bit those of the same step from float32 frozen weights."""
+    from liteframe_jax.bench.training import synthetic_batch
+    from liteframe_jax.train import state as state_lib
+    from liteframe_jax.train.lma import LMATask
+    c = load_config("lma", "demo")
+    c.student.init, c.dtype, c.train.trainable, c.llm.lora.rank = "random", "bfloat16", "projector+lora", 4
+    c.mesh.num_devices, c.batch_size, c.llm.arch.num_layers = 1, 4, 1
+    c.student.arch.update(image_size=32, stages=((1, (2, 2, 2)), (1, (1, 1, 1))))  # a small compile
+    task = LMATask(c, sharding.make_mesh(c.mesh), "/tmp/unused", with_data=False)
+    key = jax.random.key(0)
+    lay = state_lib.layout(c, task, key)
+    kept = lay.frozen_dtypes
+    assert kept and all(p.startswith("llm/") for p in kept) and "llm/embed" in kept
+    assert not any(p.endswith("scale") or p.startswith("encoder/") for p in kept)  # norms, the encoder: as they are
+    params, frozen_model = state_lib.split(lay.random_model(key), lay.trainable)
+    results = []
+    for frozen_now in (frozen_model, lay.frozen_as_kept(frozen_model)):
+        state = jax.jit(lay.fresh_state, out_shardings=lay.state_sh)(params)
+        frozen, frozen_sh = (task.frozen()[0], frozen_now), (task.frozen()[1], lay.frozen_model_sh)
+        step = step_lib.compile_train_step(c, task, lay, frozen, frozen_sh, key)
+        batch = sharding.global_batch(synthetic_batch(task, step.batch_spec, 4), task.mesh)
+        state, metrics = step(state, frozen, batch)
+        results.append((float(metrics["loss"]), jax.device_get(state["params"]), step.memory["arguments"]))
+    (loss32, p32, args32), (loss16, p16, args16) = results
+    assert loss16 == loss32
+    jax.tree.map(np.testing.assert_array_equal, p16, p32)
+    assert args16 < args32
+
+
 def test_a_batch_that_micro_batches_cannot_spread_is_refused(tmp_path):
     c = load_config("ctd", "demo")
     c.batch_size, c.grad_accum_steps = 8, 2  # 4 rows a micro-batch, 8 devices

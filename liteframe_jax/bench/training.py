@@ -97,6 +97,7 @@ def time_train_step(config, task, answer_tokens: int = 0, iters: int = 10) -> di
     key = jax.random.key(0)
     layout = state_lib.layout(config, task, key)
     params, frozen_model = state_lib.split(layout.random_model(key), layout.trainable)
+    frozen_model = layout.frozen_as_kept(frozen_model)
     state = jax.jit(layout.fresh_state, out_shardings=layout.state_sh, donate_argnums=0)(params)
     task_frozen, task_frozen_sh = task.frozen()
     frozen, frozen_sh = (task_frozen, frozen_model), (task_frozen_sh, layout.frozen_model_sh)

@@ -94,8 +94,8 @@ def compile_step(config, task):
     whole = jax.eval_shape(lay.init_full, key)
     frozen_flat = flatten(state_lib.split(whole, lay.trainable)[1])
     frozen_sh = flatten(lay.frozen_model_sh)
-    frozen_model = unflatten({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=frozen_sh[k])
-                              for k, v in frozen_flat.items()})
+    frozen_model = lay.frozen_as_kept(unflatten({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=frozen_sh[k])
+                                                 for k, v in frozen_flat.items()}))
     task_frozen, task_frozen_sh = task.frozen()
     step = step_lib.compile_train_step(config, task, lay, (task_frozen, frozen_model),
                                        (task_frozen_sh, lay.frozen_model_sh), key)

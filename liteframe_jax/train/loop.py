@@ -174,6 +174,7 @@ def _train(config, workdir: str, task: Task, watch, opened: list) -> Result:
     del pretrained
     init_params, frozen_model = state_lib.split(full, trainable)
     del full
+    frozen_model = lay.frozen_as_kept(frozen_model)
     if flatten(frozen_model) and not frozen_saved:  # the run folder keeps the whole model
         checkpoint.save_tree(checkpoint.frozen_dir(workdir), frozen_model)
     task_frozen, task_frozen_sh = task.frozen()

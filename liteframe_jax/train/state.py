@@ -58,6 +58,18 @@ class StateLayout:
     abstract: dict  # the train state as ShapeDtypeStructs with shardings
     init_full: Any  # rng -> the whole model's parameters at random init
 
+    frozen_dtypes: dict = dataclasses.field(default_factory=dict)  # frozen path -> the dtype it is kept in
+
+    def frozen_as_kept(self, frozen_model: dict) -> dict:
+        """The frozen parameters in the dtypes the task keeps them in (`Task.frozen_dtype`)."""
+        flat = flatten(frozen_model)
+        for path, dtype in self.frozen_dtypes.items():
+            if path in flat:
+                v = flat[path]
+                flat[path] = (jax.ShapeDtypeStruct(v.shape, dtype, sharding=v.sharding)
+                              if isinstance(v, jax.ShapeDtypeStruct) else v.astype(dtype))
+        return unflatten(flat)
+
     def fresh_state(self, params: dict) -> dict:
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params),
                 "nonfinite_streak": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
@@ -92,7 +104,8 @@ def layout(config, task, key) -> StateLayout:
     def init_full(rng):
         return pure_dict(nnx.state(task.build_model(nnx.Rngs(rng))))
 
-    out = StateLayout(graphdef, paths, trainable, full_sh, param_sh, frozen_model_sh, tx, schedule, {}, {}, init_full)
+    out = StateLayout(graphdef, paths, trainable, full_sh, param_sh, frozen_model_sh, tx, schedule, {}, {}, init_full,
+                      {p: d for p in set(paths) - trainable if (d := task.frozen_dtype(p)) is not None})
     abstract = jax.eval_shape(lambda k: out.fresh_state(split(init_full(k), trainable)[0]), key)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
                                    transform_non_params=lambda _: replicated,

@@ -82,6 +82,12 @@ class Task(abc.ABC):
         rest of the model is frozen: kept out of the optimizer state and of checkpoints, rebuilt at start."""
         return [".*"]
 
+    def frozen_dtype(self, path: str):
+        """The dtype the frozen parameter at `path` is kept in on the devices (None: as initialised). A task
+        names a narrower one only where every use casts the parameter to it first, so the step computes the
+        same numbers from less memory."""
+        return None
+
     def pretrained_params(self, paths: dict[str, tuple]) -> dict[str, np.ndarray]:
         """{path: array} from pretrained sources (an LLM folder, a CTD run) for the model's parameters
         `paths` ({path: shape}); applied at every start to frozen parts and at a fresh start to trained ones."""
