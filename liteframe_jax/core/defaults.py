@@ -26,10 +26,10 @@ def kernels(block_tail: str | None = "auto") -> ml_collections.ConfigDict:
                 inference only: the CTD teacher, the LMA encoder; models/kernels/fused_mlp.py)
     block_tail  'auto' | 'xla' | 'pallas': each student block's LayerNorm / temporal-convolution tail as one GPU
                 kernel, forward and backward (models/kernels/block_tail.py); unset: the same as `mlp`
-    tower_attention  'auto' | 'xla' | 'splash': the vision towers' (non-causal) attention on TPU as the splash
-                kernel: a third of XLA's temporaries for a trained tower at about 1.5x its attention FLOPs;
-                'auto' keeps XLA's (the towers' other kernel on GPU follows `attention`) and train/sizing.py
-                turns it on where a step needs it to fit a chip
+    tower_attention  'auto' | 'xla' | 'splash': the vision towers' (non-causal) attention on a TPU as the splash
+                kernel: less memory than XLA's for a trained tower, more FLOPs (BENCHMARKS.md, TPU kernels);
+                'auto' keeps XLA's and train/sizing.py turns it on where a step needs it to fit a chip (on a GPU
+                the towers follow `attention`)
     A platform that cannot run an explicit 'pallas', 'cudnn' or 'splash' refuses it with the reason."""
     c = ml_collections.ConfigDict()
     c.attention = config_dict.FieldReference("auto", field_type=str)  # None allowed: XLA's own attention

@@ -88,7 +88,7 @@ def ladder(config, devices: int, tpu: bool = False) -> list[tuple[str, object]]:
     if config.mesh.fsdp != -1 and config.mesh.fsdp < split:
         rungs.append(("mesh.fsdp", -1))
     if tpu and config.kernels.get("tower_attention") != "splash":
-        rungs.append(("kernels.tower_attention", "splash"))  # a third of the towers' attention temporaries
+        rungs.append(("kernels.tower_attention", "splash"))  # the towers' attention scores never held whole
     accum = int(config.get("grad_accum_steps", 1))
     while int(config.batch_size) % (accum * 2 * split) == 0:
         accum *= 2
