@@ -33,6 +33,10 @@ class Chip:
     def hbm_gib(self) -> float:
         return self.hbm_bytes / GIB
 
+    @property
+    def is_tpu(self) -> bool:
+        return self.name.startswith("v")
+
 
 CHIPS = {c.name: c for c in (
     Chip("v4", ("tpu v4",), 32 * GIB, 275e12, 1200 * GB, 300 * GB, 50 / 8 * GB, megacore=True, cores_per_chip=2),
@@ -65,7 +69,7 @@ def topology_name(name: str) -> tuple[Chip, str]:
     """(chip, 'v5p:2x2x1') from a topology ('v5p:2x2x1') or a Cloud TPU accelerator type ('v5p-8')."""
     m = re.fullmatch(r"(v\d+[a-z]?)(?::(\d+(?:x\d+)+)|-(\d+))", name.strip().lower())
     if not m or m.group(1) not in CHIPS:
-        tpus = ", ".join(n for n in CHIPS if n.startswith("v"))
+        tpus = ", ".join(n for n, c in CHIPS.items() if c.is_tpu)
         raise ValueError(f"topology {name!r}: give CHIP:AxB[xC] (v5e:2x4, v5p:2x2x2) or an accelerator type "
                          f"(v5e-8, v5p-16); chips: {tpus}")
     chip = CHIPS[m.group(1)]

@@ -40,7 +40,7 @@ class CTDTask(Task):
         self.kernels, said = kernel_choice.resolve(config.kernels, self.dtype, device=mesh.devices.flat[0])
         for line in said:
             log(f"[ctd] {line}")
-        attn_impl = kernel_choice.tower_attention_impl(self.kernels)  # the teacher's and the student's
+        self.attn_impl = attn_impl = kernel_choice.tower_attention_impl(self.kernels)  # teacher's and student's
 
         # Teacher first: it fixes the target grid that the student must match.
         make = lambda: build_teacher(config.teacher, self.dtype, attn_impl, self.kernels["mlp"], mesh)
@@ -152,8 +152,7 @@ class CTDTask(Task):
 
     # --- Task interface ---
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return self.spec.build(rngs=rngs, dtype=self.dtype,
-                               attn_impl=kernel_choice.tower_attention_impl(self.kernels),
+        return self.spec.build(rngs=rngs, dtype=self.dtype, attn_impl=self.attn_impl,
                                tail_kernel=self.kernels["block_tail"], mesh=self.mesh)
 
     def frozen(self):

@@ -128,4 +128,4 @@ def apply(config, devices: list, fits: Callable[[object], tuple[bool, str]] | No
     for line in from_table(config, chip, mesh_devices(config, devices)):
         log(f"[sizing] {line}")
     if config.get("sizing", "table") == "auto" and fits is not None:
-        search(config, mesh_devices(config, devices), fits, tpu=chip is not None and chip.name.startswith("v"))
+        search(config, mesh_devices(config, devices), fits, tpu=chip is not None and chip.is_tpu)
