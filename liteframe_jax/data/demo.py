@@ -65,7 +65,10 @@ def write_video(path: str, frames, fps: int = 12, keyframe_every: int | None = N
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
         for f in itertools.chain([first], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            # Converted to YUV here, not by the encoder: the encoder's threaded conversion made two writes of the
+            # same frames differ by a few pixels now and then, and a generated set must be the same every time.
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
