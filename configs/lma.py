@@ -5,11 +5,15 @@ Presets (`--config=configs/lma.py:NAME`):
          a tiny random Qwen2 with a byte-level tokenizer, and a generated video QA set (colour, direction,
          count, order); the LLM (random) and the projector train, the student stays frozen. CPU, minutes.
   needle the `demo` models on the needle test's short videos (data/needle.py): a coloured square shows for
-         1-2 of 32 frames, "what colour was it?"; `configs/eval.py:needle` then scores it on longer videos.
+         1-12 of 32 frames, "what colour was it?"; `configs/eval.py:needle` then scores it on longer videos.
   paper  a CTD `paper` student (--config.student.init=RUN), Qwen2.5-7B-Instruct
          (--config.llm.init=FOLDER, its tokenizer too), LLaVA-Video style data (--config.data.train=FILE),
          512 frames = 64 student clips x 128 tokens; the projector, the student and LoRA adapters (rank 64)
          on every LLM projection train (`--config.train.trainable=full` trains the whole LLM instead).
+
+`--config.encoder.kind=teacher` on any preset trains the post-hoc baseline instead: the CTD run's teacher on
+every frame, its tokens compressed as the run's targets are, in the student's place (the same tokens, the
+same projector and LLM, the teacher's cost per frame).
 """
 
 import dataclasses
@@ -78,6 +82,9 @@ def get_config(arg=None):
     # need (docs/METHOD.md, "The demo").
     c.train = ml_collections.ConfigDict(dict(trainable="projector+llm"))
 
+    # 'student' (a CTD run's, student.init); 'teacher': the post-hoc baseline, student.init's CTD run's teacher on
+    # every frame and its tokens compressed as that run's targets are (the student's token layout at the
+    # teacher's cost); 'internvl': InternVL3's tower from a Hugging Face folder (init)
     c.encoder = ml_collections.ConfigDict(dict(kind="student", init=config_dict.placeholder(str)))
     c.student = ml_collections.ConfigDict()
     c.student.init = "demo_ctd"  # a CTD run folder | 'demo_ctd' | 'random'

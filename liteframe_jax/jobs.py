@@ -28,7 +28,8 @@ class Job:
 def resolve_prerequisites(config, workdir: str) -> None:
     """Jobs another job depends on, run first: `student.init='demo_ctd'` trains the demo's CTD student in
     WORKDIR/ctd (once; a later start reuses it) and points `student.init` at it."""
-    if config.trainer == "lma" and config.encoder.kind == "student" and config.student.init == "demo_ctd":
+    if config.trainer == "lma" and config.encoder.kind in ("student", "teacher") and \
+            config.student.init == "demo_ctd":
         ctd_dir = RunDir(workdir).demo_ctd
         if not checkpoint.has_checkpoint(ctd_dir):
             log(f"[lma] student.init=demo_ctd: training the demo CTD student first in {ctd_dir}")

@@ -265,6 +265,25 @@ def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
         sizing.search(c, 8, lambda config: (False, "too much"))
 
 
+def test_when_one_row_a_chip_is_too_much_auto_sizing_splits_rows_over_chips():
+    from liteframe_jax.train import sizing
+    c = load_config("lma", "paper")
+    c.sizing = "auto"
+    tried = []
+
+    def fits(config):  # fits only once each row's tokens are split over 2 chips (models/context_parallel.py)
+        tried.append((config.mesh.get("context", 1), config.grad_accum_steps))
+        return config.mesh.get("context", 1) == 2, "a row's activations"
+
+    said = sizing.search(c, 8, fits, tpu=True)
+    # 32 rows: 4 micro-batches of one row a chip on 8 chips, then 8 of one row over each pair of chips
+    assert tried[-2:] == [(1, 4), (2, 8)] and (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
+    assert said[-1].startswith("mesh.context=2, grad_accum_steps=8")
+    c = load_config("lma", "paper")
+    c.data.buckets = (10_240, 12_289)  # a length that does not split in two: no such rung
+    assert "mesh.context" not in [field for field, _ in sizing.ladder(c, 8)]
+
+
 def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsys):
     from liteframe_jax.train import sizing
     monkeypatch.setitem(sizing.TABLE, ("ctd", "paper"), {"v5e": {"rows_per_chip": 2, "mesh.fsdp": 2}})

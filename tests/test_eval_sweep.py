@@ -132,3 +132,22 @@ def test_counts_the_model_cannot_take_are_refused_before_any_work(demo):
     with pytest.raises(ValueError, match="at least once"):
         latency.time_to_first_token(qa, "v.mp4", "Q?", runs=0)
     assert np.array_equal(qa.at_frames(8).params["llm"]["embed"], qa.params["llm"]["embed"])  # the same weights
+
+
+@pytest.mark.integration  # two counts answered and timed, as the sweep above
+def test_the_needle_test_times_each_count_for_the_frontier(demo, tmp_path):
+    _, run = demo
+    cfg = load_config("eval", "needle")
+    cfg.model.run, cfg.data.root, cfg.devices, cfg.latency_runs = run, str(tmp_path / "set"), 1, 1
+    cfg.needle.update(frames=(4, 8), minutes=(1.0,), depths=(0.1, 0.9), per_cell=2, fps=4, size=32, needle_frames=3)
+    jobs.JOBS["eval"].run(cfg, str(tmp_path / "needle"))
+    record = json.load(open(tmp_path / "needle" / "sweep.json"))
+    summary = json.load(open(tmp_path / "needle" / "needle.json"))
+    assert record["benchmark"] == "needle" and [r["frames"] for r in record["rows"]] == [4, 8]
+    for r in record["rows"]:
+        assert r["accuracy"] == pytest.approx(summary["accuracy"][str(r["frames"])]) and r["questions"] == 4
+        timed = json.load(open(tmp_path / "needle" / f"frames_{r['frames']}" / "latency.json"))
+        assert r["ttft_ms"] == pytest.approx(timed["encode_ms"] + timed["prefill_ms"]) and r["ttft_ms"] > 0
+    assert open(tmp_path / "needle" / "frontier.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    cfg.frontier_with = str(tmp_path / "needle")  # a second needle run (the baseline's) drawn beside this one
+    assert sweep.others(cfg, record["device"])[0]["rows"] == record["rows"]

@@ -20,6 +20,7 @@ from liteframe_jax.core import checkpoint, sharding
 from liteframe_jax.core.tree import flatten, pure_dict
 from liteframe_jax.data import conversations, demo, nvdec, qa_demo
 from liteframe_jax.jobs import train as run
+from liteframe_jax.models.pixels import normalise
 from liteframe_jax.train.lma import LMATask
 
 
@@ -343,3 +344,36 @@ def test_streamed_encoding_gives_the_batch_encoded_visual_tokens_and_answer(qa, 
     np.testing.assert_allclose(np.asarray(streamed), np.asarray(whole), rtol=1e-5, atol=1e-5)
     question = "What colour is the shape?"
     assert model(path, question, max_new_tokens=6) == model(path, question, max_new_tokens=6, stream=False)
+
+
+def test_the_post_hoc_baseline_gives_the_llm_ctds_targets_and_keeps_its_teacher_frozen(qa, tmp_path):
+    """encoder.kind=teacher: the CTD run's teacher on every frame, pooled as its targets are, where the student
+    was; the LLM sees exactly the targets the student learnt to predict, and the teacher never trains."""
+    from liteframe_jax.assembly.specs import PooledTowerSpec
+    from liteframe_jax.train.ctd import CTDTask
+    ctd_dir, lma_dir = tmp_path / "ctd", tmp_path / "lma"
+    videos = str(tmp_path / "videos")
+    demo.make_demo_videos(videos, count=2, num_frames=16)
+    ctd_cfg = tiny_ctd_config(videos, total_steps=1)
+    run(ctd_cfg, str(ctd_dir))
+    cfg = tiny_lma_config(qa[0], total_steps=2, **{"student.init": str(ctd_dir), "encoder.kind": "teacher"})
+    run(cfg, str(lma_dir))
+    spec = run_folder.read_spec(str(lma_dir))
+    assert isinstance(spec.encoder, PooledTowerSpec) and spec.encoder.window == tuple(ctd_cfg.compression.window)
+    student = run_folder.read_spec(str(ctd_dir))
+    assert spec.num_visual_tokens == 8 // student.clip_frames * int(np.prod(student.arch.output_grid))
+
+    result, _ = run(cfg, str(lma_dir))  # resumes at its end: the model as the run holds it
+    trained = flatten(jax.device_get(result.params))
+    ctd = CTDTask(ctd_cfg, sharding.make_mesh(ctd_cfg.mesh), str(ctd_dir), with_data=False)
+    teacher = jax.device_get(ctd.frozen()[0])
+    assert all(np.array_equal(trained[f"encoder/tower/{k}"], v) for k, v in flatten(teacher).items())  # frozen
+
+    _, _, graphdef, params, _ = run_folder.load_model(str(lma_dir))
+    model = nnx.merge(graphdef, params)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 8, ctd.teacher_image_size, ctd.teacher_image_size, 3),
+                                               np.uint8)
+    x = normalise(jnp.asarray(frames), spec.encoder.pixel_mean, spec.encoder.pixel_std, jnp.float32)
+    seen = model.encoder(x.reshape(2, 8 // spec.encoder.clip_frames, *x.shape[1:]).reshape(-1, *x.shape[1:]))
+    np.testing.assert_allclose(np.asarray(seen).reshape(2, -1, seen.shape[-1]),
+                               np.asarray(ctd.targets(ctd.frozen()[0], jnp.asarray(frames))), rtol=1e-5, atol=1e-5)

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+import ml_collections
+
 from liteframe_jax.assembly import run_folder
-from liteframe_jax.assembly.specs import StudentSpec, VideoLLMSpec
+from liteframe_jax.assembly.specs import InternVitSpec, PooledTowerSpec, StudentSpec, VideoLLMSpec
+from liteframe_jax.assembly.teacher import build_teacher
 from liteframe_jax.convert.qwen2 import config_from_hf, text_config
 from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.data.tokenizer import load_tokenizer
+from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.qwen2 import LoraConfig, Qwen2Config
 from liteframe_jax.models.video_llm import ProjectorConfig
 
@@ -65,6 +71,8 @@ def _encoder(config) -> tuple:
             return run_folder.read_spec(init, StudentSpec), {"student": init,
                                                              "description": f"student from CTD run {init}"}
         raise ValueError("student.init is not set: a CTD run folder, 'demo_ctd' or 'random' on purpose")
+    if e.kind == "teacher":
+        return posthoc_encoder(config.student.init)
     if e.kind == "internvl":
         if not e.init:
             raise ValueError("encoder.init is not set: a whole Hugging Face InternVL folder")
@@ -72,4 +80,39 @@ def _encoder(config) -> tuple:
         encoder = dataclasses.replace(encoder, pixel_mean=tuple(config.data.pixel_mean),
                                       pixel_std=tuple(config.data.pixel_std))
         return encoder, {"internvl": e.init, "description": f"InternVL3 vision tower from {e.init}"}
-    raise ValueError(f"encoder.kind={e.kind!r}: choose 'student' or 'internvl'")
+    raise ValueError(f"encoder.kind={e.kind!r}: choose 'student', 'teacher' (the post-hoc baseline) or 'internvl'")
+
+
+def ctd_teacher(ctd_run: str, dtype=jnp.float32):
+    """(the teacher tower of CTD run `ctd_run`, as its config builds it; that config as a dict)."""
+    if not ctd_run or ctd_run in ("random", "demo_ctd"):
+        raise ValueError("encoder.kind=teacher reads the teacher and compression of a CTD run: set student.init to "
+                         "that run's folder (or 'demo_ctd')")
+    cfg = RunDir(ctd_run).read_config()
+    if cfg is None or cfg.get("trainer") != "ctd":
+        raise ValueError(f"{ctd_run!r} is not a CTD run folder (no CTD config.json): the post-hoc baseline takes "
+                         "its teacher and compression from one")
+    tower, _ = build_teacher(ml_collections.ConfigDict(cfg["teacher"]), dtype, None)
+    if not isinstance(tower, InternVisionTower):
+        raise ValueError(f"the teacher of {ctd_run!r} is a {type(tower).__name__}; the post-hoc baseline is built "
+                         "for InternViT teachers")
+    return tower, cfg
+
+
+def posthoc_spec(tower: InternVisionTower, cfg: dict) -> PooledTowerSpec:
+    """The post-hoc baseline's encoder: a CTD run's teacher (`tower`, of its config `cfg`) on every frame and
+    the run's compression after it, with the token layout of the run's student (the same projector and LLM
+    then fit either)."""
+    comp = cfg["compression"]
+    return PooledTowerSpec(
+        InternVitSpec(tower.vit.cfg, tower.head_cfg, tower.feature_layer,  # the frames normalised as CTD's were
+                      tuple(cfg["data"]["pixel_mean"]), tuple(cfg["data"]["pixel_std"])),
+        output=cfg["teacher"]["output"], clip_frames=int(cfg["data"]["num_frames"]), window=tuple(comp["window"]),
+        method=comp.get("method", "wap"), weighting=comp["weighting"], sigma=float(comp["sigma"]))
+
+
+def posthoc_encoder(ctd_run: str) -> tuple[PooledTowerSpec, dict]:
+    """(the post-hoc baseline's encoder spec for CTD run `ctd_run`, the sources it brings)."""
+    encoder = posthoc_spec(*ctd_teacher(ctd_run))
+    return encoder, {"teacher": ctd_run, "description": f"the teacher of CTD run {ctd_run}, its tokens compressed "
+                                                        f"post hoc ({encoder.method} {encoder.window})"}

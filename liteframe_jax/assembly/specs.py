@@ -1,6 +1,7 @@
 """Specs: everything that fixes a model's function, as data that a run folder keeps in `spec.json`.
 
 `StudentSpec` is a CTD run's student (architecture, clip frames, input size, pixel statistics);
+`PooledTowerSpec` is the post-hoc baseline's encoder (a CTD run's teacher and its compression);
 `VideoLLMSpec` is an LMA run's whole Video LLM (encoder, projector, LLM, LoRA, tokenizer, video token,
 frames per video and the separators between groups of visual tokens). `spec.build(...)` is the one place
 that turns either into a model; LMA, evaluation, generation and the InternVL3 baseline all go through it.
@@ -23,8 +24,10 @@ from liteframe_jax.convert.qwen2 import config_from_hf, text_config
 from liteframe_jax.core import paths
 from liteframe_jax.data import conversations
 from liteframe_jax.data.tokenizer import load_tokenizer
+from liteframe_jax.models import compression
 from liteframe_jax.models.internvit import InternVisionTower, InternVitConfig, InternVLHeadConfig
 from liteframe_jax.models.pixels import normalise
+from liteframe_jax.models.pooled_tower import PooledTower
 from liteframe_jax.models.qwen2 import LoraConfig, Qwen2, Qwen2Config
 from liteframe_jax.models.student import LiteFrameStudent, StudentConfig
 from liteframe_jax.models.video_llm import Projector, ProjectorConfig, VideoLLM, splice
@@ -148,14 +151,82 @@ class InternVitSpec:
                    int(d["feature_layer"]), tuple(d["pixel_mean"]), tuple(d["pixel_std"]))
 
 
-ENCODERS = {"student": StudentSpec, "internvit": InternVitSpec}
+@dataclasses.dataclass(frozen=True)
+class PooledTowerSpec:
+    """The post-hoc baseline's encoder (models/pooled_tower.py): a CTD run's teacher on every frame of a
+    `clip_frames` clip, its `output` tokens then compressed as that run's targets are (`window`, `method`,
+    `weighting`, `sigma`). Its token layout is the run's student's; its cost per frame is the teacher's."""
+
+    tower: InternVitSpec
+    output: str
+    clip_frames: int
+    window: tuple[int, int, int]
+    method: str = "wap"
+    weighting: str = "uniform"
+    sigma: float = 1.0
+    kind = "pooled_tower"
+
+    def __post_init__(self):
+        self.token_grid  # the window tiles a clip's token grid
+
+    @property
+    def image_size(self) -> int:
+        return self.tower.image_size
+
+    @property
+    def pixel_mean(self) -> tuple[float, ...]:
+        return self.tower.pixel_mean
+
+    @property
+    def pixel_std(self) -> tuple[float, ...]:
+        return self.tower.pixel_std
+
+    def _frame_grid(self) -> tuple[int, int, int]:
+        """(h, w, width) of the tower's tokens for one frame at `output` (InternVisionTower.grid_shape's rule)."""
+        g, d = self.tower.vit.grid, self.tower.vit.hidden_size
+        if self.output == "vit":
+            return g, g, d
+        head = self.tower.head
+        if head is None or self.output not in ("unshuffle", "projector"):
+            raise ValueError(f"pooled tower: output {self.output!r} needs 'vit', or 'unshuffle' / 'projector' with "
+                             "the InternVL3 head")
+        side = g // head.factor
+        return side, side, d * head.factor ** 2 if self.output == "unshuffle" else head.out_features
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        h, w, width = self._frame_grid()
+        t, gh, gw = compression.output_grid((self.clip_frames, h, w), self.window)
+        return t, gh * gw, width
+
+    def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,
+              mesh=None) -> PooledTower:
+        tower = self.tower.build(rngs=rngs, dtype=dtype, attn_impl=attn_impl, mlp_kernel=mlp_kernel, mesh=mesh)
+        return PooledTower(tower, output=self.output, window=self.window, method=self.method,
+                           weighting=self.weighting, sigma=self.sigma)
+
+    def at_image_size(self, image_size: int) -> "PooledTowerSpec":
+        return dataclasses.replace(self, tower=self.tower.at_image_size(image_size))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tower": self.tower.to_dict(), "output": self.output,
+                "clip_frames": self.clip_frames, "window": list(self.window), "method": self.method,
+                "weighting": self.weighting, "sigma": self.sigma}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PooledTowerSpec":
+        return cls(InternVitSpec.from_dict(d["tower"]), d["output"], int(d["clip_frames"]), tuple(d["window"]),
+                   d["method"], d["weighting"], float(d["sigma"]))
+
+
+ENCODERS = {"student": StudentSpec, "internvit": InternVitSpec, "pooled_tower": PooledTowerSpec}
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoLLMSpec:
     """Encoder -> projector -> visual tokens spliced into the prompt -> Qwen2, and the prompt's layout."""
 
-    encoder: StudentSpec | InternVitSpec
+    encoder: StudentSpec | InternVitSpec | PooledTowerSpec
     projector: ProjectorConfig | None  # None: the encoder's width is the LLM's
     llm: Qwen2Config
     lora: LoraConfig | None = None

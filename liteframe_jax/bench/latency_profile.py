@@ -19,19 +19,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
+from liteframe_jax.assembly import from_config
 from liteframe_jax.assembly.answering import PROMPT_WIDTH_STEP
-from liteframe_jax.core import paths, run_dir
+from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
 from liteframe_jax.data import demo, needle, nvdec, sampling, video
 from liteframe_jax.eval.answer import VideoQA
-from liteframe_jax.models import compression
 from liteframe_jax.models.pixels import normalise
+from liteframe_jax.models.pooled_tower import PooledTower
 from liteframe_jax.plan import profile
-from liteframe_jax.train.teacher import build_teacher
 
 QUESTION = needle.lettered()
 
@@ -128,28 +127,24 @@ def _prompt(qa: VideoQA, frames: int):
 
 
 def baseline_encoder(qa: VideoQA, teacher_run: str):
-    """(encode(params, frames), params, tokens per clip, clip frames): the CTD run's teacher on every frame, its
-    tokens pooled by the run's compression, then the LMA run's projector."""
-    cfg = run_dir.RunDir(teacher_run).read_config()
-    if cfg is None:
-        raise FileNotFoundError(f"{teacher_run!r} has no {run_dir.CONFIG} (a CTD run folder was expected)")
-    cfg = ml_collections.ConfigDict(cfg)
-    tower, what = build_teacher(cfg.teacher, qa.answerer.dtype, None)
-    window = tuple(int(w) for w in cfg.compression.window)
-    graph, tparams = nnx.split(tower)
-    projector = nnx.merge(qa.graphdef, qa.params).projector
-    pgraph, pparams = nnx.split(projector)
-    e = qa.spec.encoder
+    """(encode(params, frames), params, clip frames): the CTD run's teacher on every frame, its tokens pooled by
+    the run's compression (the post-hoc baseline's encoder, models/pooled_tower.py), then the LMA run's
+    projector."""
+    tower, cfg = from_config.ctd_teacher(teacher_run, qa.answerer.dtype)
+    spec = from_config.posthoc_spec(tower, cfg)
+    graph, tparams = nnx.split(PooledTower(tower, output=spec.output, window=spec.window, method=spec.method,
+                                           weighting=spec.weighting, sigma=spec.sigma))
+    pgraph, pparams = nnx.split(nnx.merge(qa.graphdef, qa.params).projector)
 
     @jax.jit
     def encode(p, frames):
-        x = normalise(frames[0], e.pixel_mean, e.pixel_std, qa.answerer.dtype)
-        grid = nnx.merge(graph, p["tower"]).features(x, cfg.teacher.get("output", "projector"))
-        pooled = compression.compress(grid[None], window, cfg.compression.get("weighting", "uniform"))
-        return nnx.merge(pgraph, p["projector"])(pooled.reshape(1, -1, pooled.shape[-1]))
+        x = normalise(frames, spec.pixel_mean, spec.pixel_std, qa.answerer.dtype)
+        clips = x.reshape(-1, spec.clip_frames, *x.shape[2:])
+        tokens = nnx.merge(graph, p["tower"])(clips)
+        return nnx.merge(pgraph, p["projector"])(tokens.reshape(frames.shape[0], -1, tokens.shape[-1]))
 
-    log(f"[profile] baseline: {what}, pooled {window} after it")
-    return encode, {"tower": tparams, "projector": pparams}, window[0]
+    log(f"[profile] baseline: the teacher of {teacher_run}, {spec.method} {spec.window} after it")
+    return encode, {"tower": tparams, "projector": pparams}, spec.clip_frames
 
 
 def bench_latency_profile(run: str, out: str, teacher_run: str | None = None, frame_counts=(8, 16, 32, 64, 128),

@@ -6,8 +6,13 @@ Beside each accuracy it records the needle's coverage: the share of questions wh
 frame lands on the needle. A model cannot do better than coverage + (1 - coverage) / 6 (it guesses the rest),
 so coverage says how much of the accuracy the frame count allows and how much the model earns.
 
-Outputs in the workdir: `frames_<F>/` (the harness's results for F frames), `needle.json` (the grid, the
-curve, coverage, the set's manifest), `needle_heatmap.png` and `needle_frames.png`.
+Each frame count's time to first token is measured on this device as the frame sweep measures it (eval/sweep.py,
+`latency_runs`; 0: not timed), so that `frontier_with` (another needle run's workdir, e.g. the post-hoc
+baseline's) draws accuracy against time to first token for both.
+
+Outputs in the workdir: `frames_<F>/` (the harness's results for F frames, its `latency.json`), `needle.json`
+(the grid, the curve, coverage, the set's manifest), `needle_heatmap.png`, `needle_frames.png`, and with timing
+`sweep.json` and `frontier.png`.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import copy
 import dataclasses
 import json
 import os
+import time
 
+import jax
 import numpy as np
 
 from liteframe_jax.core import paths
 from liteframe_jax.core.log import log
 from liteframe_jax.data import needle, sampling
-from liteframe_jax.eval import harness
+from liteframe_jax.eval import harness, latency
+from liteframe_jax.eval import sweep as frame_sweep
 from liteframe_jax.eval.answer import VideoQA
 
 CHANCE = 1 / len(needle.OPTIONS)
@@ -72,18 +80,41 @@ def sweep(config, workdir: str, model_at, source: str, rule: str) -> dict:
     annotation = make_set(config)
     with paths.open(annotation) as f:
         rows = {r["id"]: r for r in json.load(f)}
-    runs = {}
+    device = jax.local_devices()[0]
+    compare = frame_sweep.others(config, device.device_kind)  # refused before anything runs
+    runs, timed_rows = {}, []
     for i, frames in enumerate(frame_counts):
         log(f"[needle] frame count {frames} ({i + 1} of {len(frame_counts)})")
-        harness.evaluate(config, os.path.join(workdir, f"frames_{frames}"), model_at(frames))
-        runs[frames] = list(harness.read_done(os.path.join(workdir, f"frames_{frames}", "results.jsonl")).values())
+        folder = os.path.join(workdir, f"frames_{frames}")
+        model = model_at(frames)
+        scored = harness.evaluate(config, folder, model)
+        runs[frames] = list(harness.read_done(os.path.join(folder, "results.jsonl")).values())
+        if int(config.latency_runs) > 0:
+            timed_rows.append(_timed(config, model.on_devices([device]), frames, scored, folder, workdir))
     summary = summarise(runs, rows, rule)
     summary.update(model=source, annotation=annotation,
                    manifest=json.loads(paths.read_text(os.path.join(config.data.root, needle.MANIFEST))))
     paths.write_text(os.path.join(workdir, "needle.json"), json.dumps(summary, indent=2))
     charts = plot(summary, workdir, source)
+    if timed_rows:  # the frame sweep's record: `frontier_with` draws another needle run's beside this one
+        record = {"benchmark": config.benchmark, "protocol": config.protocol, "metric": "overall", "model": source,
+                  "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+                  "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": timed_rows}
+        paths.write_text(os.path.join(workdir, frame_sweep.SWEEP), json.dumps(record, indent=2))
+        charts.append(frame_sweep.plot([record, *compare], os.path.join(workdir, "frontier.png")))
+        log(frame_sweep.table(record))
     log(table(summary) + "\nresults: " + ", ".join([os.path.join(workdir, "needle.json"), *charts]))
     return summary
+
+
+def _timed(config, model, frames: int, scored: dict, folder: str, workdir: str) -> dict:
+    """One needle request at `frames` timed as the frame sweep times one (eval/latency.py): its row."""
+    question, prompt = frame_sweep.timing_question(config, model)
+    timed = latency.time_to_first_token(model, question.video, prompt, int(config.latency_runs))
+    paths.write_text(os.path.join(folder, "latency.json"), json.dumps({**timed, "question": question.id}, indent=2))
+    log(f"[needle] {frames} frames: time to first token {timed['ttft_ms']:.1f} ms (encode {timed['encode_ms']:.1f} "
+        f"ms, prefill {timed['prefill_ms']:.1f} ms)")
+    return frame_sweep.row(frames, scored, timed, folder, workdir)
 
 
 def summarise(runs: dict[int, list[dict]], rows: dict[str, dict], rule: str) -> dict:

@@ -4,7 +4,8 @@ spliced into the prompt at the video placeholder tokens -> the Qwen2 LLM.
 The prompt carries exactly one placeholder token per visual token (the data side expands `<video>` into
 them, with optional per-frame separators and timestamps between groups); `splice` replaces their
 embeddings by the visual tokens in order. The InternVL3 baseline is the same class with an
-`InternVisionTower` encoder (its own projector included) and no extra projector.
+`InternVisionTower` encoder (its own projector included) and no extra projector; the post-hoc baseline has a
+`PooledTower` (a CTD teacher with its compression after it) where the student was.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flax import nnx
 
 from liteframe_jax.models import layers
 from liteframe_jax.models.internvit import InternVisionTower
+from liteframe_jax.models.pooled_tower import PooledTower
 from liteframe_jax.models.qwen2 import Qwen2
 from liteframe_jax.models.student import LiteFrameStudent
 
@@ -60,14 +62,14 @@ def splice(text_embeds: jax.Array, tokens: jax.Array, visual: jax.Array, video_t
 
 class VideoLLM(nnx.Module):
     def __init__(self, encoder: nnx.Module, llm: Qwen2, *, video_token_id: int, projector: Projector | None = None):
-        if not isinstance(encoder, (LiteFrameStudent, InternVisionTower)):
+        if not isinstance(encoder, (LiteFrameStudent, InternVisionTower, PooledTower)):
             raise TypeError(f"unsupported video encoder {type(encoder).__name__}")
         self.encoder, self.projector, self.llm = encoder, projector, llm
         self.video_token_id = int(video_token_id)
 
     def visual_tokens(self, frames: jax.Array) -> jax.Array:
         """Normalised frames (B, T, H, W, 3) -> (B, Nv, LLM width), in (t, h, w) order."""
-        if isinstance(self.encoder, LiteFrameStudent):
+        if isinstance(self.encoder, (LiteFrameStudent, PooledTower)):  # clips in, a clip's tokens out
             tokens = self.encoder(frames)
         else:  # an image tower encodes every frame on its own: T * tokens-per-frame
             b, t = frames.shape[:2]

@@ -24,7 +24,7 @@ from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
 from liteframe_jax.train import losses
 from liteframe_jax.train.task import Task
-from liteframe_jax.train.teacher import build_teacher
+from liteframe_jax.assembly.teacher import build_teacher
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
 

@@ -154,6 +154,10 @@ class LMATask(Task):
             params, step = checkpoint.restore_params(self.sources["student"])
             out.update({f"encoder/{k}": v for k, v in flatten(params).items()})
             log(f"[lma] student: {self.sources['student']} step {step}")
+        if "teacher" in self.sources:  # the post-hoc baseline: the CTD run's teacher, frozen
+            tower, _ = from_config.ctd_teacher(self.sources["teacher"])
+            out.update({f"encoder/tower/{k}": np.asarray(v) for k, v in flatten(pure_dict(nnx.state(tower))).items()})
+            log(f"[lma] encoder: the teacher of CTD run {self.sources['teacher']}")
         if "internvl" in self.sources:
             tower = load_internvl(self.sources["internvl"])
             out.update({f"encoder/{k}": np.asarray(v) for k, v in flatten(pure_dict(nnx.state(tower))).items()})

@@ -1,13 +1,14 @@
 """Fitting a preset to the chips it runs on: the fields that decide what a step needs per chip
-(`grad_accum_steps`, `remat`, `mesh.fsdp`) chosen so the compiled step fits within `aot.HEADROOM` of HBM,
+(`grad_accum_steps`, `remat`, `mesh.fsdp`, `mesh.context`) chosen so the compiled step fits within `aot.HEADROOM` of HBM,
 without changing what is trained (the global batch, the model, the optimizer stay the preset's).
 
 `config.sizing`:
   'table' (default)  the chip kind's row of `TABLE` (found by compiling the preset for that chip, BENCHMARKS.md)
   'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
                      at each rung until it fits: rematerialisation, the encoder a few clips at a time (LMA),
-                     FSDP over every device, on a TPU the towers' attention as the splash kernel, then
-                     doubling `grad_accum_steps`
+                     FSDP over every device, on a TPU the towers' attention as the splash kernel,
+                     doubling `grad_accum_steps`, then (LMA) each row's tokens over twice the chips
+                     (`mesh.context`, models/context_parallel.py) with one row a micro-batch per row group
   'off'              the config's own fields
 The run says what it chose and why.
 """
@@ -93,6 +94,12 @@ def ladder(config, devices: int, tpu: bool = False) -> list[tuple[str, object]]:
     while int(config.batch_size) % (accum * 2 * split) == 0:
         accum *= 2
         rungs.append(("grad_accum_steps", accum))
+    if config.trainer == "lma":  # one row a chip still too much: split each row's tokens over more chips
+        context, tensor = int(config.mesh.get("context", 1)), max(int(config.mesh.tensor), 1)
+        lengths = [int(b) for b in config.data.get("buckets", ())] or [int(config.data.max_length)]
+        while devices % (tensor * context * 2) == 0 and all(n % (context * 2) == 0 for n in lengths):
+            context *= 2
+            rungs.append(("mesh.context", context))
     return rungs
 
 
@@ -107,6 +114,11 @@ def search(config, devices: int, fits: Callable[[object], tuple[bool, str]], tpu
         if field == "mesh.fsdp":
             config.mesh.data = 1
         _set(config, field, value)
+        if field == "mesh.context":  # fewer devices per row group: micro-batches of one row on each
+            config.mesh.data, config.mesh.fsdp = 1, -1
+            rows_split = devices // max(int(config.mesh.tensor), 1) // value
+            config.grad_accum_steps = accumulation(int(config.batch_size), rows_split, 1)
+            value = f"{value}, grad_accum_steps={config.grad_accum_steps}"
         said.append(f"{field}={value} (the step needed {need})")
         ok, need = fits(config)
     if not ok:
