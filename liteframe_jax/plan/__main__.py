@@ -62,4 +62,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # a budget nothing fits, a run the profile lacks: one line
+        raise SystemExit(f"error: {e}") from None

@@ -65,7 +65,8 @@ def from_table(config, chip: hardware.Chip | None, devices: int = 1) -> list[str
     row = dict(TABLE.get((config.trainer, config.get("preset", "")), {}).get(chip.name, {}))
     said = []
     if "rows_per_chip" in row:
-        split = devices // max(int(config.mesh.tensor), 1) // max(int(config.mesh.get("context", 1)), 1)
+        context = int(row.get("mesh.context", config.mesh.get("context", 1)))
+        split = devices // max(int(row.get("mesh.tensor", config.mesh.tensor)), 1) // max(context, 1)
         row["grad_accum_steps"] = accumulation(int(config.batch_size), split, row.pop("rows_per_chip"))
     for field, value in row.items():
         if _get(config, field) != value:
