@@ -1,6 +1,7 @@
 """Fitting a preset to the chips it runs on: the fields that decide what a step needs per chip
-(`grad_accum_steps`, `remat`, `mesh.fsdp`, `mesh.context`) chosen so the compiled step fits within `aot.HEADROOM` of HBM,
-without changing what is trained (the global batch, the model, the optimizer stay the preset's).
+(`grad_accum_steps`, `remat`, `mesh.fsdp`, `mesh.context`) chosen so the compiled step fits within
+`aot.HEADROOM` of HBM, without changing what is trained (the global batch, the model, the optimizer stay the
+preset's).
 
 `config.sizing`:
   'table' (default)  the chip kind's row of `TABLE` (found by compiling the preset for that chip, BENCHMARKS.md)
