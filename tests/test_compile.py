@@ -300,6 +300,9 @@ def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsy
     c.sizing = "off"
     sizing.apply(c, [device] * 8)
     assert c.grad_accum_steps == 1
+    c = load_config("lma", "paper")  # the table's own row: each row over 2 of the 8 chips, one a micro-batch
+    sizing.apply(c, [type("Device", (), {"device_kind": "TPU v6 lite"})()] * 8)
+    assert (c.mesh.context, c.mesh.fsdp, c.grad_accum_steps, c.remat) == (2, -1, 8, "full")
 
 
 def test_the_encoder_a_few_clips_a_pass_gives_the_same_tokens_and_gradients():

@@ -5,10 +5,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-# logical axis -> mesh axes (core/sharding.py); one table for every model. The weights are split over 'context'
-# as well as 'fsdp' (where a mesh has that axis): devices that share a row's tokens hold the same weights, so
-# splitting the weights over them too is FSDP over every device, not only over the rows' devices.
-SHARDING_RULES = (("embed", ("fsdp", "context")), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
+# logical axis -> mesh axes (core/sharding.py); one table for every model
+SHARDING_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
                   ("vocab", "tensor"), ("norm", None))
 
 

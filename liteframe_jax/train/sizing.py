@@ -31,6 +31,9 @@ TABLE: dict[tuple[str, str], dict[str, dict]] = {
                        "h100": {"rows_per_chip": 32}, "h200": {"rows_per_chip": 32}},
     ("lma", "paper"): {"v5p": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8, "mesh.data": 1,
                                "mesh.fsdp": -1},
+                       # one row over each pair of chips (models/context_parallel.py): one row a chip does not fit
+                       "v6e": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 4, "mesh.data": 1,
+                               "mesh.fsdp": -1, "mesh.context": 2},
                        "h200": {"rows_per_chip": 1, "remat": "full"}},
 }
 
