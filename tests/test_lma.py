@@ -363,17 +363,15 @@ def test_the_post_hoc_baseline_gives_the_llm_ctds_targets_and_keeps_its_teacher_
     student = run_folder.read_spec(str(ctd_dir))
     assert spec.num_visual_tokens == 8 // student.clip_frames * int(np.prod(student.arch.output_grid))
 
-    result, _ = run(cfg, str(lma_dir))  # resumes at its end: the model as the run holds it
-    trained = flatten(jax.device_get(result.params))
+    _, _, graphdef, params, _ = run_folder.load_model(str(lma_dir))  # the model as the run folder holds it
     ctd = CTDTask(ctd_cfg, sharding.make_mesh(ctd_cfg.mesh), str(ctd_dir), with_data=False)
-    teacher = jax.device_get(ctd.frozen()[0])
-    assert all(np.array_equal(trained[f"encoder/tower/{k}"], v) for k, v in flatten(teacher).items())  # frozen
-
-    _, _, graphdef, params, _ = run_folder.load_model(str(lma_dir))
+    teacher, held = jax.device_get(ctd.frozen()[0]), flatten(jax.device_get(params))
+    # the encoder's weights are the CTD run's teacher, bit for bit, after training (frozen)
+    assert all(np.array_equal(held[f"encoder/tower/{k}"], v) for k, v in flatten(teacher).items())
     model = nnx.merge(graphdef, params)
     frames = np.random.default_rng(0).integers(0, 255, (2, 8, ctd.teacher_image_size, ctd.teacher_image_size, 3),
                                                np.uint8)
     x = normalise(jnp.asarray(frames), spec.encoder.pixel_mean, spec.encoder.pixel_std, jnp.float32)
-    seen = model.encoder(x.reshape(2, 8 // spec.encoder.clip_frames, *x.shape[1:]).reshape(-1, *x.shape[1:]))
+    seen = model.encoder(x.reshape(-1, spec.encoder.clip_frames, *x.shape[2:]))  # clips in, as the LLM gets them
     np.testing.assert_allclose(np.asarray(seen).reshape(2, -1, seen.shape[-1]),
                                np.asarray(ctd.targets(ctd.frozen()[0], jnp.asarray(frames))), rtol=1e-5, atol=1e-5)
