@@ -68,13 +68,13 @@ def train(config, workdir: str):
 
 
 def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1,
-                 answer_frames: tuple[int, ...] = ()) -> None:
+                 answer_frames: tuple[int, ...] = (), answer_only: bool = False) -> None:
     """`--compile_only`: the training job's step compiled ahead of time for this host or a TPU topology, and
     its report (train/aot.py); nothing trains."""
     from liteframe_jax.train.aot import compile_only as compile_step_only
     if config.trainer not in ("ctd", "lma"):
         raise ValueError(f"--compile_only compiles the training jobs (ctd, lma); config.trainer={config.trainer!r}")
-    compile_step_only(config, workdir, topology, num_slices, answer_frames)
+    compile_step_only(config, workdir, topology, num_slices, answer_frames, answer_only)
 
 
 def _train_job(config, workdir: str) -> int | None:

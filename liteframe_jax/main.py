@@ -43,6 +43,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "With --compile_only: compile 
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices of it, joined over DCN.")
 _ANSWER_FRAMES = flags.DEFINE_list("answer_frames", [], "With --compile_only and an LMA config: also compile "
                                    "answering one question (encode, prefill) at these frame counts, e.g. 64,512,1024.")
+_ANSWER_ONLY = flags.DEFINE_bool("answer_only", False, "With --compile_only --answer_frames: compile answering "
+                                 "alone (on the config's mesh), not the training step.")
 
 
 def enable_compilation_cache(workdir: str) -> None:
@@ -92,7 +94,7 @@ def main(argv):
             jax.config.update("jax_platforms", "cpu")
         try:
             return jobs.compile_only(config, workdir, _TOPOLOGY.value, _NUM_SLICES.value,
-                                     tuple(int(n) for n in _ANSWER_FRAMES.value))
+                                     tuple(int(n) for n in _ANSWER_FRAMES.value), _ANSWER_ONLY.value)
         except _INPUT_ERRORS as e:
             return _one_line_error(e, workdir)
     from liteframe_jax.train import validate

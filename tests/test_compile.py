@@ -239,6 +239,12 @@ def test_answering_compiles_at_each_frame_count(tmp_path):
     assert long["encode"]["flops_per_device"] > 3.5 * short["encode"]["flops_per_device"] > 0
     assert long["prefill"]["flops_per_device"] > 1.5 * short["prefill"]["flops_per_device"] > 0
     assert "32 frames (256 visual tokens, prompt 512): encode" in aot.describe_answering([short, long])
+    # answering alone, as `--compile_only --answer_only --answer_frames=8` writes it: no training step
+    r = aot.compile_only(c, str(tmp_path / "answer"), answer_frames=(8,), answer_only=True)
+    assert set(r) == {"preset", "target", "mesh", "answering"} and r["answering"][0]["frames"] == 8
+    assert json.load(open(tmp_path / "answer" / "compile_report.json"))["answering"][0]["visual_tokens"] == 64
+    with pytest.raises(ValueError, match="give the frame counts"):
+        aot.compile_only(c, str(tmp_path / "answer"), answer_only=True)
 
 
 def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():

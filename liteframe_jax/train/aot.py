@@ -214,21 +214,34 @@ def fits_on(target: Target, workdir: str, changed: list[str] = (), last: dict | 
 
 
 def compile_only(config, workdir: str, topology: str | None = None, num_slices: int = 1,
-                 answer_frames: tuple[int, ...] = ()) -> dict:
+                 answer_frames: tuple[int, ...] = (), answer_only: bool = False) -> dict:
     """Compile the job's step for `topology` (or this host), sized for its chips (train/sizing.py), write
     WORKDIR/compile_report.json, print the report; a step that does not fit ends with the error naming the
-    fields to change. `answer_frames` (LMA): also answering a question at those frame counts."""
+    fields to change. `answer_frames` (LMA): also answering a question at those frame counts; `answer_only`:
+    answering alone, on the config's mesh (the training step is neither sized nor compiled)."""
     target = Target.of(topology, num_slices)
+    if answer_frames and config.trainer != "lma":
+        raise ValueError("--answer_frames compiles a Video LLM's answering: give an LMA config")
+    if answer_only and not answer_frames:
+        raise ValueError("--answer_only compiles answering alone: give the frame counts, e.g. --answer_frames=64,512")
     changed = shapes_only(config)
     if changed:
         log(f"[compile] shapes only, no weights read: {', '.join(changed)}")
+    if answer_only:
+        mesh = sharding.make_mesh(config.mesh, target.devices)
+        task = build_task(config, mesh, workdir)
+        r = {"preset": config.get("preset", ""), "target": target.name, "mesh": dict(mesh.shape),
+             "answering": [compile_answering(config, target, task, int(n)) for n in answer_frames]}
+        paths.makedirs(workdir)
+        paths.write_text(run_dir.RunDir(workdir).compile_report, json.dumps(r, indent=1, default=_jsonable))
+        log(f"[compile] {config.trainer}:{r['preset']} answering on {target.name}, mesh {r['mesh']}\n"
+            + describe_answering(r["answering"]))
+        return r
     last: dict = {}
     sizing.apply(config, target.devices, fits_on(target, workdir, changed, last))
     # the search's last compile is of the config it settled on
     r = last.get("report") or compiled_report(config, target, workdir, changed)
     if answer_frames:
-        if config.trainer != "lma":
-            raise ValueError("--answer_frames compiles a Video LLM's answering: give an LMA config")
         task = build_task(config, sharding.make_mesh(config.mesh, target.devices), workdir)
         r["answering"] = [compile_answering(config, target, task, int(n)) for n in answer_frames]
     report = run_dir.RunDir(workdir).compile_report
