@@ -34,6 +34,8 @@ TABLE: dict[tuple[str, str], dict[str, dict]] = {
                        # one row over each pair of chips (models/context_parallel.py): one row a chip does not fit
                        "v6e": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 4, "mesh.data": 1,
                                "mesh.fsdp": -1, "mesh.context": 2},
+                       "v4": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 4, "mesh.data": 1,
+                              "mesh.fsdp": -1, "mesh.context": 2},
                        "h200": {"rows_per_chip": 1, "remat": "full"}},
 }
 
