@@ -72,6 +72,12 @@ def test_accelerator_types_name_their_topology(name, expected):
     assert hardware.topology_name(name)[1] == expected
 
 
+@needs_libtpu
+def test_a_single_chip_topology_is_described():  # smaller than a host's 2x2: libtpu needs the host's bounds
+    chip, devices = hardware.topology_devices("v6e-1")
+    assert chip.name == "v6e" and len(devices) == 1 and devices[0].device_kind == "TPU v6 lite"
+
+
 @pytest.mark.parametrize("name", ["v5p-12", "v9-8", "v5e", "h100-8"])
 def test_unknown_topologies_are_refused_with_what_exists(name):
     with pytest.raises(ValueError, match="topology|accelerator type"):

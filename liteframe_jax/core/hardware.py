@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 
@@ -97,6 +98,9 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[Chip, list]:
         options = dict(chip_config_name="megacore") if chip.megacore else {}
         if num_slices > 1:
             options["num_slices"] = num_slices
+        dims = [int(x) for x in topology.split(":")[1].split("x")]
+        if math.prod(dims) < 4:  # fewer chips than a host's 2x2 (a v6e-1): libtpu needs the host's bounds said
+            options["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
         desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **options)
     except Exception as e:  # libtpu missing, or a topology it does not know
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -27,7 +27,8 @@ from liteframe_jax.core.log import log
 # there (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip. The GPU rows are the steps the
 # training benches measured on one GPU (CTD: 37.7 GiB at 32 clips; LMA: 97.6 GiB at one 512-frame row).
 TABLE: dict[tuple[str, str], dict[str, dict]] = {
-    ("ctd", "paper"): {"v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16}, "v6e": {"rows_per_chip": 4},
+    ("ctd", "paper"): {"v4": {"rows_per_chip": 4}, "v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16},
+                       "v6e": {"rows_per_chip": 4},
                        "h100": {"rows_per_chip": 32}, "h200": {"rows_per_chip": 32}},
     ("lma", "paper"): {"v5p": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8, "mesh.data": 1,
                                "mesh.fsdp": -1},
