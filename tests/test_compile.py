@@ -253,6 +253,27 @@ def test_answering_compiles_at_each_frame_count(tmp_path):
         aot.compile_only(c, str(tmp_path / "answer"), answer_only=True)
 
 
+def test_answering_that_cannot_fit_is_reported_not_raised():
+    class Refused:  # what a TPU compiler does with a program larger than the chip
+        def compile(self):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                               "temporaries (43.74G) exceeds available HBM (31.25G).\nmore")
+
+    class Broken:
+        def compile(self):
+            raise RuntimeError("INTERNAL: something else")
+
+    refusal = aot._compile_or_refusal(Refused())
+    assert refusal.startswith("RESOURCE_EXHAUSTED") and "43.74G" in refusal and "more" not in refusal
+    with pytest.raises(RuntimeError, match="INTERNAL"):
+        aot._compile_or_refusal(Broken())
+    fits = {"step_bytes": 2 ** 30, "fits": True, "flops_per_device": 1e12, "seconds_bound": None}
+    row = {"frames": 1024, "visual_tokens": 16384, "prompt_tokens": 16640, "prefill": fits,
+           "encode": {"step_bytes": None, "fits": False, "refused": refusal, "flops_per_device": 0.0,
+                      "seconds_bound": None}}
+    assert "encode does not fit (RESOURCE_EXHAUSTED" in aot.describe_answering([row])
+
+
 def test_auto_sizing_moves_down_the_ladder_until_the_step_fits():
     from liteframe_jax.train import sizing
     c = load_config("lma", "paper")

@@ -279,7 +279,7 @@ def compile_answering(config, target: Target, task, frames: int, text_tokens: in
     one = sharding.replicated(mesh)
     s = spec.encoder.image_size
     video = jax.ShapeDtypeStruct((1, frames, s, s, 3), jnp.uint8, sharding=one)
-    encode = answerer._encode.lower(params, video).compile()
+    encode = _compile_or_refusal(answerer._encode.lower(params, video))
     width = -(-(spec.num_visual_tokens + text_tokens) // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
     llm_width = spec.llm.hidden_size
     stops = jnp.asarray(task.tokenizer.stop_ids)
@@ -292,10 +292,14 @@ def compile_answering(config, target: Target, task, frames: int, text_tokens: in
     ids = jax.ShapeDtypeStruct((1, width), jnp.int32, sharding=one)
     valid = jax.ShapeDtypeStruct((1, width), jnp.bool_, sharding=one)
     visual = jax.ShapeDtypeStruct((1, spec.num_visual_tokens, llm_width), task.dtype, sharding=one)
-    prefill = jax.jit(first_token).lower(params, ids, valid, visual).compile()
+    prefill = _compile_or_refusal(jax.jit(first_token).lower(params, ids, valid, visual))
     hbm = target.hbm_bytes
     out = {"frames": frames, "visual_tokens": spec.num_visual_tokens, "prompt_tokens": width}
     for name, compiled in (("encode", encode), ("prefill", prefill)):
+        if isinstance(compiled, str):  # the compiler refused it: it cannot fit the chip
+            out[name] = {"step_bytes": None, "fits": False, "refused": compiled, "flops_per_device": 0.0,
+                         "seconds_bound": None}
+            continue
         m = compiled.memory_analysis()
         need = None if m is None else m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
         flops = float(_cost(compiled).get("flops", 0.0))
@@ -305,12 +309,27 @@ def compile_answering(config, target: Target, task, frames: int, text_tokens: in
     return out
 
 
+def _compile_or_refusal(lowered):
+    """The compiled program, or the compiler's one-line refusal where it cannot fit the device's memory (a TPU
+    compiler refuses such a program; the rest of the report still comes)."""
+    try:
+        return lowered.compile()
+    except Exception as e:
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+            raise
+        return text.strip().splitlines()[0][:300]
+
+
 def describe_answering(rows: list[dict]) -> str:
     lines = ["answering one video (encode the whole video, then prefill and the first token):"]
     for r in rows:
         parts = []
         for name in ("encode", "prefill"):
             x = r[name]
+            if x.get("refused"):
+                parts.append(f"{name} does not fit ({x['refused']})")
+                continue
             mem = "?" if x["step_bytes"] is None else f"{x['step_bytes'] / 2 ** 30:.2f} GiB"
             bound = f", at least {x['seconds_bound'] * 1e3:.1f} ms" if x["seconds_bound"] else ""
             parts.append(f"{name} {mem} per chip, {x['flops_per_device'] / 1e12:.2f} TFLOP{bound}")
