@@ -17,6 +17,7 @@ from helpers import REPO, tiny_ctd_config, tiny_lma_config
 
 from liteframe_jax.assembly import run_folder
 from liteframe_jax.core import checkpoint, sharding
+from liteframe_jax.core.run_dir import RunDir
 from liteframe_jax.core.tree import flatten, pure_dict
 from liteframe_jax.data import conversations, demo, nvdec, qa_demo
 from liteframe_jax.jobs import train as run
@@ -352,11 +353,10 @@ def test_the_post_hoc_baseline_gives_the_llm_ctds_targets_and_keeps_its_teacher_
     from liteframe_jax.assembly.specs import PooledTowerSpec
     from liteframe_jax.train.ctd import CTDTask
     ctd_dir, lma_dir = tmp_path / "ctd", tmp_path / "lma"
-    videos = str(tmp_path / "videos")
-    demo.make_demo_videos(videos, count=2, num_frames=16)
-    ctd_cfg = tiny_ctd_config(videos, total_steps=1)
-    run(ctd_cfg, str(ctd_dir))
-    cfg = tiny_lma_config(qa[0], total_steps=2, **{"student.init": str(ctd_dir), "encoder.kind": "teacher"})
+    ctd_cfg = tiny_ctd_config(str(tmp_path / "videos"))
+    # the baseline reads a CTD run's config.json alone (its teacher and compression), as a run writes it
+    RunDir(str(ctd_dir)).write_config(ctd_cfg.to_json_best_effort(indent=2))
+    cfg = tiny_lma_config(qa[0], total_steps=1, **{"student.init": str(ctd_dir), "encoder.kind": "teacher"})
     run(cfg, str(lma_dir))
     spec = run_folder.read_spec(str(lma_dir))
     assert isinstance(spec.encoder, PooledTowerSpec) and spec.encoder.window == tuple(ctd_cfg.compression.window)
