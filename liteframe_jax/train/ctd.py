@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from liteframe_jax.assembly.specs import StudentSpec
+from liteframe_jax.assembly.teacher import build_teacher
 from liteframe_jax.core import sharding
 from liteframe_jax.core.dtypes import compute_dtype
 from liteframe_jax.core.log import log
@@ -24,7 +25,6 @@ from liteframe_jax.models.internvit import InternVisionTower
 from liteframe_jax.models.pixels import normalise
 from liteframe_jax.train import losses
 from liteframe_jax.train.task import Task
-from liteframe_jax.assembly.teacher import build_teacher
 from liteframe_jax.train.video_index_of_run import index_videos_of_run
 
 
