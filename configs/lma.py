@@ -44,6 +44,9 @@ def get_config(arg=None):
     # backward pass, so the step keeps one pass's encoder activations (what fits a 512-frame row on a chip)
     c.encoder_clips_per_pass = 0
     c.remat = "none"  # LLM layers in training: none | full | dots (liteframe_jax/models/layers.py REMAT_POLICIES)
+    # with remat: the LLM's layers as a loop (lax.scan) rather than unrolled, so the backward pass keeps one
+    # hidden state per layer (less memory, weights not fetched ahead of their layer)
+    c.scan_layers = False
 
     # The demo's colour and order questions are learnt first; direction and count, which need the shapes'
     # positions compared across tokens, take several hundred steps more (docs/METHOD.md, "The demo").

@@ -229,7 +229,14 @@ def test_lma_with_fsdp_remat_and_micro_batches_compiles_for_a_tpu(tmp_path):
                         "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.remat=full",
                         "--config.grad_accum_steps=2", "--config.batch_size=8", "--config.dtype=bfloat16")
     assert r["chip"] == "v5p" and r["fits"] and r["grad_accum_steps"] == 2
-    assert r["collectives"]["all-gather"]["count"] > 0
+    assert r["collectives"]["all-gather"]["count"] > 0 and r["roofline"] and "undercounted" not in r
+    # the LLM's layers as a loop: it compiles for the TPU too, and the report says what XLA's count leaves out
+    scanned, out = _compile_cli(tmp_path / "scan", "--config=configs/lma.py", "--topology=v5p:2x2x1",
+                                "--config.student.init=random", "--config.mesh.data=1", "--config.mesh.fsdp=4",
+                                "--config.remat=full", "--config.grad_accum_steps=2", "--config.batch_size=8",
+                                "--config.dtype=bfloat16", "--config.scan_layers=True")
+    assert scanned["fits"] and scanned["roofline"] is None and "scan_layers" in scanned["undercounted"]
+    assert scanned["flops_per_device"] < r["flops_per_device"] and "TFLOP" in out and "(at least: " in out
 
 
 def test_answering_compiles_at_each_frame_count(tmp_path):
@@ -311,7 +318,9 @@ def test_when_one_row_a_chip_is_too_much_auto_sizing_splits_rows_over_chips():
     said = sizing.search(c, 8, fits, tpu=True)
     # 32 rows: 4 micro-batches of one row a chip on 8 chips, then 8 of one row over each pair of chips
     assert tried[-2:] == [(1, 4), (2, 8)] and (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
-    assert said[-1].startswith("mesh.context=2, grad_accum_steps=8")
+    assert said[-2:] == ["scan_layers=True (the step needed a row's activations)",
+                         "mesh.context=2, grad_accum_steps=8 (the step needed a row's activations)"]
+    assert c.scan_layers
     c = load_config("lma", "paper")
     c.data.buckets = (10_240, 12_289)  # a length that does not split in two: no such rung
     assert "mesh.context" not in [field for field, _ in sizing.ladder(c, 8)]
@@ -336,6 +345,9 @@ def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsy
     c = load_config("lma", "paper")  # the table's own row: each row over 2 of the 8 chips, one a micro-batch
     sizing.apply(c, [type("Device", (), {"device_kind": "TPU v6 lite"})()] * 8)
     assert (c.mesh.context, c.mesh.fsdp, c.grad_accum_steps, c.remat) == (2, -1, 8, "full")
+    c = load_config("lma", "paper")  # one H100: one row a step, the LLM's layers as a loop
+    sizing.apply(c, [type("Device", (), {"device_kind": "NVIDIA H100 80GB HBM3"})()])
+    assert (c.grad_accum_steps, c.remat, c.scan_layers, c.encoder_clips_per_pass) == (32, "full", True, 8)
 
 
 def test_the_encoder_a_few_clips_a_pass_gives_the_same_tokens_and_gradients():

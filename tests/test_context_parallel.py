@@ -117,9 +117,10 @@ def test_a_device_holds_its_share_of_a_long_row():
     assert split < whole / 10
 
 
-def _lma_task(mesh_sizes: dict) -> LMATask:
+def _lma_task(mesh_sizes: dict, **fields) -> LMATask:
     """The LMA demo's task (random student over 4 clips, the tiny random LLM), everything trained."""
     c = load_config("lma", "demo")
+    c.update(fields)
     c.student.init = "random"
     c.data.num_frames = 32
     c.student.arch.image_size = 32  # 16 visual tokens per clip of 8 frames
@@ -178,5 +179,13 @@ def test_lma_step_with_context_equals_one_device(monkeypatch):
     assert len(attention) == one.spec.llm.num_layers and len(positions) == 1
     assert got_loss == pytest.approx(want_loss, rel=1e-6)
     assert set(got) == set(want) and any(k.startswith("projector/") for k in got)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=1e-5, err_msg=k)
+
+    # the LLM's layers as a rematerialised loop (scan_layers), on the same split mesh: the same step
+    scanned = _lma_task({"data": 2, "context": 4}, remat="full", scan_layers=True)
+    assert nnx.eval_shape(lambda: scanned.build_model(nnx.Rngs(0))).llm.scan_layers
+    got_loss, got = _loss_and_grads(scanned, params, batch)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=1e-5, err_msg=k)

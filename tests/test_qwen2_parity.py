@@ -139,27 +139,34 @@ def test_unsupported_rope_is_rejected(tmp_path):
         load_pretrained(str(tmp_path))
 
 
-def test_remat_policies_give_the_same_loss_and_gradients():
+def test_remat_policies_and_scanned_layers_give_the_same_loss_and_gradients():
     import jax
     from flax import nnx
 
-    from liteframe_jax.models.qwen2 import Qwen2, Qwen2Config
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+    from liteframe_jax.models.qwen2 import LoraConfig, Qwen2, Qwen2Config
+    # layers 1-2 with a sliding window of 4 over 9 tokens: the scanned stack runs three loops (windows 0, 4, 0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
+                      sliding_window=4, sliding_layers=(False, True, True, False))
     tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 64)
+    lora = LoraConfig(rank=4, alpha=8.0, targets="q|k|v|o|gate|up|down")
 
-    def loss_and_grads(policy):
-        graph, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0), remat=policy))
+    def loss_and_grads(policy, scan_layers=False):
+        graph, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0), remat=policy, scan_layers=scan_layers, lora=lora))
+        params = jax.tree.map(lambda x: x + 0.01, params)  # LoRA's B starts at zero: make it count
         loss = lambda p: jax.nn.log_softmax(nnx.merge(graph, p)(tokens)).mean()
         return jax.value_and_grad(loss)(params)
 
     ref_loss, ref_grads = loss_and_grads("none")
-    for policy in ("full", "dots"):
-        loss, grads = loss_and_grads(policy)
+    assert Qwen2(cfg, rngs=nnx.Rngs(0), remat="full", scan_layers=True)._window_runs() == [(0, 1), (1, 3), (3, 4)]
+    for policy, scan_layers in (("full", False), ("dots", False), ("full", True), ("dots", True)):
+        loss, grads = loss_and_grads(policy, scan_layers)
         np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     with pytest.raises(ValueError, match="unknown remat policy 'fulll'"):
         Qwen2(cfg, rngs=nnx.Rngs(0), remat="fulll")
+    with pytest.raises(ValueError, match="scan_layers needs a remat policy"):
+        Qwen2(cfg, rngs=nnx.Rngs(0), scan_layers=True)
 
 
 def test_hidden_without_a_validity_mask_means_every_token_is_real():

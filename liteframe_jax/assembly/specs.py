@@ -270,7 +270,8 @@ class VideoLLMSpec:
 
     # --- building ---
     def build(self, *, rngs: nnx.Rngs, dtype=jnp.float32, attn_impl=None, mlp_kernel="xla", tail_kernel=None,
-              mesh=None, remat="none", video_token_id: int, tower_attn_impl=None) -> VideoLLM:
+              mesh=None, remat="none", scan_layers=False, video_token_id: int,
+              tower_attn_impl=None) -> VideoLLM:
         """`tail_kernel` (a student encoder's block tail): None follows `mlp_kernel`. `tower_attn_impl`: the
         encoder's attention (`kernel_choice.tower_attention_impl`); None: as `attn_impl`."""
         encoder = self.encoder.build(rngs=rngs, dtype=dtype, attn_impl=tower_attn_impl or attn_impl,
@@ -278,7 +279,8 @@ class VideoLLMSpec:
         width = self.encoder.token_grid[2]
         projector = None if self.projector is None else Projector(width, self.llm.hidden_size, self.projector,
                                                                   rngs=rngs, dtype=dtype)
-        llm = Qwen2(self.llm, rngs=rngs, dtype=dtype, lora=self.lora, attn_impl=attn_impl, remat=remat, mesh=mesh)
+        llm = Qwen2(self.llm, rngs=rngs, dtype=dtype, lora=self.lora, attn_impl=attn_impl, remat=remat,
+                    scan_layers=scan_layers, mesh=mesh)
         return VideoLLM(encoder, llm, video_token_id=video_token_id, projector=projector)
 
     def load_tokenizer(self, run_dir: str | None = None):

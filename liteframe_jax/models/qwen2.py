@@ -245,9 +245,13 @@ class Qwen2(nnx.Module):
     `attn_impl` and `mesh`: see `Attention`."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, lora: LoraConfig | None = None,
-                 attn_impl: str | None = None, remat: str = "none", mesh=None):
+                 attn_impl: str | None = None, remat: str = "none", scan_layers: bool = False, mesh=None):
         self.cfg, self.dtype = cfg, dtype
         self.remat = layers.check_remat(remat)  # training only: decoding with a cache never rematerialises
+        if scan_layers and self.remat == "none":
+            raise ValueError("scan_layers needs a remat policy (remat='full' or 'dots'): it is how a rematerialised "
+                             "stack of layers keeps only one hidden state per layer")
+        self.scan_layers = scan_layers
         init = nnx.initializers.normal(cfg.initializer_range)
         self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.num_layers = cfg.num_layers
@@ -270,6 +274,33 @@ class Qwen2(nnx.Module):
             return layer(x, positions, valid, window, None)[0]
         return nnx.remat(run, policy=layers.REMAT_POLICIES[self.remat])
 
+    def _scanned(self, x, positions, valid, first: int, stop: int):
+        """Layers first..stop-1 (one attention window) as a loop XLA cannot unroll: a `lax.scan` over the layer
+        index whose body picks the layer with `lax.switch`, rematerialised. Unrolled, XLA's scheduler may move
+        recomputations and copies of hidden states across layers, keeping several per layer alive at the
+        backward pass's peak; inside a loop only the carried hidden state crosses from one layer to the next.
+        The weights stay where they are (no stacked copy); the cost is that a layer's weights cannot be fetched
+        while the previous layer computes."""
+        window = self.window(first)
+        graphdefs, states = zip(*(nnx.split(getattr(self, f"layer_{i}")) for i in range(first, stop)))
+
+        def branch(j):  # the layers are rebuilt inside the branch, from the states it is handed
+            return lambda h, states: nnx.merge(graphdefs[j], states[j])(h, positions, valid, window, None)[0]
+
+        branches = [branch(j) for j in range(stop - first)]
+        body = jax.checkpoint(lambda h, i, states: jax.lax.switch(i, branches, h, states),
+                              policy=layers.REMAT_POLICIES[self.remat], prevent_cse=False)
+        return jax.lax.scan(lambda h, i: (body(h, i, states), None), x, jnp.arange(stop - first))[0]
+
+    def _window_runs(self) -> list[tuple[int, int]]:
+        """[first, stop) ranges of consecutive layers sharing one attention window."""
+        runs, first = [], 0
+        for i in range(1, self.num_layers + 1):
+            if i == self.num_layers or self.window(i) != self.window(first):
+                runs.append((first, i))
+                first = i
+        return runs
+
     def hidden(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict | None = None,
                prefill: bool = False):
         """embeds (B, T, D), positions (B, T) int, valid (B, T) bool or None (all valid) -> (hidden (B, T, D),
@@ -282,6 +313,10 @@ class Qwen2(nnx.Module):
             cache = {**cache,
                      "positions": jax.lax.dynamic_update_slice_in_dim(cache["positions"], positions, idx, axis=1),
                      "valid": jax.lax.dynamic_update_slice_in_dim(cache["valid"], valid, idx, axis=1)}
+        if cache is None and self.scan_layers:
+            for first, stop in self._window_runs():
+                x = self._scanned(x, positions, valid, first, stop)
+            return self.final_norm(x), None
         new_layers = []
         for i in range(self.num_layers):
             layer_cache = None if cache is None else {**cache["layers"][i], "index": cache["index"],

@@ -8,8 +8,9 @@ preset's).
   'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
                      at each rung until it fits: rematerialisation, the encoder a few clips at a time (LMA),
                      FSDP over every device, on a TPU the towers' attention as the splash kernel,
-                     doubling `grad_accum_steps`, then (LMA) each row's tokens over twice the chips
-                     (`mesh.context`, models/context_parallel.py) with one row a micro-batch per row group
+                     doubling `grad_accum_steps`, then (LMA) the LLM's layers as a loop (`scan_layers`) and
+                     each row's tokens over twice the chips (`mesh.context`, models/context_parallel.py) with
+                     one row a micro-batch per row group
   'off'              the config's own fields
 The run says what it chose and why.
 """
@@ -25,7 +26,8 @@ from liteframe_jax.core.log import log
 # grad_accum_steps for the run's batch and chips) and any config fields (remat, mesh.*). Each TPU row was
 # compiled for that chip kind's smallest host (v5e / v6e: 8 chips, v4 / v5p: 4) and fits within the headroom
 # there (BENCHMARKS.md, "TPU compile table"); more chips hold no more per chip. The GPU rows are the steps the
-# training benches measured on one GPU (CTD: 37.7 GiB at 32 clips; LMA: 97.6 GiB at one 512-frame row).
+# training benches measured on one GPU (CTD at 32 clips; LMA at one 512-frame row) and, for LMA on an H100, the
+# step compiled there.
 TABLE: dict[tuple[str, str], dict[str, dict]] = {
     ("ctd", "paper"): {"v4": {"rows_per_chip": 4}, "v5e": {"rows_per_chip": 2}, "v5p": {"rows_per_chip": 16},
                        "v6e": {"rows_per_chip": 4},
@@ -37,6 +39,9 @@ TABLE: dict[tuple[str, str], dict[str, dict]] = {
                                "mesh.fsdp": -1, "mesh.context": 2},
                        "v4": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 4, "mesh.data": 1,
                               "mesh.fsdp": -1, "mesh.context": 2},
+                       # the LLM's layers as a loop: unrolled they do not fit an H100 (BENCHMARKS.md, TPU compile table)
+                       "h100": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8,
+                                "scan_layers": True},
                        "h200": {"rows_per_chip": 1, "remat": "full"}},
 }
 
@@ -102,6 +107,8 @@ def ladder(config, devices: int, tpu: bool = False) -> list[tuple[str, object]]:
     while int(config.batch_size) % (accum * 2 * split) == 0:
         accum *= 2
         rungs.append(("grad_accum_steps", accum))
+    if config.trainer == "lma" and not config.get("scan_layers", False):
+        rungs.append(("scan_layers", True))  # one hidden state kept per LLM layer, at the price of no prefetch
     if config.trainer == "lma":  # one row a chip still too much: split each row's tokens over more chips
         context, tensor = int(config.mesh.get("context", 1)), max(int(config.mesh.tensor), 1)
         lengths = [int(b) for b in config.data.get("buckets", ())] or [int(config.data.max_length)]
