@@ -10,7 +10,7 @@ from liteframe_jax.train.lma import LMATask
 
 
 def test_lma_bench_times_the_paper_presets_lora_step(tmp_path):
-    rows = list(training.bench_lma(1e12, small=True, impl=None, plans=[(1, "none", None)]))
+    rows = list(training.bench_lma(1e12, small=True, impl=None, plans=[(1, "none", None, False, 0)]))
     assert len(rows) == 1 and "error" not in rows[0], rows
     row = rows[0]
     config = training.lma_config(True, None, 1, "none")
@@ -24,4 +24,6 @@ def test_lma_bench_times_the_paper_presets_lora_step(tmp_path):
 
 
 def test_parse_plans():
-    assert training.parse_plans("1:full,2:none:full") == [(1, "full", None), (2, "none", "full")]
+    assert training.parse_plans("1:full,2:none:full,1:full:scan:enc8,2:full:full:scan") == [
+        (1, "full", None, False, 0), (2, "none", "full", False, 0), (1, "full", None, True, 8),
+        (2, "full", "full", True, 0)]

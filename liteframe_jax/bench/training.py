@@ -9,6 +9,7 @@ from call to call.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 
 import jax
@@ -45,7 +46,8 @@ def ctd_config(small: bool, impl, tail_kernel: str, teacher_mlp_kernel: str, bat
     return c
 
 
-def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None = None):
+def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None = None, scan_layers: bool = False,
+               encoder_clips_per_pass: int = 0):
     """configs/lma.py:paper with random weights: the `paper` CTD student, a Qwen2.5-7B-shaped LLM (152k
     vocabulary) with the preset's LoRA, 512 frames per video (or the `tiny` presets)."""
     c = load_config_file("lma", "paper")
@@ -59,6 +61,8 @@ def lma_config(small: bool, impl, batch: int, remat: str, trainable: str | None 
     c.tokenizer = "bytes"  # the prompt's layout needs only the video placeholder; the vocabulary is the LLM's
     c.kernels.attention = impl
     c.remat = remat
+    c.scan_layers = scan_layers
+    c.encoder_clips_per_pass = encoder_clips_per_pass
     c.batch_size = batch
     c.mesh.num_devices = 1
     if trainable:
@@ -140,27 +144,37 @@ def bench_ctd(ceiling, small, impl, tail_kernel, teacher_mlp_kernel="xla", modes
 
 
 def lma_plans(small: bool):
-    """(batch, remat, trainable) rows: the preset's LoRA step without and with rematerialisation, then the
-    whole LLM trained (`full`)."""
+    """(batch, remat, trainable, scan_layers, encoder_clips_per_pass) rows: the preset's LoRA step without and
+    with rematerialisation, then the whole LLM trained (`full`)."""
     if small:
-        return [(1, "none", None), (1, "full", "full")]
-    return [(1, "none", None), (2, "full", None), (4, "full", None), (1, "full", "full")]
+        return [(1, "none", None, False, 0), (1, "full", "full", False, 0)]
+    return [(1, "none", None, False, 0), (2, "full", None, False, 0), (4, "full", None, False, 0),
+            (1, "full", "full", False, 0)]
 
 
 def parse_plans(text: str) -> list[tuple]:
-    """'1:full,2:full:full' -> [(1, 'full', None), (2, 'full', 'full')] (batch:remat[:trainable])."""
+    """'1:full,2:full:full,1:full:scan:enc8' -> rows of `lma_plans` (batch:remat[:trainable][:scan][:encN]:
+    `scan` sets scan_layers, `encN` encoder_clips_per_pass=N)."""
     plans = []
     for item in text.split(","):
-        batch, remat, *trainable = item.split(":")
-        plans.append((int(batch), remat, trainable[0] if trainable else None))
+        batch, remat, *rest = item.split(":")
+        trainable, scan, clips = None, False, 0
+        for part in rest:
+            if part == "scan":
+                scan = True
+            elif re.fullmatch(r"enc\d+", part):
+                clips = int(part[3:])
+            elif part:
+                trainable = part
+        plans.append((int(batch), remat, trainable, scan, clips))
     return plans
 
 
 def bench_lma(ceiling, small, impl, plans: list[tuple] | None = None):
     from liteframe_jax.train.lma import LMATask
     answer_tokens = 8 if small else 64
-    for batch, remat, trainable in plans or lma_plans(small):
-        config = lma_config(small, impl, batch, remat, trainable)
+    for batch, remat, trainable, scan, clips in plans or lma_plans(small):
+        config = lma_config(small, impl, batch, remat, trainable, scan, clips)
         name = config.train.trainable
         try:
             task = LMATask(config, sharding.make_mesh(config.mesh), tempfile.mkdtemp(), with_data=False)
@@ -168,8 +182,8 @@ def bench_lma(ceiling, small, impl, plans: list[tuple] | None = None):
             config.data.buckets = (task.spec.num_visual_tokens + 256,)
             r = time_train_step(config, task, answer_tokens, iters=3 if small else 5)
         except Exception as e:
-            yield {"bench": "lma_step", "batch": batch, "remat": remat, "trainable": name,
-                   "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            yield {"bench": "lma_step", "batch": batch, "remat": remat, "trainable": name, "scan_layers": scan,
+                   "encoder_clips_per_pass": clips, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
         spec, seq = task.spec, config.data.buckets[0]
         llm = spec.llm
@@ -185,7 +199,7 @@ def bench_lma(ceiling, small, impl, plans: list[tuple] | None = None):
         sec = r["sec"]
         yield {"bench": "lma_step", "model": f"Qwen2-{llm.hidden_size}x{llm.num_layers} + student, "
                f"{spec.num_frames} frames, trainable={name}, remat={remat}", "attention": impl or "xla",
-               "batch": batch, "seq": seq, "answer_tokens": answer_tokens, "ms": sec * 1e3,
+               "scan_layers": scan, "encoder_clips_per_pass": clips, "batch": batch, "seq": seq, "answer_tokens": answer_tokens, "ms": sec * 1e3,
                "tokens_per_s": batch * seq / sec, "tflops": per_sample * batch / sec / 1e12,
                "mfu": per_sample * batch / sec / ceiling, "compile_s": r["compile_s"], "step_gib": r["step_gib"],
                "trained_params_m": r["trained_params"] / 1e6, "step": "LMATask (configs/lma.py:paper)"}
