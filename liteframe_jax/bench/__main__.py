@@ -75,8 +75,9 @@ def main(argv=None):
     parser.add_argument("--profile-probe", action="store_true",
                         help="probe: a kernel breakdown of the plain-JAX probe and of ours, stage by stage")
     parser.add_argument("--lma-plans", default=None,
-                        help="lma: rows as batch:remat[:trainable][:scan][:encN], e.g. '1:full,2:full:full,1:full:scan:enc8' "
-                             "(scan: scan_layers; encN: encoder_clips_per_pass=N; default: a fixed set)")
+                        help="lma: rows as batch:remat[:trainable][:scan][:encN], e.g. '1:full,2:full:full,"
+                             "1:full:scan:enc8' (scan: scan_layers; encN: encoder_clips_per_pass=N; default: a "
+                             "fixed set)")
     parser.add_argument("--ctd-modes", default="online teacher,cached targets",
                         help="ctd: the steps to time, 'online teacher' and/or 'cached targets' (comma-separated)")
     parser.add_argument("--ctd-batches", default=None, help="ctd: clips per step to time (default 16,32,64)")

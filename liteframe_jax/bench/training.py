@@ -199,7 +199,8 @@ def bench_lma(ceiling, small, impl, plans: list[tuple] | None = None):
         sec = r["sec"]
         yield {"bench": "lma_step", "model": f"Qwen2-{llm.hidden_size}x{llm.num_layers} + student, "
                f"{spec.num_frames} frames, trainable={name}, remat={remat}", "attention": impl or "xla",
-               "scan_layers": scan, "encoder_clips_per_pass": clips, "batch": batch, "seq": seq, "answer_tokens": answer_tokens, "ms": sec * 1e3,
+               "scan_layers": scan, "encoder_clips_per_pass": clips, "batch": batch, "seq": seq,
+               "answer_tokens": answer_tokens, "ms": sec * 1e3,
                "tokens_per_s": batch * seq / sec, "tflops": per_sample * batch / sec / 1e12,
                "mfu": per_sample * batch / sec / ceiling, "compile_s": r["compile_s"], "step_gib": r["step_gib"],
                "trained_params_m": r["trained_params"] / 1e6, "step": "LMATask (configs/lma.py:paper)"}

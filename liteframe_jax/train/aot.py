@@ -175,7 +175,7 @@ def describe(r: dict) -> str:
                      f"{gib(m['outputs'])}, temporaries {gib(m['temporaries'])}, aliased {gib(m['aliased'])}")
     lines.append(f"  per chip and step: {r['flops_per_device'] / 1e12:.2f} TFLOP, "
                  f"{r['hbm_bytes_accessed'] / 1e9:.1f} GB of HBM traffic"
-                 + (f" (at least: {r['undercounted']})" if r.get("undercounted") else ""))
+                 + (f" (a lower bound: {r['undercounted']})" if r.get("undercounted") else ""))
     for kind, c in r["collectives"].items():
         lines.append(f"  {kind}: {c['count']} ({c['bytes'] / 1e9:.2f} GB; across slices {c['dcn_count']})")
     if not r["collectives"]:

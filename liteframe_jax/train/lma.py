@@ -136,7 +136,8 @@ class LMATask(Task):
                                tail_kernel=k["block_tail"], mesh=self.mesh,
                                tower_attn_impl=kernel_choice.tower_attention_impl(k),
                                remat=self.config.get("remat", "none"),
-                               scan_layers=bool(self.config.get("scan_layers", False)), video_token_id=self.tokenizer.video_token_id)
+                               scan_layers=bool(self.config.get("scan_layers", False)),
+                               video_token_id=self.tokenizer.video_token_id)
 
     def trainable_patterns(self):
         return trainable_patterns(self.config.train.trainable)
