@@ -106,7 +106,8 @@ def time_train_step(config, task, answer_tokens: int = 0, iters: int = 10) -> di
     task_frozen, task_frozen_sh = task.frozen()
     frozen, frozen_sh = (task_frozen, frozen_model), (task_frozen_sh, layout.frozen_model_sh)
     step = compile_train_step(config, task, layout, frozen, frozen_sh, key)
-    batch = sharding.global_batch(synthetic_batch(task, step.batch_spec, answer_tokens), task.mesh)
+    batch = sharding.global_batch(synthetic_batch(task, step.batch_spec, answer_tokens), task.mesh,
+                                 task.over_context())
     seconds = timed(lambda s: step(s, frozen, batch), state, iters=iters, carry=True)
     return {"sec": seconds, "compile_s": step.compile_seconds, "step_gib": step.step_gib,
             "trained_params": layout.num_trained, "params": layout.num_params,

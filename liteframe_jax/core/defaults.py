@@ -13,8 +13,10 @@ SHARDING_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("k
 def mesh() -> ml_collections.ConfigDict:
     """('data', 'fsdp', 'tensor') sizes; -1: the remaining devices; num_devices > 0: only the first N;
     slices: TPU slices (or processes) that `data` spans over DCN, -1: as many as the devices span;
-    context: devices that split each LMA row's tokens (sequence parallelism for long videos; 1: none)."""
-    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1, num_devices=-1, slices=-1))
+    context: devices that split each LMA row's tokens (sequence parallelism for long videos; 1: none);
+    weights_over_context: the weights split over 'context' as well as 'fsdp' (core/sharding.py `rules_for`)."""
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1, weights_over_context=False,
+                                          num_devices=-1, slices=-1))
 
 
 def kernels(block_tail: str | None = "auto") -> ml_collections.ConfigDict:

@@ -142,6 +142,18 @@ def rules_dict(rules) -> dict:
     return out
 
 
+def rules_for(config) -> tuple:
+    """The config's rule table; with `mesh.weights_over_context`, each rule that splits a dimension over 'fsdp'
+    splits it over ('fsdp', 'context'): the chips that share a row's tokens also share the weights, so a row
+    split over c chips needs 1/c of the weights' memory on each (what a mesh whose fsdp axis is small needs)."""
+    rules = tuple(config.sharding_rules)
+    if not config.mesh.get("weights_over_context", False):
+        return rules
+    named = lambda axes: () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return tuple((logical, (*named(axes), CONTEXT) if "fsdp" in named(axes) and CONTEXT not in named(axes) else axes)
+                 for logical, axes in rules)
+
+
 def param_shardings(abstract_state: nnx.State, rules, mesh: Mesh) -> dict:
     """Pure-dict tree of NamedShardings for an (abstract) nnx.State whose Params carry `axes` metadata."""
     rules = rules_dict(rules)
@@ -175,6 +187,39 @@ def batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
     return tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
+def row_group(mesh: Mesh | None) -> tuple[int, int]:
+    """(this process's part, the number of parts) of each global batch's rows, for the data pipeline.
+
+    Each process reads the rows its devices hold. Where a row's chips (its 'context' or 'tensor' devices) lie in
+    several processes, those processes hold the same rows and read the same part; one process per part
+    otherwise, as `jax.process_index()` / `jax.process_count()`."""
+    if mesh is None or jax.process_count() == 1:
+        return 0, 1
+    held = row_blocks(mesh.devices, mesh.axis_names)
+    groups = sorted(set(held.values()))
+    return groups.index(held[jax.process_index()]), len(groups)
+
+
+def row_blocks(grid: np.ndarray, axis_names) -> dict[int, tuple[int, ...]]:
+    """process index -> the row blocks of the batch (`batch_sharding`'s parts, in order) its devices hold, for
+    a mesh's device `grid`. A layout whose processes hold overlapping but unequal blocks, which no process
+    could read alone, is refused."""
+    first = [axis_names.index(a) for a in BATCH_AXES if a in axis_names]
+    rest = [i for i in range(grid.ndim) if i not in first]
+    by_block = np.transpose(grid, first + rest).reshape(math.prod(grid.shape[i] for i in first), -1)
+    held: dict[int, set[int]] = {}
+    for block, devices in enumerate(by_block):
+        for device in devices:
+            held.setdefault(device.process_index, set()).add(block)
+    groups = {tuple(sorted(b)) for b in held.values()}
+    if sum(map(len, groups)) != len({b for g in groups for b in g}) or len({len(g) for g in groups}) > 1:
+        raise ValueError(f"mesh {dict(zip(axis_names, grid.shape))}: its processes hold overlapping but unequal "
+                         f"sets of the batch's {len(by_block)} row blocks ({sorted(held.items())}), so no process "
+                         "can read its rows alone; choose mesh sizes whose row groups (mesh.context x mesh.tensor "
+                         "chips) lie within one process or span whole processes")
+    return {p: tuple(sorted(b)) for p, b in held.items()}
+
+
 def context_size(mesh: Mesh | None) -> int:
     """How many devices share each row's tokens (`mesh.context`; 1 without a mesh or without the axis)."""
     return mesh.shape[CONTEXT] if mesh is not None and CONTEXT in mesh.axis_names else 1
@@ -204,15 +249,33 @@ def over_batch(fn, mesh: Mesh | None, batched: tuple, replicated: tuple, *, what
                          out_specs=P(axes), check_vma=False)(*batched, *replicated)
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) axis over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int, over_context: bool = False) -> NamedSharding:
+    """Leading (batch) axis over data x fsdp, the rest replicated; `over_context`: the second axis (a row's
+    frames) split over 'context' too, where the mesh has that axis, so no device holds every row whole."""
+    second = [CONTEXT] if over_context and ndim > 1 and context_size(mesh) > 1 else []
+    return NamedSharding(mesh, P(BATCH_AXES, *second, *([None] * (ndim - 1 - len(second)))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble the global batch from every process's local slice."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, over_context: tuple[str, ...] = ()) -> dict[str, jax.Array]:
+    """Assemble the global batch from every process's local rows. The arrays named in `over_context` are also
+    split along their second axis over 'context' (`batch_sharding`): each process holds its rows whole, and
+    each device takes its part of them."""
+    out = {}
+    for k, v in local.items():
+        split = k in over_context and context_size(mesh) > 1
+        sh = batch_sharding(mesh, v.ndim, over_context=split)
+        # the second axis given whole: jax then reads each device's part out of the local array
+        shape = (_global_rows(v.shape[0], mesh), *v.shape[1:]) if split else None
+        out[k] = jax.make_array_from_process_local_data(sh, v, shape)
+    return out
+
+
+def _global_rows(local_rows: int, mesh: Mesh) -> int:
+    """The global batch's rows when this process holds `local_rows` of them (its devices' row blocks)."""
+    blocks = batch_split(mesh)
+    indices = batch_sharding(mesh, 1).addressable_devices_indices_map((blocks,)).values()
+    return local_rows // len({index[0].start for index in indices}) * blocks

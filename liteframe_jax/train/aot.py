@@ -279,7 +279,7 @@ def compile_answering(config, target: Target, task, frames: int, text_tokens: in
         rngs=nnx.Rngs(0), dtype=task.dtype, attn_impl=k["attention"], mlp_kernel=k["mlp"],
         tail_kernel=k["block_tail"], mesh=mesh, video_token_id=task.tokenizer.video_token_id,
         tower_attn_impl=kernel_choice.tower_attention_impl(k))))
-    shardings = sharding.param_shardings(state, config.sharding_rules, mesh)
+    shardings = sharding.param_shardings(state, sharding.rules_for(config), mesh)
     params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                           nnx.to_pure_dict(state), shardings)
     answerer = Answerer(spec, task.tokenizer, graphdef, task.dtype)

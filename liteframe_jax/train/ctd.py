@@ -78,7 +78,7 @@ class CTDTask(Task):
             f"{int(np.prod(self.target_grid))} tokens of width {channels}")
 
         teacher_params = pure_dict(teacher_state)
-        teacher_sh = sharding.param_shardings(teacher_state, config.sharding_rules, mesh)
+        teacher_sh = sharding.param_shardings(teacher_state, sharding.rules_for(config), mesh)
         place = ((lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)) if abstract else jax.device_put)
         self._frozen = (jax.tree.map(place, teacher_params, teacher_sh), teacher_sh)
         del teacher
@@ -87,9 +87,11 @@ class CTDTask(Task):
         self.train_index = self.eval_index = None
         if with_data:
             self._index_videos(config.data, workdir)
-        if config.batch_size % jax.process_count():
-            raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
-        self.local_batch = config.batch_size // jax.process_count()
+        self.part, self.parts = sharding.row_group(mesh)  # which of the batch's rows this process reads
+        if config.batch_size % self.parts:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.parts} processes that "
+                             "read different rows")
+        self.local_batch = config.batch_size // self.parts
         self._weights_hash = None
         self.target_cache = None
         source = config.get("targets", "online")
@@ -175,7 +177,7 @@ class CTDTask(Task):
                                              log=log)
         return pipeline.train_dataset(
             self.train_index.clips, size=self.teacher_image_size, batch_size=self.local_batch,
-            seed=self.config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+            seed=self.config.seed, process_index=self.part, process_count=self.parts,
             num_workers=d.num_workers, read_threads=d.read_threads, prefetch=d.prefetch, cache=cache, start=start,
             targets=self.target_cache, watch=self.data_watch)
 
@@ -216,9 +218,9 @@ class CTDTask(Task):
     def eval_batches(self):
         if not self.eval_index:
             return iter(())
-        per_process = self.config.eval_batch_size // jax.process_count()
+        per_process = self.config.eval_batch_size // self.parts
         return pipeline.eval_batches(self.eval_index.clips, size=self.teacher_image_size, batch_size=per_process,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+                                     process_index=self.part, process_count=self.parts)
 
     def eval_sums(self, model, frozen, batch, mask):
         target = self.targets(frozen, batch["frames"])

@@ -83,9 +83,11 @@ class LMATask(Task):
         if self.train_index is not None:
             rows = self.train_index.rows
             self.data_watch = bad_data.MidRun(lambda i: rows[i].video, config.data.max_bad_in_a_row, "rows")
-        if config.batch_size % jax.process_count():
-            raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
-        self.local_batch = config.batch_size // jax.process_count()
+        self.part, self.parts = sharding.row_group(mesh)  # which of the batch's rows this process reads
+        if config.batch_size % self.parts:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.parts} processes that "
+                             "read different rows")
+        self.local_batch = config.batch_size // self.parts
         self.samples: list[dict] = []
         self._answerer = None
 
@@ -179,12 +181,18 @@ class LMATask(Task):
                 "loss_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_),
                 "valid": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
 
+    def over_context(self) -> tuple[str, ...]:
+        """With `mesh.context` > 1 the frames come split over 'context' by whole encoder clips, where those
+        divide: no chip holds every frame of a row (or of the batch, where the batch axes are 1)."""
+        c = sharding.context_size(self.mesh)
+        return ("frames",) if c > 1 and self.spec.clips % c == 0 else ()
+
     def train_dataset(self, start: int = 0):
         d = self.config.data
         return pipeline.qa_train_dataset(
             self.train_index.rows, self.train_index.token_lengths, self._example(self.train_index),
             batch_size=self.local_batch, buckets=tuple(d.buckets), pad_id=self.tokenizer.pad_id, seed=self.config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(), num_workers=d.num_workers,
+            process_index=self.part, process_count=self.parts, num_workers=d.num_workers,
             read_threads=d.read_threads, start=start, watch=self.data_watch)
 
     def describe_examples(self, indices) -> list[dict]:
@@ -199,9 +207,9 @@ class LMATask(Task):
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         # mesh.context > 1: the LLM's activations split along the rows' tokens (models/context_parallel.py), and
-        # the frames by whole encoder clips where those divide, so the encoder's work is split too
+        # the frames by whole encoder clips where those divide (`over_context`), so the encoder's work is split too
         split = lambda x: context_parallel.split_sequence(x, self.mesh)
-        frames = split(frames) if self.spec.clips % sharding.context_size(self.mesh) == 0 else frames
+        frames = split(frames) if self.over_context() else frames
         embeds = split(self.spec.embeds(model, tokens, frames, self.dtype,
                                         int(self.config.get("encoder_clips_per_pass", 0))))
         h, _ = model.llm.hidden(embeds, split(positions), split(valid))

@@ -69,7 +69,7 @@ def _resume(ckpt, step: int, abstract, data_iter, task: Task, config):
     saved = sorted(ckpt.saved_process_counts(step))
     if not saved:
         raise FileNotFoundError(f"{ckpt.directory}/{step} holds no data position (no data/process_*.json)")
-    local = int(config.batch_size) // jax.process_count()
+    local = task.local_batch
     log(f"[{task.name}] step {step} was saved by {saved[0]} process(es), this run has {jax.process_count()}: "
         f"the data continues after the {step * int(config.batch_size)} examples of its {step} global batches "
         "(the same batches unless examples were dropped before it)")
@@ -325,7 +325,7 @@ def _loop(config, state, start_step: int, total_steps: int, *, step_fn, frozen, 
         waited += time.perf_counter() - began
         fetched += 1
         recent.append((step, indices))
-        state, metrics = step_fn(state, frozen, sharding.global_batch(local, mesh))
+        state, metrics = step_fn(state, frozen, sharding.global_batch(local, mesh, task.over_context()))
         stop = watch.reached(step)
         if step % config.log_every == 0 or step == total_steps or stop:
             last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

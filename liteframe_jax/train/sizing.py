@@ -8,9 +8,10 @@ preset's).
   'auto'             the table's row, then, if the compiled step still does not fit, the ladder below, compiling
                      at each rung until it fits: rematerialisation, the encoder a few clips at a time (LMA),
                      FSDP over every device, on a TPU the towers' attention as the splash kernel,
-                     doubling `grad_accum_steps`, then (LMA) the LLM's layers as a loop (`scan_layers`) and
+                     doubling `grad_accum_steps`, then (LMA) the LLM's layers as a loop (`scan_layers`),
                      each row's tokens over twice the chips (`mesh.context`, models/context_parallel.py) with
-                     one row a micro-batch per row group
+                     one row a micro-batch per row group, and the weights split over those chips too
+                     (`mesh.weights_over_context`)
   'off'              the config's own fields
 The run says what it chose and why.
 """
@@ -39,6 +40,11 @@ TABLE: dict[tuple[str, str], dict[str, dict]] = {
                                "mesh.fsdp": -1, "mesh.context": 2},
                        "v4": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 4, "mesh.data": 1,
                               "mesh.fsdp": -1, "mesh.context": 2},
+                       # each row over all 8 chips of a host, which also share the weights; the LLM's layers as a
+                       # loop: at 16 GiB a chip no row-per-chip or row-per-pair setting fits
+                       "v5e": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8, "mesh.data": 1,
+                               "mesh.fsdp": -1, "mesh.context": 8, "mesh.weights_over_context": True,
+                               "scan_layers": True},
                        # the LLM's layers as a loop: unrolled they do not fit an H100 (BENCHMARKS.md, TPU compile table)
                        "h100": {"rows_per_chip": 1, "remat": "full", "encoder_clips_per_pass": 8,
                                 "scan_layers": True},
@@ -115,6 +121,8 @@ def ladder(config, devices: int, tpu: bool = False) -> list[tuple[str, object]]:
         while devices % (tensor * context * 2) == 0 and all(n % (context * 2) == 0 for n in lengths):
             context *= 2
             rungs.append(("mesh.context", context))
+        if context > 1 and not config.mesh.get("weights_over_context", False):
+            rungs.append(("mesh.weights_over_context", True))  # the row's chips share the weights too
     return rungs
 
 

@@ -90,7 +90,7 @@ class StateLayout:
 def layout(config, task, key) -> StateLayout:
     mesh = task.mesh
     graphdef, abstract_model_state = nnx.split(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))
-    full_sh = sharding.param_shardings(abstract_model_state, config.sharding_rules, mesh)
+    full_sh = sharding.param_shardings(abstract_model_state, sharding.rules_for(config), mesh)
     paths = {k: tuple(v.shape) for k, v in flatten(pure_dict(abstract_model_state)).items()}
     patterns = task.trainable_patterns()
     trainable = {p for p in paths if any(re.search(pat, p) for pat in patterns)}

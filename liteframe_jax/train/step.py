@@ -21,22 +21,31 @@ def _tree_norm(tree) -> jax.Array:
     return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def micro_batches(x: jax.Array, accum: int, mesh) -> jax.Array:
+def micro_batches(x: jax.Array, accum: int, layout: NamedSharding) -> jax.Array:
     """(B, ...) -> (accum, B // accum, ...), micro-batch i holding rows i, i + accum, i + 2 * accum, ...
 
     The batch is split over the devices in contiguous blocks of rows. Strided micro-batches take the same
     number of rows from every block, so each micro-batch stays spread over all the devices with no data moved;
     contiguous ones (rows [i * B / accum, (i + 1) * B / accum)) would sit on 1/accum of the devices, and XLA
     would reshuffle every micro-batch (more memory and collectives, and a TPU compiler failure in a
-    reduce-scatter fusion). The step's batch, and so its data order, is the same either way."""
+    reduce-scatter fusion). The step's batch, and so its data order, is the same either way. Each micro-batch
+    keeps the batch's `layout` (its input sharding)."""
     x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-    spec = P(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(layout.mesh, P(None, *layout.spec)))
+
+
+def input_shardings(task, batch_spec: dict) -> dict[str, NamedSharding]:
+    """The step's batch layout: rows over the batch axes, and the arrays the task names (`Task.over_context`)
+    split along their second axis over 'context' too."""
+    split = task.over_context()
+    return {k: sharding.batch_sharding(task.mesh, len(v.shape), over_context=k in split)
+            for k, v in batch_spec.items()}
 
 
 def make_train_step(config, task, layout: StateLayout, key):
     """(state, frozen, batch) -> (state, metrics); `frozen` is (the task's frozen parts, the model's)."""
     accum = int(config.get("grad_accum_steps", 1))
+    batch_sh = input_shardings(task, task.batch_spec())
     graphdef, tx, schedule = layout.graphdef, layout.tx, layout.schedule
 
     def grads_of(params, frozen, batch, rng):
@@ -53,7 +62,7 @@ def make_train_step(config, task, layout: StateLayout, key):
         if accum == 1:
             (loss, aux), grads = grads_of(state["params"], frozen, batch, rng)
         else:
-            micro = jax.tree.map(lambda x: micro_batches(x, accum, task.mesh), batch)
+            micro = {k: micro_batches(x, accum, batch_sh[k]) for k, x in batch.items()}
 
             def body(carry, xs):
                 i, mb = xs
@@ -157,7 +166,7 @@ def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key
             raise ValueError(f"batch_size {v.shape[0]} cannot be split into grad_accum_steps={accum} micro-batches "
                              f"that each spread over the {devices} batch devices (mesh.data x mesh.fsdp): "
                              f"batch_size must be a multiple of {accum * devices}")
-    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
+    batch_sh = input_shardings(task, batch_spec)
     jitted = jax.jit(make_train_step(config, task, layout, key),
                      in_shardings=(layout.state_sh, frozen_sh, batch_sh),
                      out_shardings=(layout.state_sh, sharding.replicated(mesh)), donate_argnums=(0,))

@@ -26,6 +26,7 @@ class Task(abc.ABC):
     name: str = "task"
     spec = None  # the spec of the model the run produces (assembly/specs.py), written to WORKDIR/spec.json
     data_watch = None  # a bad_data.MidRun counting the training examples that fail to decode mid-run
+    local_batch = 0  # this process's rows of each global batch (core/sharding.py `row_group`)
 
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
@@ -41,6 +42,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """Global shapes and dtypes of one training batch."""
+
+    def over_context(self) -> tuple[str, ...]:
+        """The batch's arrays split along their second axis over the mesh's 'context' axis as well as their rows
+        over the batch axes (core/sharding.py `batch_sharding`); none by default."""
+        return ()
 
     @abc.abstractmethod
     def train_dataset(self, start: int = 0):
@@ -70,7 +76,7 @@ class Task(abc.ABC):
             self._eval_step = jax.jit(lambda p, f, b, m: self.eval_sums(nnx.merge(graphdef, p), f, b, m))
         totals: dict[str, float] = {}
         for local, mask in self.eval_batches():
-            batch = sharding.global_batch({**local, "mask": mask}, self.mesh)
+            batch = sharding.global_batch({**local, "mask": mask}, self.mesh, self.over_context())
             mask = batch.pop("mask")
             for k, v in jax.device_get(self._eval_step(params, frozen, batch, mask)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)

@@ -151,9 +151,11 @@ def problems(config, device_count: int, process_count: int = 1) -> list[str]:
             found.append(_problem("batch_size", batch, f"a multiple of {step} (grad_accum_steps x the data-parallel "
                                   f"devices, mesh.data x mesh.fsdp = {data_parallel or 1}), e.g. {low or high}" +
                                   (f" or {high}" if low else "")))
-        elif batch % process_count:
-            found.append(_problem("batch_size", batch, f"a multiple of the {process_count} processes (each reads "
-                                  "an equal share)"))
+        elif batch % min(process_count, data_parallel or process_count):
+            # processes that share rows (a row's chips in several processes) read the same share
+            readers = min(process_count, data_parallel or process_count)
+            found.append(_problem("batch_size", batch, f"a multiple of the {readers} processes that read different "
+                                  "rows (each reads an equal share)"))
 
     context = _get(config, "mesh.context")
     if context is not _MISSING and int(context) > 1:  # sequence parallelism splits each row's tokens
