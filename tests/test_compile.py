@@ -86,15 +86,72 @@ def test_unknown_topologies_are_refused_with_what_exists(name):
 
 def test_micro_batches_are_strided_and_stay_on_every_device():
     mesh = sharding.make_mesh(load_config("ctd", "demo").mesh)
-    x = jax.device_put(jnp.arange(32 * 3).reshape(32, 3), sharding.batch_sharding(mesh, 2))
-    micro = jax.jit(lambda x: step_lib.micro_batches(x, 4, mesh))(x)
+    layout = sharding.batch_sharding(mesh, 2)
+    x = jax.device_put(jnp.arange(32 * 3).reshape(32, 3), layout)
+    micro = jax.jit(lambda x: step_lib.micro_batches(x, 4, layout))(x)
     assert micro.shape == (4, 8, 3)
     for i in range(4):
         np.testing.assert_array_equal(micro[i], np.asarray(x)[i::4])
     # each device holds its own rows of every micro-batch: nothing crosses devices
     assert micro.sharding.is_equivalent_to(NamedSharding(mesh, P(None, ("data", "fsdp"), None)), 3)
-    text = jax.jit(lambda x: step_lib.micro_batches(x, 4, mesh)).lower(x).compile().as_text()
+    text = jax.jit(lambda x: step_lib.micro_batches(x, 4, layout)).lower(x).compile().as_text()
     assert not hlo.in_hlo(text, [0] * 8)
+
+
+def test_weights_over_context_split_the_fsdp_dimension_over_the_rows_chips_too():
+    from flax import nnx
+    from liteframe_jax.train.lma import LMATask
+    c = load_config("lma", "demo")
+    c.student.init = "random"
+    c.mesh.update(data=1, fsdp=2, context=4)
+    task = LMATask(c, sharding.make_mesh(c.mesh), "/tmp/unused", with_data=False)
+    state = nnx.state(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))
+    q = lambda config: sharding.param_shardings(state, sharding.rules_for(config), task.mesh)["llm"]
+    assert dict(sharding.rules_for(c))["embed"] == "fsdp" and q(c)["embed"].spec == P(None, "fsdp")
+    c.mesh.weights_over_context = True
+    assert dict(sharding.rules_for(c))["embed"] == ("fsdp", "context")
+    assert q(c)["embed"].spec == P(None, ("fsdp", "context"))  # 8 parts: every chip a different one
+    assert dict(sharding.rules_for(c))["mlp"] == "tensor"  # rules without fsdp stay as they are
+
+
+def test_processes_that_hold_the_same_rows_read_the_same_part_of_the_batch():
+    """16 chips, 4 a process: with each row over 8 chips (mesh.context=8) two processes hold every row block."""
+    device = lambda i: type("Device", (), {"process_index": i // 4, "id": i})()
+    grid = np.asarray([device(i) for i in range(16)], dtype=object).reshape(1, 2, 8, 1)
+    assert sharding.row_blocks(grid, ("data", "fsdp", "context", "tensor")) == {0: (0,), 1: (0,), 2: (1,), 3: (1,)}
+    # one row block a process (no split rows): one part each, as process_index / process_count
+    grid = np.asarray([device(i) for i in range(16)], dtype=object).reshape(4, 2, 2, 1)
+    assert sharding.row_blocks(grid, ("data", "fsdp", "context", "tensor")) == {
+        0: (0, 1), 1: (2, 3), 2: (4, 5), 3: (6, 7)}
+    # rows whose chips straddle processes unevenly: refused, naming the blocks
+    grid = np.asarray([device(i) for i in (0, 4, 1, 5, 2, 3, 6, 7)], dtype=object).reshape(1, 4, 2, 1)
+    with pytest.raises(ValueError, match="overlapping but unequal"):
+        sharding.row_blocks(grid, ("data", "fsdp", "context", "tensor"))
+
+
+def test_frames_split_over_context_arrive_and_stay_split():
+    """With mesh.context, a batch's frames are held split along the frame axis as well as by rows (no chip holds
+    every frame of the batch), and micro-batches keep that layout with nothing moved between devices."""
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "context": 4})
+    frames = np.arange(8 * 16 * 3).reshape(8, 16, 3).astype(np.uint8)
+    tokens = np.arange(8 * 12).reshape(8, 12).astype(np.int32)
+    batch = sharding.global_batch({"frames": frames, "tokens": tokens}, mesh, over_context=("frames",))
+    np.testing.assert_array_equal(batch["frames"], frames)
+    np.testing.assert_array_equal(batch["tokens"], tokens)
+    assert batch["frames"].sharding.spec == P(("data", "fsdp"), "context", None)
+    assert {s.data.shape for s in batch["frames"].addressable_shards} == {(4, 4, 3)}
+    assert batch["tokens"].sharding.spec == P(("data", "fsdp"), None)
+    layout = batch["frames"].sharding
+    micro = jax.jit(lambda x: step_lib.micro_batches(x, 2, layout))(batch["frames"])
+    for i in range(2):
+        np.testing.assert_array_equal(micro[i], frames[i::2])
+    assert micro.sharding.is_equivalent_to(NamedSharding(mesh, P(None, ("data", "fsdp"), "context", None)), 4)
+    text = jax.jit(lambda x: step_lib.micro_batches(x, 2, layout)).lower(batch["frames"]).compile().as_text()
+    assert not hlo.in_hlo(text, [0] * 8)
+    # without the context axis the same call gives the rows' layout alone
+    plain = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    alone = sharding.global_batch({"frames": frames}, plain, ("frames",))["frames"]
+    assert alone.sharding.spec == P(("data", "fsdp"), None, None)
 
 
 @pytest.mark.integration
@@ -321,9 +378,12 @@ def test_when_one_row_a_chip_is_too_much_auto_sizing_splits_rows_over_chips():
     assert said[-2:] == ["scan_layers=True (the step needed a row's activations)",
                          "mesh.context=2, grad_accum_steps=8 (the step needed a row's activations)"]
     assert c.scan_layers
+    rungs = sizing.ladder(load_config("lma", "paper"), 8)
+    assert rungs[-4:] == [("mesh.context", 2), ("mesh.context", 4), ("mesh.context", 8),
+                          ("mesh.weights_over_context", True)]  # the last: the row's chips share the weights
     c = load_config("lma", "paper")
     c.data.buckets = (10_240, 12_289)  # a length that does not split in two: no such rung
-    assert "mesh.context" not in [field for field, _ in sizing.ladder(c, 8)]
+    assert not {"mesh.context", "mesh.weights_over_context"} & {field for field, _ in sizing.ladder(c, 8)}
 
 
 def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsys):
@@ -345,6 +405,9 @@ def test_the_sizing_table_row_of_the_chip_is_applied_and_said(monkeypatch, capsy
     c = load_config("lma", "paper")  # the table's own row: each row over 2 of the 8 chips, one a micro-batch
     sizing.apply(c, [type("Device", (), {"device_kind": "TPU v6 lite"})()] * 8)
     assert (c.mesh.context, c.mesh.fsdp, c.grad_accum_steps, c.remat) == (2, -1, 8, "full")
+    c = load_config("lma", "paper")  # v5e: each row over all 8 chips of a host, which share the weights too
+    sizing.apply(c, [type("Device", (), {"device_kind": "TPU v5 lite"})()] * 8)
+    assert (c.mesh.context, c.mesh.weights_over_context, c.scan_layers, c.grad_accum_steps) == (8, True, True, 32)
     c = load_config("lma", "paper")  # one H100: one row a step, the LLM's layers as a loop
     sizing.apply(c, [type("Device", (), {"device_kind": "NVIDIA H100 80GB HBM3"})()])
     assert (c.grad_accum_steps, c.remat, c.scan_layers, c.encoder_clips_per_pass) == (32, "full", True, 8)

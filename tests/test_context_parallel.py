@@ -160,7 +160,11 @@ def _loss_and_grads(task, params: dict, batch: dict):
         return task.loss(nnx.merge(layout.graphdef, state_lib.merge(p, frozen)), batch, None, None)
 
     step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, _), grads = step(trained, frozen, sharding.global_batch(batch, task.mesh))
+    batch = sharding.global_batch(batch, task.mesh, task.over_context())
+    if sharding.context_size(task.mesh) > 1:  # the frames arrive split over 'context' by whole clips
+        assert task.over_context() == ("frames",)
+        assert batch["frames"].sharding.spec[1] == sharding.CONTEXT
+    (loss, _), grads = step(trained, frozen, batch)
     return float(loss), flatten(jax.device_get(grads))
 
 

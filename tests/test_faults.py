@@ -233,7 +233,11 @@ def test_lma_rules_frames_in_whole_clips_and_accumulation():
         "--config.batch_size=16: must be a multiple of 6 (grad_accum_steps x the data-parallel devices, "
         "mesh.data x mesh.fsdp = 2), e.g. 12 or 18"]
     assert validate.problems(load_config("lma", "demo"), 8, process_count=3) == [
-        "--config.batch_size=16: must be a multiple of the 3 processes (each reads an equal share)"]
+        "--config.batch_size=16: must be a multiple of the 3 processes that read different rows (each reads an "
+        "equal share)"]
+    # 6 processes over 2 row groups (each row's chips in 3 of them): those share their rows, 16 splits in 2
+    assert validate.problems(_override(load_config("lma", "demo"), {"mesh.data": 2, "mesh.tensor": 3}), 6,
+                             process_count=6) == []
 
 
 def test_a_write_that_fails_for_lack_of_space_is_recognised_and_its_library_noise_dropped():
