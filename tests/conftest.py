@@ -1,10 +1,13 @@
-"""Test setup: 8 fake CPU devices before jax loads, Hugging Face offline, float32 matmuls, and one persistent
-compilation cache for the session (its subprocesses included): many tests compile the same tiny steps."""
+"""Test setup: 8 fake CPU devices and a fast CPU compile (tests/cpu_flags.py) before jax loads, Hugging Face
+offline, float32 matmuls, and one persistent compilation cache for the session (its subprocesses included):
+many tests compile the same tiny steps."""
 
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+from cpu_flags import xla_flags
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + xla_flags(devices=8)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from cpu_flags import xla_flags
 from helpers import REPO, make_videos, tiny_ctd_config
 
 from liteframe_jax.core import checkpoint, sharding
@@ -92,7 +93,7 @@ def _cli(workdir, videos, *extra):
 
 def _start_and_wait_for(workdir, videos, ready, *extra, poll: float = 0.5):
     """A CTD run in its own process, returned once `ready()` holds (it must not have ended before)."""
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
     proc = subprocess.Popen(_cli(workdir, videos, "--config.total_steps=400", *extra), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
@@ -124,7 +125,7 @@ def test_preempted_then_killed_run_resumes_bit_identical(videos, tmp_path):
     random moment), and no data worker outlives it. Each time the same command continues with the exact next
     batches, to the parameters of a run never interrupted."""
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
     latest = lambda: checkpoint.Checkpointer(str(run_dir), keep=3).latest_step()
 
     def logged() -> int:

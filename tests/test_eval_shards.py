@@ -9,6 +9,7 @@ import sys
 import zlib
 
 import pytest
+from cpu_flags import xla_flags
 from helpers import REPO, load_config
 from test_eval_sweep import demo, demo_config  # noqa: F401 (the demo's questions and a tiny run folder)
 
@@ -107,7 +108,7 @@ def test_shards_of_a_part_done_run_count_whatever_the_processes(demo, tmp_path, 
 
 def _launch(n: int, flags: list[str], devices_each: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}", PYTHON=sys.executable)
+               XLA_FLAGS=xla_flags(devices=devices_each), PYTHON=sys.executable)
     env.pop("LITEFRAME_PORT", None)
     return subprocess.run(["bash", "launch/local_multiprocess.sh", str(n), *flags], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)

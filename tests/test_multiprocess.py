@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from cpu_flags import xla_flags
 from helpers import REPO, make_videos
 
 
@@ -26,7 +27,7 @@ def _losses(workdir):
 
 
 def _one_process(workdir, flags) -> str:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices=2))
     out = subprocess.run([sys.executable, "-m", "liteframe_jax.main", f"--workdir={workdir}", *flags],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -59,8 +60,8 @@ def test_two_processes_match_one_process_stop_together_and_continue_in_one(tmp_p
              "--config.eval_at_start=False", "--config.log_every=1", "--config.data.num_workers=0",
              "--config.checkpoint_every=100", "--config.optimizer.warmup_steps=1", "--config.optimizer.decay_steps=50"]
     multi = tmp_path / "multi"
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(_free_port()),
-               PYTHON=sys.executable)
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(),
+               LITEFRAME_PORT=str(_free_port()), PYTHON=sys.executable)
     launcher = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags,
                                  "--config.total_steps=40"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -125,8 +126,8 @@ def test_lma_in_two_processes_continues_a_one_process_checkpoint_with_its_losses
              "--config.async_checkpointing=False", "--config.batch_size=4", "--config.data.buckets=(160, 256)",
              "--config.llm.arch.num_layers=1", "--config.checkpoint_every=100", "--config.optimizer.warmup_steps=1",
              "--config.optimizer.decay_steps=10"]
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(_free_port()),
-               PYTHON=sys.executable)
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(),
+               LITEFRAME_PORT=str(_free_port()), PYTHON=sys.executable)
     two = tmp_path / "two"
     out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={two}", *flags,
                           f"--config.resume_from={one}", "--config.total_steps=3"],

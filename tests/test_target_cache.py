@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from cpu_flags import xla_flags
 from helpers import load_config, make_videos, tiny_ctd_config
 
 from liteframe_jax.core import sharding
@@ -131,7 +132,7 @@ def test_two_processes_share_the_shards_and_build_the_one_process_cache(videos, 
     flags = ["--config=configs/targets.py", f"--config.ctd.data.videos={videos}",
              "--config.ctd.data.eval_every_nth_video=0", "--config.ctd.data.num_workers=0", "--config.batch_size=8",
              "--config.shard_size=3"]
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFRAME_PORT=str(port),
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(), LITEFRAME_PORT=str(port),
                PYTHON=sys.executable)
     out = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", f"--workdir={cache}", *flags], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=600)
