@@ -149,9 +149,10 @@ def rules_for(config) -> tuple:
     rules = tuple(config.sharding_rules)
     if not config.mesh.get("weights_over_context", False):
         return rules
-    named = lambda axes: () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return tuple((logical, (*named(axes), CONTEXT) if "fsdp" in named(axes) and CONTEXT not in named(axes) else axes)
-                 for logical, axes in rules)
+    def widened(axes):
+        named = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        return (*named, CONTEXT) if "fsdp" in named and CONTEXT not in named else axes
+    return tuple((logical, widened(axes)) for logical, axes in rules)
 
 
 def param_shardings(abstract_state: nnx.State, rules, mesh: Mesh) -> dict:

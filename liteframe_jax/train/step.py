@@ -42,10 +42,10 @@ def input_shardings(task, batch_spec: dict) -> dict[str, NamedSharding]:
             for k, v in batch_spec.items()}
 
 
-def make_train_step(config, task, layout: StateLayout, key):
-    """(state, frozen, batch) -> (state, metrics); `frozen` is (the task's frozen parts, the model's)."""
+def make_train_step(config, task, layout: StateLayout, key, batch_sh: dict[str, NamedSharding]):
+    """(state, frozen, batch) -> (state, metrics); `frozen` is (the task's frozen parts, the model's); `batch_sh`
+    the batch's layout (`input_shardings`), which each micro-batch keeps."""
     accum = int(config.get("grad_accum_steps", 1))
-    batch_sh = input_shardings(task, task.batch_spec())
     graphdef, tx, schedule = layout.graphdef, layout.tx, layout.schedule
 
     def grads_of(params, frozen, batch, rng):
@@ -167,7 +167,7 @@ def compile_train_step(config, task, layout: StateLayout, frozen, frozen_sh, key
                              f"that each spread over the {devices} batch devices (mesh.data x mesh.fsdp): "
                              f"batch_size must be a multiple of {accum * devices}")
     batch_sh = input_shardings(task, batch_spec)
-    jitted = jax.jit(make_train_step(config, task, layout, key),
+    jitted = jax.jit(make_train_step(config, task, layout, key, batch_sh),
                      in_shardings=(layout.state_sh, frozen_sh, batch_sh),
                      out_shardings=(layout.state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     t0 = time.perf_counter()
